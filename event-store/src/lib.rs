@@ -1,0 +1,40 @@
+//! The Causeway event store: an append-only log of domain events on an ordered key-value engine
+//! (sled by default).
+//!
+//! - [`EventStore`] (module `store`): atomic multi-stream appends with optimistic concurrency
+//!   ([`ExpectedVersion`]), idempotent event ids, one writer thread with group commit and
+//!   fsync/periodic durability, reads by stream, global position, timestamp and category,
+//!   checkpoints, snapshots and an integrity check.
+//! - [`Subscription`] (module `subscription`): catch-up-then-live subscriptions.
+//! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].
+//! - `keys` and `codec`: the on-disk layout and record format (documented in ARCHITECTURE.md).
+//!
+//! ```
+//! # use event_store::*;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+//! let store = EventStore::open(MemoryStorage::new(), StoreConfig::default())?;
+//! let stream = StreamId::new("order-1")?;
+//! let r = store.append_to(&stream, ExpectedVersion::NoStream, vec![NewEvent::json("OrderPlaced", b"{}".to_vec())]).await?;
+//! assert_eq!((r.first_position, r.version()), (1, 1));
+//! let events: Vec<_> = store.read_stream(&stream, 1, Direction::Forward).collect::<Result<_>>()?;
+//! assert_eq!(events[0].event_type, "OrderPlaced");
+//! # Ok(()) }
+//! ```
+
+mod codec;
+mod error;
+mod keys;
+pub mod storage;
+mod store;
+mod subscription;
+mod types;
+
+pub use codec::MAX_EVENT_BYTES;
+pub use error::{Error, Result};
+pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
+pub use store::{CategoryReader, Durability, EventStore, LogReader, StoreConfig, StreamReader, VerifyReport};
+pub use subscription::Subscription;
+pub use types::{
+    category_of, nanos_to_time, time_to_nanos, AppendRequest, AppendResult, Direction, ExpectedVersion,
+    NewEvent, RecordedEvent, Snapshot, StreamAppend, StreamAppended, StreamId, MAX_STREAM_ID_BYTES,
+};

@@ -1,0 +1,465 @@
+//! Unit tests of the store contract, run on both engines.
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::*;
+use crate::storage::{MemoryStorage, SledConfig, SledStorage};
+use crate::NewEvent;
+
+fn ev(t: &str) -> NewEvent {
+    NewEvent::json(t, format!("{{\"t\":\"{t}\"}}").into_bytes())
+}
+
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).expect("valid stream id")
+}
+
+/// Runs a test body against a memory store and a sled store.
+macro_rules! both_engines {
+    ($name:ident, |$store:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let $store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("open");
+                $body
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let $store = EventStore::open(
+                    SledStorage::open(&SledConfig::new(dir.path())).expect("sled"),
+                    StoreConfig::default(),
+                )
+                .expect("open");
+                $body
+            }
+        }
+    };
+}
+
+both_engines!(appends_assign_gapless_positions_and_versions, |store| {
+    let a = sid("order-a");
+    let b = sid("order-b");
+    let r1 = store.append_to(&a, ExpectedVersion::NoStream, vec![ev("A1"), ev("A2")]).await.expect("a");
+    assert_eq!((r1.first_position, r1.last_position), (1, 2));
+    assert_eq!((r1.streams[0].first_version, r1.streams[0].last_version), (1, 2));
+    let r2 = store.append_to(&b, ExpectedVersion::Any, vec![ev("B1")]).await.expect("b");
+    assert_eq!((r2.first_position, r2.version()), (3, 1));
+    let r3 = store.append_to(&a, ExpectedVersion::Exact(2), vec![ev("A3")]).await.expect("a3");
+    assert_eq!((r3.first_position, r3.version()), (4, 3));
+    assert_eq!(store.head(), 4);
+    let all: Vec<_> = store.read_all(1).collect::<Result<_>>().expect("read");
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), vec!["A1", "A2", "B1", "A3"]);
+    assert_eq!(store.stream_version(&a).expect("v"), 3);
+    assert_eq!(store.stream_version(&sid("order-none")).expect("v"), 0);
+});
+
+both_engines!(expected_version_is_enforced, |store| {
+    let s = sid("order-x");
+    let err = store.append_to(&s, ExpectedVersion::Exists, vec![ev("E")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { actual: 0, expected: ExpectedVersion::Exists, .. }), "{err}");
+    let err = store.append_to(&s, ExpectedVersion::Exact(3), vec![ev("E")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { actual: 0, .. }));
+    store.append_to(&s, ExpectedVersion::Exact(0), vec![ev("E1")]).await.expect("exact 0 = no stream");
+    let err = store.append_to(&s, ExpectedVersion::NoStream, vec![ev("E")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { actual: 1, expected: ExpectedVersion::NoStream, .. }), "{err}");
+    assert!(err.is_client_error());
+    store.append_to(&s, ExpectedVersion::Exists, vec![ev("E2")]).await.expect("exists");
+    let err = store.append_to(&s, ExpectedVersion::Exact(1), vec![ev("E")]).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { actual: 2, expected: ExpectedVersion::Exact(1), .. }));
+    store.append_to(&s, ExpectedVersion::Any, vec![ev("E3")]).await.expect("any");
+    assert_eq!(store.stream_version(&s).expect("v"), 3);
+});
+
+both_engines!(multi_stream_append_is_all_or_nothing, |store| {
+    let saga = sid("saga-1");
+    let cmd = sid("inventory-1");
+    store.append_to(&cmd, ExpectedVersion::NoStream, vec![ev("C0")]).await.expect("seed");
+    // The second stream's check fails, so the first stream's events must not appear either.
+    let req = AppendRequest::single(saga.clone(), ExpectedVersion::NoStream, vec![ev("S1")]).and(
+        cmd.clone(),
+        ExpectedVersion::NoStream,
+        vec![ev("C1")],
+    );
+    let err = store.append(req).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { ref stream, actual: 1, .. } if stream == "inventory-1"), "{err}");
+    assert_eq!(store.stream_version(&saga).expect("v"), 0);
+    assert_eq!(store.head(), 1);
+    let req = AppendRequest::single(saga.clone(), ExpectedVersion::NoStream, vec![ev("S1"), ev("S2")])
+        .and(cmd.clone(), ExpectedVersion::Exact(1), vec![ev("C1")])
+        .with_checkpoint("saga-manager", 1);
+    let r = store.append(req).await.expect("atomic append");
+    assert_eq!((r.first_position, r.last_position), (2, 4));
+    assert_eq!(r.streams[0].last_version, 2);
+    assert_eq!((r.streams[1].first_version, r.streams[1].last_version), (2, 2));
+    assert_eq!(store.checkpoint("saga-manager").expect("cp"), Some(1));
+});
+
+both_engines!(idempotent_retry_returns_the_original_result, |store| {
+    let s = sid("payment-1");
+    let e1 = ev("Authorized");
+    let e2 = ev("Captured");
+    let first =
+        store.append_to(&s, ExpectedVersion::NoStream, vec![e1.clone(), e2.clone()]).await.expect("first");
+    store.append_to(&s, ExpectedVersion::Exact(2), vec![ev("Refunded")]).await.expect("more");
+    // Same ids, same content, stale expected version: the original result, nothing written.
+    let retry =
+        store.append_to(&s, ExpectedVersion::NoStream, vec![e1.clone(), e2.clone()]).await.expect("retry");
+    assert_eq!(retry, first);
+    assert_eq!(store.head(), 3);
+    // Same id, other content: refused.
+    let mut changed = e1.clone();
+    changed.payload = b"{\"other\":true}".to_vec();
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![changed]).await.unwrap_err();
+    assert!(matches!(err, Error::EventIdReused { event_id, .. } if event_id == e1.event_id), "{err}");
+    // Same id on another stream: refused.
+    let err = store.append_to(&sid("payment-2"), ExpectedVersion::Any, vec![e1.clone()]).await.unwrap_err();
+    assert!(matches!(err, Error::EventIdReused { .. }));
+    // Part of an earlier append plus a new event: refused.
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![e1.clone(), ev("New")]).await.unwrap_err();
+    assert!(matches!(err, Error::EventIdReused { .. }), "{err}");
+    // Duplicate id within one request.
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![e2.clone(), e2.clone()]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidAppend(_)));
+    assert_eq!(store.head(), 3);
+});
+
+both_engines!(concurrent_duplicates_in_one_group_write_once, |store| {
+    let s = sid("order-dup");
+    let e = ev("Placed");
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        let s = s.clone();
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move { store.append_to(&s, ExpectedVersion::Any, vec![e]).await }));
+    }
+    for t in tasks {
+        let r = t.await.expect("join").expect("append");
+        assert_eq!((r.first_position, r.version()), (1, 1));
+    }
+    assert_eq!(store.head(), 1);
+    assert!(store.verify().expect("verify").is_ok());
+});
+
+both_engines!(many_appenders_share_syncs, |store| {
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = sid(&format!("order-{w}"));
+            for i in 0..20u64 {
+                store.append_to(&s, ExpectedVersion::Exact(i), vec![ev("E")]).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    assert_eq!(store.head(), 64 * 20);
+    let report = store.verify().expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.events, report.streams), (1280, 64));
+    assert!(store.sync_count() < 1280, "group commit should share syncs: {} syncs", store.sync_count());
+});
+
+both_engines!(reads_by_stream_position_category_and_time, |store| {
+    let o1 = sid("order-1");
+    let o2 = sid("order-2");
+    let p1 = sid("payment-1");
+    for i in 0..10u64 {
+        store.append_to(&o1, ExpectedVersion::Exact(i), vec![ev(&format!("O{}", i + 1))]).await.expect("o1");
+        if i % 2 == 0 {
+            store.append_to(&o2, ExpectedVersion::Any, vec![ev("X")]).await.expect("o2");
+        }
+        store.append_to(&p1, ExpectedVersion::Any, vec![ev("P")]).await.expect("p1");
+    }
+    let fwd: Vec<_> = store.read_stream(&o1, 4, Direction::Forward).map(|e| e.expect("e").version).collect();
+    assert_eq!(fwd, (4..=10).collect::<Vec<_>>());
+    let back: Vec<_> =
+        store.read_stream(&o1, 3, Direction::Backward).map(|e| e.expect("e").version).collect();
+    assert_eq!(back, vec![3, 2, 1]);
+    let last: Vec<_> = store
+        .read_stream(&o1, u64::MAX, Direction::Backward)
+        .take(2)
+        .map(|e| e.expect("e").version)
+        .collect();
+    assert_eq!(last, vec![10, 9]);
+    // "order-1" must not pick up a longer stream id sharing its prefix.
+    let o10 = sid("order-10");
+    store.append_to(&o10, ExpectedVersion::Any, vec![ev("Z")]).await.expect("o10");
+    assert_eq!(store.read_stream(&o1, 1, Direction::Forward).count(), 10);
+    let from: Vec<_> = store.read_all(20).map(|e| e.expect("e").position).collect();
+    assert_eq!(from, (20..=store.head()).collect::<Vec<_>>());
+    let orders: Vec<_> = store.read_category("order", 1).map(|e| e.expect("e")).collect();
+    assert_eq!(orders.len(), 10 + 5 + 1);
+    assert!(orders.iter().all(|e| e.category() == "order"));
+    assert!(orders.windows(2).all(|w| w[0].position < w[1].position));
+    let later: Vec<_> = store.read_category("payment", 15).map(|e| e.expect("e").position).collect();
+    assert!(later.iter().all(|p| *p >= 15) && !later.is_empty());
+    // Time: recorded-at never decreases; a seek lands on the first event at or after T.
+    let all: Vec<_> = store.read_all(1).map(|e| e.expect("e")).collect();
+    assert!(all.windows(2).all(|w| w[0].recorded_at_ns <= w[1].recorded_at_ns));
+    let mid = &all[all.len() / 2];
+    let first_at = all.iter().find(|e| e.recorded_at_ns >= mid.recorded_at_ns).expect("exists").position;
+    assert_eq!(store.seek_time(mid.recorded_at()).expect("seek"), first_at);
+    let from_t: Vec<_> =
+        store.read_from_time(mid.recorded_at()).expect("t").map(|e| e.expect("e").position).collect();
+    assert_eq!(from_t.first(), Some(&first_at));
+    assert_eq!(store.seek_time(OffsetDateTime::UNIX_EPOCH).expect("seek"), 1);
+    let future = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    assert_eq!(store.seek_time(future).expect("seek"), store.head() + 1);
+    assert_eq!(store.read_event(3).expect("e").map(|e| e.position), Some(3));
+    assert_eq!(store.read_event(store.head() + 1).expect("e"), None);
+});
+
+both_engines!(recorded_events_carry_the_envelope, |store| {
+    let s = sid("shipping-9");
+    let corr = Uuid::now_v7();
+    let cause = Uuid::now_v7();
+    let e = ev("ShipmentCreated").caused_by(corr, cause).with_schema_version(3).with_metadata("node", "n1");
+    let before = time_to_nanos(OffsetDateTime::now_utc());
+    store.append_to(&s, ExpectedVersion::Any, vec![e.clone()]).await.expect("append");
+    let got = store.read_event(1).expect("read").expect("present");
+    assert_eq!(got.event_id, e.event_id);
+    assert_eq!((got.correlation_id, got.causation_id), (corr, cause));
+    assert_eq!(got.schema_version, 3);
+    assert_eq!(got.metadata.get("node").map(String::as_str), Some("n1"));
+    assert_eq!(got.content_type, "application/json");
+    assert_eq!(got.payload, e.payload);
+    assert_eq!(got.category(), "shipping");
+    assert!(got.recorded_at_ns >= before);
+});
+
+both_engines!(subscriptions_catch_up_then_follow_live, |store| {
+    let s = sid("order-sub");
+    for i in 0..700u64 {
+        store.append_to(&s, ExpectedVersion::Exact(i), vec![ev("Old")]).await.expect("append");
+    }
+    store.append_to(&sid("payment-1"), ExpectedVersion::Any, vec![ev("Other")]).await.expect("other");
+    let mut sub = store.subscribe_all(100);
+    let mut cat = store.subscribe_category("order", 0);
+    let writer = {
+        let store = store.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 700..800u64 {
+                store.append_to(&s, ExpectedVersion::Exact(i), vec![ev("New")]).await.expect("live");
+            }
+        })
+    };
+    let mut expected = 101;
+    while expected <= 801 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("no stall")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(e.position, expected, "no gap and no duplicate");
+        expected += 1;
+    }
+    writer.await.expect("join");
+    let mut versions = Vec::new();
+    while versions.len() < 800 {
+        let e = tokio::time::timeout(Duration::from_secs(10), cat.next())
+            .await
+            .expect("no stall")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(e.category(), "order");
+        versions.push(e.version);
+    }
+    assert_eq!(versions, (1..=800).collect::<Vec<_>>());
+    assert!(sub.try_next().await.is_none());
+    assert_eq!(sub.position(), 801);
+});
+
+both_engines!(checkpoints_and_snapshots, |store| {
+    assert_eq!(store.checkpoint("projection-a").expect("cp"), None);
+    store.save_checkpoint("projection-a", 42).await.expect("save");
+    store.save_checkpoint("projection-b", 7).await.expect("save");
+    store.save_checkpoint("projection-a", 43).await.expect("save");
+    assert_eq!(store.checkpoint("projection-a").expect("cp"), Some(43));
+    assert_eq!(
+        store.checkpoints().expect("all"),
+        vec![("projection-a".to_owned(), 43), ("projection-b".to_owned(), 7)]
+    );
+    let s = sid("inventory-sku1");
+    assert_eq!(store.load_snapshot(&s).expect("snap"), None);
+    let snap = Snapshot { version: 12, schema_version: 2, payload: b"state".to_vec() };
+    store.save_snapshot(&s, &snap).expect("save");
+    assert_eq!(store.load_snapshot(&s).expect("snap"), Some(snap));
+    store.delete_snapshot(&s).expect("delete");
+    assert_eq!(store.load_snapshot(&s).expect("snap"), None);
+    // Snapshot keys must not collide with another stream's.
+    store
+        .save_snapshot(&sid("inventory-sku10"), &Snapshot { version: 1, schema_version: 1, payload: vec![] })
+        .expect("s");
+    assert_eq!(store.load_snapshot(&s).expect("snap"), None);
+});
+
+both_engines!(bad_input_gets_typed_errors, |store| {
+    assert!(matches!(StreamId::new(""), Err(Error::InvalidStreamId { .. })));
+    assert!(matches!(StreamId::new("a b"), Err(Error::InvalidStreamId { .. })));
+    assert!(matches!(StreamId::new("-x"), Err(Error::InvalidStreamId { .. })));
+    assert!(matches!(StreamId::new("x".repeat(257)), Err(Error::InvalidStreamId { .. })));
+    let s = sid("order-big");
+    let big = NewEvent::json("Big", vec![b'x'; MAX_EVENT_BYTES]);
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![big]).await.unwrap_err();
+    assert!(matches!(err, Error::EventTooLarge { limit: MAX_EVENT_BYTES, .. }), "{err}");
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidAppend(_)));
+    let err = store.append(AppendRequest::default()).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidAppend(_)));
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![ev("")]).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidAppend(_)));
+    let req = AppendRequest::single(s.clone(), ExpectedVersion::Any, vec![ev("A")]).and(
+        s.clone(),
+        ExpectedVersion::Any,
+        vec![ev("B")],
+    );
+    assert!(matches!(store.append(req).await.unwrap_err(), Error::InvalidAppend(_)));
+    // Just under the limit is fine.
+    let ok = NewEvent::json("Big", vec![b'x'; MAX_EVENT_BYTES - 1024]);
+    store.append_to(&s, ExpectedVersion::Any, vec![ok]).await.expect("under the limit");
+    assert_eq!(store.head(), 1);
+});
+
+both_engines!(a_corrupt_record_is_reported_with_its_position, |store| {
+    let s = sid("order-c");
+    store.append_to(&s, ExpectedVersion::Any, vec![ev("A"), ev("B"), ev("C")]).await.expect("append");
+    let mut rec = store.storage().get(&keys::log(2)).expect("get").expect("present").as_ref().to_vec();
+    let n = rec.len();
+    rec[n - 2] ^= 0xff;
+    let mut b = WriteBatch::default();
+    b.put(keys::log(2).to_vec(), rec);
+    store.storage().apply(b).expect("corrupt it");
+    let results: Vec<_> = store.read_all(1).collect();
+    assert!(results[0].is_ok() && results[2].is_ok());
+    match &results[1] {
+        Err(Error::Corrupt { location, .. }) => assert_eq!(location, "position 2"),
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    let report = store.verify().expect("verify");
+    assert!(report.problems.iter().any(|p| p.contains("position 2")), "{:?}", report.problems);
+    // Garbage (not even a header) is an error too, never a panic.
+    let mut b = WriteBatch::default();
+    b.put(keys::log(3).to_vec(), vec![1, 2]);
+    store.storage().apply(b).expect("truncate");
+    assert!(matches!(store.read_event(3), Err(Error::Corrupt { .. })));
+    assert!(matches!(store.seek_time(OffsetDateTime::now_utc()), Err(Error::Corrupt { .. })));
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_reopens_with_everything_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = sid("order-r");
+    let cfg = SledConfig::new(dir.path());
+    {
+        let store =
+            EventStore::open(SledStorage::open(&cfg).expect("sled"), StoreConfig::default()).expect("open");
+        store.append_to(&s, ExpectedVersion::NoStream, vec![ev("A"), ev("B")]).await.expect("append");
+        store.save_checkpoint("p", 2).await.expect("cp");
+    }
+    let store =
+        EventStore::open(SledStorage::open(&cfg).expect("sled"), StoreConfig::default()).expect("reopen");
+    assert_eq!(store.head(), 2);
+    assert_eq!(store.checkpoint("p").expect("cp"), Some(2));
+    let before = store.read_event(2).expect("read").expect("present").recorded_at_ns;
+    let r = store.append_to(&s, ExpectedVersion::Exact(2), vec![ev("C")]).await.expect("continue");
+    assert_eq!((r.first_position, r.version()), (3, 3));
+    assert!(store.read_event(3).expect("read").expect("present").recorded_at_ns >= before);
+    // The database is locked while open.
+    assert!(SledStorage::open(&cfg).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_mode_acknowledges_after_a_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StoreConfig {
+        durability: Durability::Periodic { interval: Duration::from_millis(5) },
+        ..StoreConfig::default()
+    };
+    let store =
+        EventStore::open(SledStorage::open(&SledConfig::new(dir.path())).expect("sled"), cfg).expect("open");
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                store
+                    .append_to(&sid(&format!("order-{w}")), ExpectedVersion::Any, vec![ev("E")])
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    assert_eq!(store.head(), 160);
+    assert!(store.sync_count() >= 1);
+}
+
+/// Memory storage whose sync can be made to fail.
+#[derive(Debug, Clone, Default)]
+struct FlakyStorage {
+    inner: MemoryStorage,
+    fail_sync: Arc<AtomicBool>,
+}
+
+impl Storage for FlakyStorage {
+    type Value = <MemoryStorage as Storage>::Value;
+    type Iter = <MemoryStorage as Storage>::Iter;
+    fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StorageError> {
+        self.inner.get(key)
+    }
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool) -> Self::Iter {
+        self.inner.range(start, end, reverse)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.inner.apply(batch)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            Err(StorageError("EIO (injected)".into()))
+        } else {
+            Ok(())
+        }
+    }
+    fn flush_to_os(&self) -> Result<(), StorageError> {
+        self.sync()
+    }
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_sync_fails_the_waiters_and_poisons_the_store() {
+    let storage = FlakyStorage::default();
+    let fail = storage.fail_sync.clone();
+    let store = EventStore::open(storage, StoreConfig::default()).expect("open");
+    let s = sid("order-f");
+    store.append_to(&s, ExpectedVersion::Any, vec![ev("ok")]).await.expect("healthy");
+    fail.store(true, Ordering::SeqCst);
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![ev("lost")]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned(_)), "{err}");
+    assert!(!err.is_client_error());
+    fail.store(false, Ordering::SeqCst);
+    let err = store.append_to(&s, ExpectedVersion::Any, vec![ev("later")]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned(_)), "a poisoned store stays read-only: {err}");
+    // Readers never saw the unacknowledged event.
+    assert_eq!(store.head(), 1);
+}
+
+#[test]
+fn empty_and_inverted_ranges_are_empty_on_sled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStorage::open(&SledConfig::new(dir.path())).expect("sled");
+    assert_eq!(s.range(b"b", b"a", false).count(), 0);
+    assert_eq!(s.range(b"a", b"a", true).count(), 0);
+}
