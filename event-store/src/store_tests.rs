@@ -373,7 +373,9 @@ async fn sled_store_reopens_with_everything_acknowledged() {
     assert_eq!((r.first_position, r.version()), (3, 3));
     assert!(store.read_event(3).expect("read").expect("present").recorded_at_ns >= before);
     // The database is locked while open.
-    assert!(SledStorage::open(&cfg).is_err());
+    let quick = SledConfig { lock_wait: Duration::from_millis(50), ..cfg.clone() };
+    let err = SledStorage::open(&quick).unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

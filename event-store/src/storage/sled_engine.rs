@@ -20,6 +20,9 @@ pub struct SledConfig {
     pub path: PathBuf,
     /// sled's page cache in bytes (the main part of resident memory).
     pub cache_capacity: u64,
+    /// How long to wait for the database lock. sled's background threads hold it briefly after
+    /// the previous handle in this process is dropped; another live process holds it for good.
+    pub lock_wait: std::time::Duration,
 }
 
 impl SledConfig {
@@ -28,7 +31,11 @@ impl SledConfig {
 
     /// A config for `path` with the default cache.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), cache_capacity: Self::DEFAULT_CACHE_BYTES }
+        Self {
+            path: path.into(),
+            cache_capacity: Self::DEFAULT_CACHE_BYTES,
+            lock_wait: std::time::Duration::from_secs(2),
+        }
     }
 }
 
@@ -45,13 +52,29 @@ pub struct SledStorage {
 impl SledStorage {
     /// Opens (creating if needed) the database at `config.path`.
     pub fn open(config: &SledConfig) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| StorageError(format!("open {}: {e}", config.path.display())))?;
+        let deadline = std::time::Instant::now() + config.lock_wait;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&config.path)
+                .cache_capacity(config.cache_capacity)
+                .mode(sled::Mode::HighThroughput)
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                // sled reports a held lock as an `Other` I/O error with this text.
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StorageError(format!(
+                            "{} is locked by another process (is a node running on it?)",
+                            config.path.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StorageError(format!("open {}: {e}", config.path.display()))),
+            }
+        };
         let tree = db.open_tree("causeway").map_err(StorageError::new)?;
         let data_file = File::open(config.path.join("db")).map_err(StorageError::new)?;
         // Make the directory entries sled just created durable.
