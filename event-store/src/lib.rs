@@ -7,6 +7,7 @@
 //!   checkpoints, snapshots and an integrity check.
 //! - [`Subscription`] (module `subscription`): catch-up-then-live subscriptions.
 //! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].
+//! - [`raw`]: the exact on-disk bytes, for benchmarks and restore tools.
 //! - `keys` and `codec`: the on-disk layout and record format (documented in ARCHITECTURE.md).
 //!
 //! ```
@@ -24,6 +25,7 @@
 mod codec;
 mod error;
 mod keys;
+pub mod raw;
 pub mod storage;
 mod store;
 mod subscription;

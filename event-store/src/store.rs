@@ -212,6 +212,7 @@ impl<S: Storage> EventStore<S> {
         let writer = Writer {
             storage: storage.clone(),
             shared: shared.clone(),
+            head_cache: HashMap::new(),
             next_position: head + 1,
             last_ts,
             seq: 0,
@@ -577,9 +578,14 @@ struct GroupEvent {
     body: Vec<u8>,
 }
 
+/// Streams whose head version the writer remembers between groups (it is the only mutator, so
+/// the cache is exact; it is cleared when full and after a failed batch).
+const HEAD_CACHE_STREAMS: usize = 500_000;
+
 struct Writer<S: Storage> {
     storage: Arc<S>,
     shared: Arc<Shared>,
+    head_cache: HashMap<String, u64>,
     next_position: u64,
     last_ts: u64,
     seq: u64,
@@ -648,6 +654,10 @@ impl<S: Storage> Writer<S> {
                 accepted = Vec::new();
             } else {
                 self.last_ts = now;
+                if self.head_cache.len() + heads.len() > HEAD_CACHE_STREAMS {
+                    self.head_cache.clear();
+                }
+                self.head_cache.extend(heads);
                 metrics::counter!("causeway_store_events_appended_total").increment(events);
                 metrics::histogram!("causeway_store_group_events").record(events as f64);
             }
@@ -679,7 +689,7 @@ impl<S: Storage> Writer<S> {
     }
 
     fn head_of(&self, stream: &str, heads: &HashMap<String, u64>) -> Result<u64> {
-        if let Some(v) = heads.get(stream) {
+        if let Some(v) = heads.get(stream).or_else(|| self.head_cache.get(stream)) {
             return Ok(*v);
         }
         let prefix = keys::stream_prefix(stream);

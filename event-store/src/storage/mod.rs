@@ -11,6 +11,9 @@ mod sled_engine;
 pub use memory::MemoryStorage;
 pub use sled_engine::{SledConfig, SledStorage};
 
+/// The sled tree that holds the store's key space.
+pub const SLED_TREE: &str = "causeway";
+
 /// A failure inside the storage engine (I/O, the engine's own corruption checks, a lock).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("storage engine: {0}")]

@@ -75,7 +75,7 @@ impl SledStorage {
                 Err(e) => return Err(StorageError(format!("open {}: {e}", config.path.display()))),
             }
         };
-        let tree = db.open_tree("causeway").map_err(StorageError::new)?;
+        let tree = db.open_tree(super::SLED_TREE).map_err(StorageError::new)?;
         let data_file = File::open(config.path.join("db")).map_err(StorageError::new)?;
         // Make the directory entries sled just created durable.
         sync_dir(&config.path)?;

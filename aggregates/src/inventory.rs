@@ -1,0 +1,366 @@
+//! The Inventory aggregate, one per SKU: stock available and reserved per order.
+//!
+//! Stock is conserved: `added = available + reserved + shipped` holds after every event
+//! (checked by [`Inventory::is_conserved`]). A reservation that cannot be met is recorded as
+//! `StockReservationRejected`, a business outcome the saga reacts to, not an error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Upcast;
+use crate::{domain_events, Decider, OrderId, Sku};
+
+/// Commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InventoryCommand {
+    /// Add (restock) units.
+    AddStock { sku: Sku, quantity: u64 },
+    /// Hold units for an order.
+    Reserve { sku: Sku, order_id: OrderId, quantity: u64 },
+    /// Give an order's held units back (compensation).
+    Release { sku: Sku, order_id: OrderId },
+    /// The order's held units left the warehouse.
+    Commit { sku: Sku, order_id: OrderId },
+}
+
+/// `StockAdded`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockAdded {
+    pub sku: Sku,
+    pub quantity: u64,
+}
+impl Upcast for StockAdded {}
+
+/// `StockReserved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    pub sku: Sku,
+    pub order_id: OrderId,
+    pub quantity: u64,
+}
+impl Upcast for StockReserved {}
+
+/// `StockReservationRejected`: not enough available.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReservationRejected {
+    pub sku: Sku,
+    pub order_id: OrderId,
+    pub requested: u64,
+    pub available: u64,
+}
+impl Upcast for StockReservationRejected {}
+
+/// `StockReleased`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReleased {
+    pub sku: Sku,
+    pub order_id: OrderId,
+    pub quantity: u64,
+}
+impl Upcast for StockReleased {}
+
+/// `StockCommitted`: shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockCommitted {
+    pub sku: Sku,
+    pub order_id: OrderId,
+    pub quantity: u64,
+}
+impl Upcast for StockCommitted {}
+
+/// Events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InventoryEvent {
+    StockAdded(StockAdded),
+    StockReserved(StockReserved),
+    StockReservationRejected(StockReservationRejected),
+    StockReleased(StockReleased),
+    StockCommitted(StockCommitted),
+}
+
+domain_events!(InventoryEvent {
+    StockAdded(StockAdded),
+    StockReserved(StockReserved),
+    StockReservationRejected(StockReservationRejected),
+    StockReleased(StockReleased),
+    StockCommitted(StockCommitted),
+});
+
+/// Why a command is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    #[error("quantity must be at least 1")]
+    ZeroQuantity,
+    #[error("invalid SKU {0:?}")]
+    InvalidSku(String),
+    #[error("the stock of {0} would overflow")]
+    Overflow(Sku),
+    #[error("the command is for SKU {command}, this is SKU {stock}")]
+    WrongSku { stock: Sku, command: Sku },
+    #[error("order {order_id} holds no reservation of {sku}")]
+    NoReservation { sku: Sku, order_id: OrderId },
+    #[error("order {order_id} already reserved {reserved} of {sku}, not {requested}")]
+    ReservationMismatch { sku: Sku, order_id: OrderId, reserved: u64, requested: u64 },
+}
+
+/// State of one SKU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub sku: Option<Sku>,
+    pub available: u64,
+    pub reserved: BTreeMap<OrderId, u64>,
+    pub added: u64,
+    pub shipped: u64,
+    /// Orders whose reservation was committed (so a repeated commit is a no-op).
+    pub committed: BTreeMap<OrderId, u64>,
+}
+
+impl Inventory {
+    /// Units held for orders.
+    pub fn reserved_total(&self) -> u64 {
+        self.reserved.values().sum()
+    }
+
+    /// `added = available + reserved + shipped`.
+    pub fn is_conserved(&self) -> bool {
+        self.added == self.available + self.reserved_total() + self.shipped
+    }
+
+    fn check_sku(&self, sku: &Sku) -> Result<(), InventoryError> {
+        if !sku.is_valid() {
+            return Err(InventoryError::InvalidSku(sku.0.clone()));
+        }
+        match &self.sku {
+            Some(mine) if mine != sku => {
+                Err(InventoryError::WrongSku { stock: mine.clone(), command: sku.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Decider for Inventory {
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = InventoryError;
+
+    fn decide(&self, command: InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
+        match command {
+            InventoryCommand::AddStock { sku, quantity } => {
+                self.check_sku(&sku)?;
+                if quantity == 0 {
+                    return Err(InventoryError::ZeroQuantity);
+                }
+                if self.added.checked_add(quantity).is_none() {
+                    return Err(InventoryError::Overflow(sku));
+                }
+                Ok(vec![InventoryEvent::StockAdded(StockAdded { sku, quantity })])
+            }
+            InventoryCommand::Reserve { sku, order_id, quantity } => {
+                self.check_sku(&sku)?;
+                if quantity == 0 {
+                    return Err(InventoryError::ZeroQuantity);
+                }
+                if let Some(&reserved) = self.reserved.get(&order_id).or(self.committed.get(&order_id)) {
+                    // A repeated reservation is a no-op; a different quantity is a mistake.
+                    if reserved == quantity {
+                        return Ok(vec![]);
+                    }
+                    return Err(InventoryError::ReservationMismatch {
+                        sku,
+                        order_id,
+                        reserved,
+                        requested: quantity,
+                    });
+                }
+                if quantity > self.available {
+                    return Ok(vec![InventoryEvent::StockReservationRejected(StockReservationRejected {
+                        sku,
+                        order_id,
+                        requested: quantity,
+                        available: self.available,
+                    })]);
+                }
+                Ok(vec![InventoryEvent::StockReserved(StockReserved { sku, order_id, quantity })])
+            }
+            InventoryCommand::Release { sku, order_id } => {
+                self.check_sku(&sku)?;
+                // Releasing what is not held (never reserved, already released) changes nothing.
+                Ok(match self.reserved.get(&order_id) {
+                    Some(&quantity) => {
+                        vec![InventoryEvent::StockReleased(StockReleased { sku, order_id, quantity })]
+                    }
+                    None => vec![],
+                })
+            }
+            InventoryCommand::Commit { sku, order_id } => {
+                self.check_sku(&sku)?;
+                if self.committed.contains_key(&order_id) {
+                    return Ok(vec![]);
+                }
+                match self.reserved.get(&order_id) {
+                    Some(&quantity) => {
+                        Ok(vec![InventoryEvent::StockCommitted(StockCommitted { sku, order_id, quantity })])
+                    }
+                    None => Err(InventoryError::NoReservation { sku, order_id }),
+                }
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &InventoryEvent) -> Self {
+        match event {
+            InventoryEvent::StockAdded(e) => {
+                self.sku = Some(e.sku.clone());
+                self.available += e.quantity;
+                self.added += e.quantity;
+            }
+            InventoryEvent::StockReserved(e) => {
+                self.sku = Some(e.sku.clone());
+                self.available -= e.quantity.min(self.available);
+                self.reserved.insert(e.order_id, e.quantity);
+            }
+            InventoryEvent::StockReservationRejected(e) => {
+                self.sku = Some(e.sku.clone());
+            }
+            InventoryEvent::StockReleased(e) => {
+                if let Some(q) = self.reserved.remove(&e.order_id) {
+                    self.available += q;
+                }
+            }
+            InventoryEvent::StockCommitted(e) => {
+                if let Some(q) = self.reserved.remove(&e.order_id) {
+                    self.shipped += q;
+                    self.committed.insert(e.order_id, q);
+                }
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DomainEvent;
+    use crate::testing::given;
+    use uuid::Uuid;
+
+    fn sku() -> Sku {
+        Sku::from("SKU-1")
+    }
+    fn order(n: u128) -> OrderId {
+        OrderId(Uuid::from_u128(n))
+    }
+    fn added(q: u64) -> InventoryEvent {
+        InventoryEvent::StockAdded(StockAdded { sku: sku(), quantity: q })
+    }
+    fn reserved(o: u128, q: u64) -> InventoryEvent {
+        InventoryEvent::StockReserved(StockReserved { sku: sku(), order_id: order(o), quantity: q })
+    }
+    fn reserve(o: u128, q: u64) -> InventoryCommand {
+        InventoryCommand::Reserve { sku: sku(), order_id: order(o), quantity: q }
+    }
+
+    #[test]
+    fn add_stock() {
+        let s = given::<Inventory>([])
+            .when(InventoryCommand::AddStock { sku: sku(), quantity: 10 })
+            .then([added(10)]);
+        assert_eq!((s.available, s.added), (10, 10));
+        given::<Inventory>([])
+            .when(InventoryCommand::AddStock { sku: sku(), quantity: 0 })
+            .then_error(InventoryError::ZeroQuantity);
+        given::<Inventory>([added(u64::MAX)])
+            .when(InventoryCommand::AddStock { sku: sku(), quantity: 1 })
+            .then_error(InventoryError::Overflow(sku()));
+        given::<Inventory>([])
+            .when(InventoryCommand::AddStock { sku: Sku::from("bad sku"), quantity: 1 })
+            .then_error(InventoryError::InvalidSku("bad sku".into()));
+        given::<Inventory>([added(1)])
+            .when(InventoryCommand::AddStock { sku: Sku::from("OTHER"), quantity: 1 })
+            .then_error(InventoryError::WrongSku { stock: sku(), command: Sku::from("OTHER") });
+    }
+
+    #[test]
+    fn reserve_what_is_available() {
+        let s = given::<Inventory>([added(10)]).when(reserve(1, 4)).then([reserved(1, 4)]);
+        assert_eq!((s.available, s.reserved_total()), (6, 4));
+        assert!(s.is_conserved());
+    }
+
+    #[test]
+    fn reserving_more_than_available_is_rejected_as_an_event() {
+        let s = given::<Inventory>([added(3)]).when(reserve(1, 4)).then([
+            InventoryEvent::StockReservationRejected(StockReservationRejected {
+                sku: sku(),
+                order_id: order(1),
+                requested: 4,
+                available: 3,
+            }),
+        ]);
+        assert_eq!(s.available, 3);
+        given::<Inventory>([added(3)]).when(reserve(1, 0)).then_error(InventoryError::ZeroQuantity);
+    }
+
+    #[test]
+    fn repeated_reservation_is_a_no_op_and_a_different_one_is_refused() {
+        given::<Inventory>([added(10), reserved(1, 4)]).when(reserve(1, 4)).then([]);
+        given::<Inventory>([added(10), reserved(1, 4)]).when(reserve(1, 5)).then_error(
+            InventoryError::ReservationMismatch { sku: sku(), order_id: order(1), reserved: 4, requested: 5 },
+        );
+    }
+
+    #[test]
+    fn release_returns_held_units_once() {
+        let release = || InventoryCommand::Release { sku: sku(), order_id: order(1) };
+        let released =
+            InventoryEvent::StockReleased(StockReleased { sku: sku(), order_id: order(1), quantity: 4 });
+        let s = given::<Inventory>([added(10), reserved(1, 4)]).when(release()).then([released.clone()]);
+        assert_eq!((s.available, s.reserved_total()), (10, 0));
+        given::<Inventory>([added(10), reserved(1, 4), released]).when(release()).then([]);
+        given::<Inventory>([added(10)]).when(release()).then([]);
+    }
+
+    #[test]
+    fn commit_ships_the_reservation() {
+        let commit = || InventoryCommand::Commit { sku: sku(), order_id: order(1) };
+        let committed =
+            InventoryEvent::StockCommitted(StockCommitted { sku: sku(), order_id: order(1), quantity: 4 });
+        let s = given::<Inventory>([added(10), reserved(1, 4)]).when(commit()).then([committed.clone()]);
+        assert_eq!((s.available, s.reserved_total(), s.shipped), (6, 0, 4));
+        assert!(s.is_conserved());
+        given::<Inventory>([added(10), reserved(1, 4), committed.clone()]).when(commit()).then([]);
+        // A committed order's reservation cannot be repeated or released.
+        given::<Inventory>([added(10), reserved(1, 4), committed.clone()]).when(reserve(1, 4)).then([]);
+        given::<Inventory>([added(10), reserved(1, 4), committed])
+            .when(InventoryCommand::Release { sku: sku(), order_id: order(1) })
+            .then([]);
+        given::<Inventory>([added(10)])
+            .when(commit())
+            .then_error(InventoryError::NoReservation { sku: sku(), order_id: order(1) });
+    }
+
+    #[test]
+    fn events_round_trip() {
+        let events = [
+            added(1),
+            reserved(1, 1),
+            InventoryEvent::StockReservationRejected(StockReservationRejected {
+                sku: sku(),
+                order_id: order(2),
+                requested: 5,
+                available: 0,
+            }),
+            InventoryEvent::StockReleased(StockReleased { sku: sku(), order_id: order(1), quantity: 1 }),
+            InventoryEvent::StockCommitted(StockCommitted { sku: sku(), order_id: order(1), quantity: 1 }),
+        ];
+        for e in events {
+            assert_eq!(
+                InventoryEvent::decode(e.event_type(), e.schema_version(), &e.to_payload()).expect("decode"),
+                e
+            );
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! `causeway bench store`: the event store's benchmarks, measured side by side in one run so the
+//! ratios hold on a noisy machine. Prints one table per section (see BENCHMARKS.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use event_store::{
+    raw, Direction, Durability, EventStore, ExpectedVersion, NewEvent, SledConfig, SledStorage, Snapshot,
+    StoreConfig, StreamId,
+};
+use hdrhistogram::Histogram;
+
+type Store = EventStore<SledStorage>;
+
+/// Options of `causeway bench store`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreBenchArgs {
+    /// Seconds each throughput measurement runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Events in the store for the scale section (0 skips it).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub scale_events: u64,
+    /// Events for the replay section.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_events: u64,
+    /// Small sizes for a quick look (1 s runs, 200k replay, 500k scale).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to put the benchmark databases (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// sled cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mib: u64,
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"order_id":"0192f0c4-7a51-7cc3-9a1e-3d5c4b2a1f{:02}","customer_id":"c-{}","items":[{{"sku":"SKU-{}","qty":2,"unit_price_minor":1999}}],"total_minor":3998,"currency":"EUR"}}"#,
+        i % 100,
+        i % 997,
+        i % 113
+    )
+    .into_bytes()
+}
+
+fn event(i: u64) -> NewEvent {
+    NewEvent::json("OrderPlaced", payload(i))
+}
+
+fn sled_config(path: &Path, cache_mib: u64) -> SledConfig {
+    SledConfig { cache_capacity: cache_mib * 1024 * 1024, ..SledConfig::new(path) }
+}
+
+fn open(path: &Path, cache_mib: u64, durability: Durability) -> Result<Store> {
+    let storage = SledStorage::open(&sled_config(path, cache_mib))?;
+    Ok(EventStore::open(storage, StoreConfig { durability, ..StoreConfig::default() })?)
+}
+
+/// One throughput measurement.
+struct Run {
+    events: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+    fn p(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// `writers` tasks append single events to their own streams until `duration` has passed.
+async fn concurrent_appends(store: &Store, writers: usize, duration: Duration, tag: &str) -> Result<Run> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(writers);
+    for w in 0..writers {
+        let store = store.clone();
+        let stream = StreamId::new(format!("order-{tag}{w}"))?;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).context("histogram")?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                store.append_to(&stream, ExpectedVersion::Any, vec![event(n)]).await?;
+                hist.record(t.elapsed().as_micros() as u64).context("record")?;
+                n += 1;
+            }
+            anyhow::Ok((n, hist))
+        }));
+    }
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut events = 0;
+    for t in tasks {
+        let (n, h) = t.await??;
+        events += n;
+        latency.add(h)?;
+    }
+    Ok(Run { events, elapsed: started.elapsed(), latency })
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn header(title: &str) {
+    println!("\n## {title}\n");
+}
+
+/// Runs every section.
+pub async fn store(args: StoreBenchArgs) -> Result<()> {
+    let mut args = args;
+    if args.quick {
+        args.seconds = args.seconds.min(1.0);
+        args.replay_events = args.replay_events.min(200_000);
+        args.scale_events = args.scale_events.min(500_000);
+    }
+    let tmp;
+    let base = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let secs = Duration::from_secs_f64(args.seconds);
+    println!("# causeway bench store  (cores: {}, {} s per run)", num_cpus(), args.seconds);
+
+    durable_appends(&base.join("durable"), &args, secs).await?;
+    periodic_vs_raw(&base.join("periodic"), &args, secs).await?;
+    replay(&base.join("replay"), &args).await?;
+    stream_reads(&base.join("streams"), &args).await?;
+    if args.scale_events > 0 {
+        scale(&base.join("scale"), &args, secs).await?;
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+async fn durable_appends(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> {
+    header("Durable appends (fsync mode), single-event appends, each writer on its own stream");
+    let store = open(dir, args.cache_mib, Durability::Fsync)?;
+    println!("| writers | events/s | p50 ack ms | p99 ack ms | syncs | events/sync | vs 1 writer |");
+    println!("|--------:|---------:|-----------:|-----------:|------:|------------:|------------:|");
+    let mut base_rate = 0.0;
+    for writers in [1usize, 64, 256] {
+        let syncs = store.sync_count();
+        let run = concurrent_appends(&store, writers, secs, &format!("w{writers}-")).await?;
+        let syncs = store.sync_count() - syncs;
+        if writers == 1 {
+            base_rate = run.rate();
+        }
+        println!(
+            "| {writers} | {:.0} | {:.2} | {:.2} | {syncs} | {:.1} | {:.1}x |",
+            run.rate(),
+            run.p(0.5),
+            run.p(0.99),
+            run.events as f64 / syncs.max(1) as f64,
+            run.rate() / base_rate
+        );
+    }
+    Ok(())
+}
+
+async fn periodic_vs_raw(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> {
+    header("Periodic appends (10 ms flush) vs raw sled inserts of the same bytes");
+    std::fs::create_dir_all(dir)?;
+    // Raw sled: one thread inserting exactly the entries the store writes for each event
+    // (record + stream, category and event-id index), no checks, no flush.
+    let raw_dir = dir.join("raw");
+    let raw_rate = tokio::task::spawn_blocking({
+        let raw_dir = raw_dir.clone();
+        let cache = args.cache_mib;
+        move || -> Result<(f64, f64, f64)> {
+            let db = sled::Config::new().path(&raw_dir).cache_capacity(cache * 1024 * 1024).open()?;
+            let tree = db.open_tree(raw::SLED_TREE)?;
+            let deadline = Instant::now() + secs;
+            let started = Instant::now();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..256 {
+                    n += 1;
+                    let stream = format!("order-r{}", n % 256);
+                    for (k, v) in raw::entries(n, n / 256 + 1, n, &stream, &event(n))? {
+                        tree.insert(k, v)?;
+                    }
+                }
+            }
+            let all = n as f64 / started.elapsed().as_secs_f64();
+            // The same records alone, without any index entries.
+            let started = Instant::now();
+            let deadline = Instant::now() + secs;
+            let mut m = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..256 {
+                    m += 1;
+                    let stream = format!("order-r{}", m % 256);
+                    let [(k, v), ..] = raw::entries(n + m, m, m, &stream, &event(m))?;
+                    tree.insert(k, v)?;
+                }
+            }
+            let log_only = m as f64 / started.elapsed().as_secs_f64();
+            // The same entries, 256 events per atomic batch (what the writer does per group).
+            let started = Instant::now();
+            let deadline = Instant::now() + secs;
+            let mut b = 0u64;
+            while Instant::now() < deadline {
+                let mut batch = sled::Batch::default();
+                for _ in 0..256 {
+                    b += 1;
+                    let stream = format!("order-b{}", b % 256);
+                    for (k, v) in raw::entries(n + m + b, b / 256 + 1, b, &stream, &event(b))? {
+                        batch.insert(k, v);
+                    }
+                }
+                tree.apply_batch(batch)?;
+            }
+            let batched = b as f64 / started.elapsed().as_secs_f64();
+            Ok((all, log_only, batched))
+        }
+    })
+    .await??;
+    let store = open(
+        &dir.join("store"),
+        args.cache_mib,
+        Durability::Periodic { interval: Duration::from_millis(10) },
+    )?;
+    println!("| what | events/s | p50 ack ms | p99 ack ms | vs raw (same entries) |");
+    println!("|------|---------:|-----------:|-----------:|----------------------:|");
+    println!("| raw sled insert, record + 3 index entries, 1 thread | {:.0} | - | - | 100% |", raw_rate.0);
+    println!(
+        "| raw sled insert, record only, 1 thread | {:.0} | - | - | {:.0}% |",
+        raw_rate.1,
+        100.0 * raw_rate.1 / raw_rate.0
+    );
+    println!(
+        "| raw sled apply_batch, same entries, 256 events/batch | {:.0} | - | - | {:.0}% |",
+        raw_rate.2,
+        100.0 * raw_rate.2 / raw_rate.0
+    );
+    for writers in [256usize, 1024] {
+        let run = concurrent_appends(&store, writers, secs, &format!("p{writers}-")).await?;
+        println!(
+            "| store, periodic, {writers} writers | {:.0} | {:.2} | {:.2} | {:.0}% |",
+            run.rate(),
+            run.p(0.5),
+            run.p(0.99),
+            100.0 * run.rate() / raw_rate.0
+        );
+    }
+    Ok(())
+}
+
+/// Fills a store quickly: `tasks` appenders writing batches of `batch` events, periodic mode.
+async fn fill(store: &Store, events: u64, streams: u64, batch: u64) -> Result<Duration> {
+    let started = Instant::now();
+    let tasks = 64u64;
+    let per_task = events / tasks;
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < per_task {
+                let n = batch.min(per_task - done);
+                let stream = StreamId::new(format!("order-{}", (t * per_task + done) / batch % streams))?;
+                let evs = (0..n).map(|i| event(done + i)).collect();
+                store.append_to(&stream, ExpectedVersion::Any, evs).await?;
+                done += n;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok(started.elapsed())
+}
+
+async fn replay(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
+    header(&format!("Global replay (read + decode), {} events", args.replay_events));
+    let periodic = Durability::Periodic { interval: Duration::from_millis(10) };
+    {
+        let store = open(dir, args.cache_mib, periodic)?;
+        fill(&store, args.replay_events, 10_000, 50).await?;
+    }
+    let path = dir.to_path_buf();
+    let cache = args.cache_mib;
+    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(String, f64)>> {
+        let mut rows = Vec::new();
+        // Alternate the two readers three times each; report the median rate of each.
+        let mut raw_rates = Vec::new();
+        let mut store_rates = Vec::new();
+        for _ in 0..3 {
+            let db = sled::Config::new().path(&path).cache_capacity(cache * 1024 * 1024).open()?;
+            let tree = db.open_tree(raw::SLED_TREE)?;
+            let started = Instant::now();
+            let mut n = 0u64;
+            let mut bytes = 0usize;
+            for kv in tree.range(raw::log_key(0).to_vec()..raw::log_end().to_vec()) {
+                let (k, v) = kv?;
+                let pos = u64::from_be_bytes(k[1..9].try_into()?);
+                let e = raw::decode_record(&v, pos)?;
+                bytes += e.payload.len();
+                n += 1;
+            }
+            raw_rates.push(n as f64 / started.elapsed().as_secs_f64());
+            drop(tree);
+            drop(db);
+            std::hint::black_box(bytes);
+
+            let storage = SledStorage::open(&sled_config(&path, cache))?;
+            let store = EventStore::open(storage, StoreConfig::default())?;
+            let started = Instant::now();
+            let mut m = 0u64;
+            let mut bytes = 0usize;
+            for e in store.read_all(1) {
+                bytes += e?.payload.len();
+                m += 1;
+            }
+            store_rates.push(m as f64 / started.elapsed().as_secs_f64());
+            std::hint::black_box(bytes);
+            if m != n {
+                bail!("store read {m} events, raw scan {n}");
+            }
+        }
+        raw_rates.sort_by(f64::total_cmp);
+        store_rates.sort_by(f64::total_cmp);
+        rows.push(("raw sled scan + decode".to_owned(), raw_rates[1]));
+        rows.push(("store read_all (verified, decoded)".to_owned(), store_rates[1]));
+        Ok(rows)
+    })
+    .await??;
+    println!("| reader | events/s (median of 3) | vs raw |");
+    println!("|--------|-----------------------:|-------:|");
+    let raw_rate = rows[0].1;
+    for (name, rate) in rows {
+        println!("| {name} | {rate:.0} | {:.0}% |", 100.0 * rate / raw_rate);
+    }
+    Ok(())
+}
+
+async fn stream_reads(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
+    header("Stream read latency (load a stream and fold it; snapshot taken 10 events before the end)");
+    let store = open(dir, args.cache_mib, Durability::Periodic { interval: Duration::from_millis(10) })?;
+    // Background noise: other streams interleaved with the measured ones.
+    fill(&store, 200_000, 5_000, 20).await?;
+    println!("| events in stream | snapshot | p50 µs | p99 µs | events read |");
+    println!("|-----------------:|----------|-------:|-------:|------------:|");
+    for len in [100u64, 1000] {
+        let stream = StreamId::new(format!("order-len{len}"))?;
+        for chunk in (0..len).collect::<Vec<_>>().chunks(50) {
+            store.append_to(&stream, ExpectedVersion::Any, chunk.iter().map(|i| event(*i)).collect()).await?;
+        }
+        let snap_version = len - 10;
+        let folded: u64 = store
+            .read_stream(&stream, 1, Direction::Forward)
+            .take(snap_version as usize)
+            .map(|e| e.map(|e| e.payload.len() as u64))
+            .sum::<Result<u64, _>>()?;
+        store.save_snapshot(
+            &stream,
+            &Snapshot { version: snap_version, schema_version: 1, payload: folded.to_be_bytes().to_vec() },
+        )?;
+        for with_snapshot in [false, true] {
+            let store = store.clone();
+            let stream = stream.clone();
+            let (hist, read) = tokio::task::spawn_blocking(move || -> Result<(Histogram<u64>, u64)> {
+                let mut hist = Histogram::<u64>::new(3)?;
+                let mut read = 0;
+                for _ in 0..500 {
+                    let t = Instant::now();
+                    let (mut state, from) = match (with_snapshot, store.load_snapshot(&stream)?) {
+                        (true, Some(s)) => (u64::from_be_bytes(s.payload[..8].try_into()?), s.version + 1),
+                        _ => (0, 1),
+                    };
+                    read = 0;
+                    for e in store.read_stream(&stream, from, Direction::Forward) {
+                        state += e?.payload.len() as u64;
+                        read += 1;
+                    }
+                    std::hint::black_box(state);
+                    hist.record(t.elapsed().as_nanos() as u64)?;
+                }
+                Ok((hist, read))
+            })
+            .await??;
+            println!(
+                "| {len} | {} | {:.1} | {:.1} | {read} |",
+                if with_snapshot { "yes" } else { "no" },
+                hist.value_at_quantile(0.5) as f64 / 1000.0,
+                hist.value_at_quantile(0.99) as f64 / 1000.0
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn scale(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> {
+    header(&format!("Scale: {} events", args.scale_events));
+    let periodic = Durability::Periodic { interval: Duration::from_millis(10) };
+    // Baseline append rate on an empty store, measured in this same run.
+    let empty_dir = dir.join("empty");
+    let empty_rate = {
+        let store = open(&empty_dir, args.cache_mib, Durability::Fsync)?;
+        concurrent_appends(&store, 256, secs, "e").await?
+    };
+    let full_dir = dir.join("full");
+    let fill_time = {
+        let store = open(&full_dir, args.cache_mib, periodic)?;
+        fill(&store, args.scale_events, 100_000, 100).await?
+    };
+    // Open, memory and append rate are measured in a fresh process so its RSS is its own.
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(["bench", "probe"])
+        .arg(&full_dir)
+        .args(["--cache-mib", &args.cache_mib.to_string(), "--seconds", &args.seconds.to_string()])
+        .output()
+        .context("run the probe process")?;
+    if !out.status.success() {
+        bail!("probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let probe: serde_json::Value = serde_json::from_slice(&out.stdout).context("probe output")?;
+    let disk = dir_size(&full_dir)?;
+    let f = |k: &str| probe[k].as_f64().unwrap_or(f64::NAN);
+    println!("| measure | value | goal |");
+    println!("|---------|------:|------|");
+    println!(
+        "| fill rate (periodic, 64 tasks x 100-event appends) | {:.0} events/s | - |",
+        args.scale_events as f64 / fill_time.as_secs_f64()
+    );
+    println!("| open time | {:.0} ms | < 2000 ms |", f("open_ms"));
+    println!("| RSS after open | {:.0} MiB | - |", f("rss_open_mib"));
+    println!(
+        "| RSS after full replay + appends (cache {} MiB) | {:.0} MiB | < 512 MiB |",
+        args.cache_mib,
+        f("rss_end_mib")
+    );
+    println!("| full replay | {:.0} events/s | - |", f("replay_rate"));
+    println!("| disk bytes per event | {:.0} | - |", disk as f64 / args.scale_events as f64);
+    println!(
+        "| fsync append rate, 256 writers, empty store | {:.0} events/s (p99 {:.2} ms) | - |",
+        empty_rate.rate(),
+        empty_rate.p(0.99)
+    );
+    println!(
+        "| fsync append rate, 256 writers, full store | {:.0} events/s (p99 {:.2} ms) | >= 80% of empty |",
+        f("append_rate"),
+        f("append_p99_ms")
+    );
+    println!("| full / empty append rate | {:.0}% | >= 80% |", 100.0 * f("append_rate") / empty_rate.rate());
+    Ok(())
+}
+
+fn dir_size(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { dir_size(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+/// Options of the hidden `causeway bench probe` (run by the scale section in a fresh process).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The store to open.
+    pub dir: PathBuf,
+    /// sled cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mib: u64,
+    /// Seconds of appends.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+}
+
+/// Opens a big store, replays it, appends for a while; prints JSON figures.
+pub async fn probe(args: ProbeArgs) -> Result<()> {
+    let started = Instant::now();
+    let store = open(&args.dir, args.cache_mib, Durability::Fsync)?;
+    let open_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let rss_open = rss_mib();
+    let reader = store.clone();
+    let (n, replay_secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64)> {
+        let t = Instant::now();
+        let mut n = 0u64;
+        for e in reader.read_all(1) {
+            std::hint::black_box(e?);
+            n += 1;
+        }
+        Ok((n, t.elapsed().as_secs_f64()))
+    })
+    .await??;
+    let run = concurrent_appends(&store, 256, Duration::from_secs_f64(args.seconds), "probe").await?;
+    let out = serde_json::json!({
+        "events": n,
+        "open_ms": open_ms,
+        "rss_open_mib": rss_open,
+        "replay_rate": n as f64 / replay_secs,
+        "append_rate": run.rate(),
+        "append_p99_ms": run.p(0.99),
+        "rss_end_mib": rss_mib(),
+    });
+    println!("{out}");
+    Ok(())
+}
