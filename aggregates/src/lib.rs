@@ -10,6 +10,7 @@
 //! Modules:
 //! - [`money`] and [`ids`]: integer minor-unit money and newtype ids.
 //! - [`order`], [`inventory`], [`payment`], [`shipping`]: the aggregates.
+//! - [`saga`]: the order saga's own state machine (steps, compensation, deadlines, retries).
 //! - [`codec`]: stable event names, schema versions, upcasting ([`DomainEvent`]).
 //! - [`testing`]: the given/when/then harness used by the tests.
 
@@ -19,6 +20,7 @@ pub mod inventory;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod saga;
 pub mod shipping;
 pub mod testing;
 

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Upcast;
+use crate::shipping::Address;
 use crate::{domain_events, Currency, CustomerId, Decider, Money, OrderId, Sku};
 
 /// Most lines in one order.
@@ -39,14 +40,21 @@ pub enum CancelReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderCommand {
     /// Place a new order.
-    Place { order_id: OrderId, customer_id: CustomerId, items: Vec<LineItem>, currency: Currency },
+    Place {
+        order_id: OrderId,
+        customer_id: CustomerId,
+        items: Vec<LineItem>,
+        currency: Currency,
+        shipping_address: Option<Address>,
+    },
     /// Confirm it once it has shipped.
     Confirm { order_id: OrderId, tracking_number: String },
     /// Cancel it.
     Cancel { order_id: OrderId, reason: CancelReason },
 }
 
-/// `OrderPlaced`: schema 2 added `currency` (v1 orders were all EUR).
+/// `OrderPlaced`: schema 2 added `currency` (v1 orders were all EUR) and `shipping_address`
+/// (absent in v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPlaced {
     pub order_id: OrderId,
@@ -54,6 +62,8 @@ pub struct OrderPlaced {
     pub items: Vec<LineItem>,
     pub total: Money,
     pub currency: Currency,
+    #[serde(default)]
+    pub shipping_address: Option<Address>,
 }
 
 impl Upcast for OrderPlaced {
@@ -163,7 +173,7 @@ impl Decider for Order {
 
     fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         match command {
-            OrderCommand::Place { order_id, customer_id, items, currency } => {
+            OrderCommand::Place { order_id, customer_id, items, currency, shipping_address } => {
                 if self.id.is_some() {
                     return Err(OrderError::AlreadyPlaced(order_id));
                 }
@@ -193,6 +203,7 @@ impl Decider for Order {
                     items,
                     total,
                     currency,
+                    shipping_address,
                 })])
             }
             OrderCommand::Confirm { order_id, tracking_number } => {
@@ -260,6 +271,7 @@ mod tests {
             customer_id: CustomerId("c1".into()),
             items,
             currency: "EUR".into(),
+            shipping_address: None,
         }
     }
 
@@ -270,6 +282,7 @@ mod tests {
             items: vec![line("A", 2, 1999), line("B", 1, 500)],
             total: Money(4498),
             currency: "EUR".into(),
+            shipping_address: None,
         })
     }
 
@@ -313,6 +326,7 @@ mod tests {
             customer_id: CustomerId("c".into()),
             items: vec![line("A", 1, 1)],
             currency: "euro".into(),
+            shipping_address: None,
         };
         given::<Order>([]).when(cmd).then_error(OrderError::InvalidCurrency("euro".into()));
     }
@@ -358,7 +372,10 @@ mod tests {
         let v1 =
             br#"{"order_id":"00000000-0000-0000-0000-000000000001","customer_id":"c1","items":[],"total":0}"#;
         match OrderEvent::decode("OrderPlaced", 1, v1).expect("upcast") {
-            OrderEvent::OrderPlaced(p) => assert_eq!(p.currency, Currency::from("EUR")),
+            OrderEvent::OrderPlaced(p) => {
+                assert_eq!(p.currency, Currency::from("EUR"));
+                assert_eq!(p.shipping_address, None);
+            }
             other => panic!("{other:?}"),
         }
     }
