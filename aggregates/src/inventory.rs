@@ -104,8 +104,8 @@ pub enum InventoryError {
     ReservationMismatch { sku: Sku, order_id: OrderId, reserved: u64, requested: u64 },
 }
 
-/// State of one SKU.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// State of one SKU (serialisable: the inventory handler snapshots it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub sku: Option<Sku>,
     pub available: u64,

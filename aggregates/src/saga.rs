@@ -379,6 +379,8 @@ pub struct Saga {
     pub failure: Option<String>,
     /// The step that failed.
     pub failed_step: Option<Step>,
+    /// It failed by running out of time (not by a refusal or a cancellation).
+    pub timed_out: bool,
     /// The customer cancelled (the order is already cancelled).
     pub cancelled_by_customer: bool,
 }
@@ -462,6 +464,7 @@ impl Saga {
     fn cancel_reason(&self) -> CancelReason {
         match self.failed_step {
             _ if self.cancelled_by_customer => CancelReason::CustomerRequest,
+            _ if self.timed_out => CancelReason::Timeout,
             Some(Step::ReserveStock) => CancelReason::OutOfStock,
             Some(Step::TakePayment) => CancelReason::PaymentDeclined,
             Some(Step::CreateShipment) => CancelReason::ShipmentFailed,
@@ -681,6 +684,7 @@ impl Decider for Saga {
                 self.failure = Some(e.reason.clone());
                 self.failed_step = Some(e.step);
                 self.cancelled_by_customer = e.by_customer;
+                self.timed_out = e.may_have_applied && !e.by_customer;
                 self.step = None;
                 self.status = SagaStatus::Compensating;
             }

@@ -293,7 +293,7 @@ fn an_overdue_step_is_retried_with_backoff_then_compensated() {
     );
     assert_eq!(
         state.compensation_command(Compensation::CancelOrder),
-        Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::ShipmentFailed })
+        Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::Timeout })
     );
 }
 

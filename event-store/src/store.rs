@@ -399,6 +399,17 @@ impl<S: Storage> EventStore<S> {
         }
     }
 
+    /// Finds a durable event by its id.
+    pub fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        match self.inner.storage.get(&keys::event_id(&event_id))? {
+            None => Ok(None),
+            Some(p) => {
+                let pos = codec::decode_u64(p.as_ref(), || format!("event id index of {event_id}"))?;
+                self.read_event(pos)
+            }
+        }
+    }
+
     /// Stores a snapshot of a stream's state. Snapshots are an optimisation: they ride along with
     /// the next sync and are never needed for correctness.
     pub fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<()> {

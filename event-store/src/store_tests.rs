@@ -231,6 +231,8 @@ both_engines!(recorded_events_carry_the_envelope, |store| {
     assert_eq!(got.content_type, "application/json");
     assert_eq!(got.payload, e.payload);
     assert_eq!(got.category(), "shipping");
+    assert_eq!(store.find_event(e.event_id).expect("find"), Some(got.clone()));
+    assert_eq!(store.find_event(Uuid::now_v7()).expect("find"), None);
     assert!(got.recorded_at_ns >= before);
 });
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use event_store::{EventStore, SledConfig, SledStorage, StoreConfig};
 
-mod bench;
+use services::bench;
 
 #[derive(Debug, Parser)]
 #[command(name = "causeway", version, about = "Causeway: an event-sourced order platform")]

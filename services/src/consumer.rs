@@ -1,0 +1,294 @@
+//! A checkpointed, partitioned consumer of the local log.
+//!
+//! One subscription reads events after the consumer's checkpoint. Events the handler wants are
+//! routed by a partition key to one of N workers (so events of one order stay in order, and
+//! different orders proceed in parallel). The checkpoint is a watermark: every position at or
+//! below it is done. Handlers write it in the same atomic append as their outputs, and the
+//! consumer also saves it every second. After a crash the consumer resumes from the watermark;
+//! anything after it that was already done is recognised by the handler (idempotent decisions and
+//! deterministic event ids), so nothing is applied twice and nothing is skipped.
+//!
+//! A message that fails for good (poison, or transient failures past the retry budget) goes to
+//! the consumer's dead-letter stream with the reason and the original event, and the consumer
+//! moves on. Dead letters can be listed and re-driven ([`list_dead_letters`], [`redrive`]).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_store::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, Storage};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::handlers::HandlerError;
+use crate::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
+
+/// What a consumer reads.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The whole log.
+    All,
+    /// One category.
+    Category(String),
+}
+
+/// A message handler run by a [`Consumer`].
+pub trait Handler: Send + Sync + 'static {
+    /// The consumer's name (its checkpoint and dead-letter stream).
+    fn name(&self) -> &str;
+    /// What to read.
+    fn source(&self) -> Source;
+    /// Whether to handle this event (others only move the checkpoint).
+    fn accepts(&self, event: &RecordedEvent) -> bool;
+    /// Events with the same key are handled in order, by one worker.
+    fn partition_key(&self, event: &RecordedEvent) -> u64;
+    /// Handles one event. It must be idempotent, and should append `checkpoint` with its outputs.
+    fn handle(
+        &self,
+        event: &RecordedEvent,
+        checkpoint: (String, u64),
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerConfig {
+    /// Parallel workers.
+    pub workers: usize,
+    /// Attempts for a transiently failing message before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay (doubles each attempt).
+    pub retry_base: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self { workers: 32, max_attempts: 5, retry_base: Duration::from_millis(20) }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tracker {
+    in_flight: BTreeSet<u64>,
+    seen: u64,
+}
+
+impl Tracker {
+    fn watermark(&self) -> u64 {
+        self.in_flight.first().map_or(self.seen, |p| p - 1)
+    }
+}
+
+fn checkpoint_name(consumer: &str) -> String {
+    format!("consumer.{consumer}")
+}
+
+/// Runs `handler` until `shutdown` turns true; then stops reading, finishes what was dispatched,
+/// saves the checkpoint and returns.
+pub async fn run<S: Storage, H: Handler>(
+    store: EventStore<S>,
+    handler: Arc<H>,
+    config: ConsumerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), event_store::Error> {
+    let name = handler.name().to_owned();
+    let cp_name = checkpoint_name(&name);
+    let start = store.checkpoint(&cp_name)?.unwrap_or(0);
+    let tracker = Arc::new(Mutex::new(Tracker { in_flight: BTreeSet::new(), seen: start }));
+    let mut sub = match handler.source() {
+        Source::All => store.subscribe_all(start),
+        Source::Category(c) => store.subscribe_category(&c, start),
+    };
+    let workers = config.workers.max(1);
+    let mut senders = Vec::with_capacity(workers);
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        let (tx, mut rx) = mpsc::channel::<RecordedEvent>(1024);
+        senders.push(tx);
+        let handler = handler.clone();
+        let tracker = tracker.clone();
+        let store = store.clone();
+        let cp_name = cp_name.clone();
+        tasks.spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let position = event.position;
+                process(&store, handler.as_ref(), &event, &cp_name, &tracker, config).await;
+                lock(&tracker).in_flight.remove(&position);
+            }
+        });
+    }
+    let mut saved = start;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+            _ = tick.tick() => {
+                let w = lock(&tracker).watermark();
+                if w > saved {
+                    store.save_checkpoint(&cp_name, w).await?;
+                    saved = w;
+                }
+            }
+            next = sub.next() => {
+                let Some(event) = next else { break };
+                let event = event?;
+                let position = event.position;
+                if handler.accepts(&event) {
+                    let worker = (handler.partition_key(&event) % workers as u64) as usize;
+                    {
+                        let mut t = lock(&tracker);
+                        t.in_flight.insert(position);
+                        t.seen = position;
+                    }
+                    if senders[worker].send(event).await.is_err() {
+                        break;
+                    }
+                } else {
+                    lock(&tracker).seen = position;
+                }
+            }
+        }
+    }
+    drop(senders);
+    while tasks.join_next().await.is_some() {}
+    let w = lock(&tracker).watermark();
+    if w > saved {
+        store.save_checkpoint(&cp_name, w).await?;
+    }
+    Ok(())
+}
+
+fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn process<S: Storage, H: Handler>(
+    store: &EventStore<S>,
+    handler: &H,
+    event: &RecordedEvent,
+    cp_name: &str,
+    tracker: &Mutex<Tracker>,
+    config: ConsumerConfig,
+) {
+    let mut delay = config.retry_base;
+    let mut attempt = 0;
+    let reason = loop {
+        attempt += 1;
+        let checkpoint = (cp_name.to_owned(), lock(tracker).watermark());
+        match handler.handle(event, checkpoint).await {
+            Ok(()) => return,
+            Err(HandlerError::Poison(reason)) => break reason,
+            Err(HandlerError::Transient(reason)) if attempt >= config.max_attempts => {
+                break format!("retries exhausted after {attempt} attempts: {reason}");
+            }
+            Err(HandlerError::Transient(reason)) => {
+                tracing::debug!(consumer = handler.name(), position = event.position, %reason, "retrying");
+                let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    tracing::warn!(consumer = handler.name(), position = event.position, %reason, "dead-lettering a message");
+    metrics::counter!("causeway_dead_letters_total", "consumer" => handler.name().to_owned()).increment(1);
+    if let Err(e) = dead_letter(store, handler.name(), event, &reason).await {
+        tracing::error!(error = %e, "writing a dead letter failed");
+    }
+}
+
+/// Appends a dead letter for `event` (idempotent: one per consumer and event).
+pub async fn dead_letter<S: Storage>(
+    store: &EventStore<S>,
+    consumer: &str,
+    event: &RecordedEvent,
+    reason: &str,
+) -> Result<(), event_store::Error> {
+    let letter = DeadLettered {
+        consumer: consumer.to_owned(),
+        reason: reason.to_owned(),
+        position: event.position,
+        stream_id: event.stream_id.clone(),
+        event_id: event.event_id,
+        event_type: event.event_type.clone(),
+        payload: String::from_utf8_lossy(&event.payload).into_owned(),
+    };
+    let stream = messages::dead_letter_stream(consumer)?;
+    let e = NewEvent::json("DeadLettered", serde_json::to_vec(&letter).unwrap_or_default())
+        .with_id(derived_id(event.event_id, &format!("deadletter/{consumer}"), 0))
+        .caused_by(event.correlation_id, event.event_id);
+    match store.append_to(&stream, ExpectedVersion::Any, vec![e]).await {
+        Ok(_) | Err(event_store::Error::EventIdReused { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A dead letter and whether it was resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The letter.
+    #[serde(flatten)]
+    pub letter: DeadLettered,
+    /// Re-driven successfully.
+    pub resolved: bool,
+}
+
+/// The dead letters of `consumer`, oldest first.
+pub fn list_dead_letters<S: Storage>(
+    store: &EventStore<S>,
+    consumer: &str,
+) -> Result<Vec<DeadLetter>, event_store::Error> {
+    let stream = messages::dead_letter_stream(consumer)?;
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    for e in store.read_stream(&stream, 1, event_store::Direction::Forward) {
+        let e = e?;
+        match e.event_type.as_str() {
+            "DeadLettered" => {
+                if let Ok(letter) = serde_json::from_slice::<DeadLettered>(&e.payload) {
+                    letters.push(DeadLetter { letter, resolved: false });
+                }
+            }
+            "DeadLetterResolved" => {
+                if let Ok(r) = serde_json::from_slice::<DeadLetterResolved>(&e.payload) {
+                    for l in letters.iter_mut().filter(|l| l.letter.event_id == r.event_id) {
+                        l.resolved = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(letters)
+}
+
+/// Re-drives the dead letter of `event_id`: hands the original event to `handler` again and, on
+/// success, records it as resolved.
+pub async fn redrive<S: Storage, H: Handler>(
+    store: &EventStore<S>,
+    handler: &H,
+    event_id: Uuid,
+) -> Result<Result<(), HandlerError>, event_store::Error> {
+    let Some(original) = store.find_event(event_id)? else {
+        return Ok(Err(HandlerError::Poison(format!("event {event_id} is not in the log"))));
+    };
+    // Write back the checkpoint as it is, so a re-drive never moves it.
+    let name = checkpoint_name(handler.name());
+    let checkpoint = (name.clone(), store.checkpoint(&name)?.unwrap_or(0));
+    if let Err(e) = handler.handle(&original, checkpoint).await {
+        return Ok(Err(e));
+    }
+    let stream = messages::dead_letter_stream(handler.name())?;
+    let resolved = NewEvent::json(
+        "DeadLetterResolved",
+        serde_json::to_vec(&DeadLetterResolved { event_id }).unwrap_or_default(),
+    )
+    .with_id(derived_id(event_id, &format!("resolved/{}", handler.name()), 0));
+    match store.append_to(&stream, ExpectedVersion::Any, vec![resolved]).await {
+        Ok(_) | Err(event_store::Error::EventIdReused { .. }) => Ok(Ok(())),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,569 @@
+//! Command handlers: load → decide → append, with bounded retry on version conflicts.
+//!
+//! Saga commands arrive as events on `<service>_commands-<order>` streams. A handler answers each
+//! with a `CommandReplied` event appended atomically with the domain events it decided (and the
+//! consumer's checkpoint). Every output id is derived from the command's idempotency key, and a
+//! command whose reply already exists is skipped, so a duplicate delivery has no second effect.
+//!
+//! The API's own commands (place an order, cancel it, add stock) are handled here too, with the
+//! client's `Idempotency-Key` as the source of the event ids.
+
+use std::collections::BTreeMap;
+
+use aggregates::codec::DomainEvent;
+use aggregates::inventory::{Inventory, InventoryCommand, InventoryEvent};
+use aggregates::order::{CancelReason, Order, OrderCommand};
+use aggregates::payment::{Payment, PaymentCommand, PaymentEvent};
+use aggregates::saga::{Outcome, SagaCommand, SagaLine};
+use aggregates::shipping::{Address, Shipment, ShippingCommand, ShippingEvent};
+use aggregates::{Decider, OrderId, Sku};
+use event_store::{
+    AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot,
+    Storage, StreamId,
+};
+use uuid::Uuid;
+
+use crate::gateway::{Breaker, GatewayError, PaymentGateway};
+use crate::messages::{self, derived_id};
+
+/// How a message failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// It can never be processed (bad payload, unknown type, undecodable history).
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// It may succeed later (store busy, gateway down, repeated conflicts).
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+impl From<event_store::Error> for HandlerError {
+    fn from(e: event_store::Error) -> Self {
+        if e.is_client_error() {
+            HandlerError::Poison(e.to_string())
+        } else {
+            HandlerError::Transient(e.to_string())
+        }
+    }
+}
+
+/// A refused API command or a failure, for the API layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    /// The domain refused it.
+    #[error("{0}")]
+    Rejected(String),
+    /// The idempotency key was used for a different request.
+    #[error("idempotency key reused with a different request")]
+    KeyReused,
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// Store failure.
+    #[error(transparent)]
+    Store(event_store::Error),
+}
+
+impl From<event_store::Error> for CommandError {
+    fn from(e: event_store::Error) -> Self {
+        match e {
+            event_store::Error::EventIdReused { .. } => CommandError::KeyReused,
+            other => CommandError::Store(other),
+        }
+    }
+}
+
+/// Most conflict retries of one load → decide → append.
+pub const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// Snapshot an inventory stream every this many events.
+pub const SNAPSHOT_EVERY: u64 = 100;
+const INVENTORY_SNAPSHOT_SCHEMA: u32 = 1;
+
+/// Rebuilds an aggregate from its stream (from `from` with state `state`).
+pub fn load_from<S: Storage, D>(
+    store: &EventStore<S>,
+    stream: &StreamId,
+    mut state: D,
+    mut version: u64,
+) -> Result<(D, u64), HandlerError>
+where
+    D: Decider,
+    D::Event: DomainEvent,
+{
+    for e in store.read_stream(stream, version + 1, Direction::Forward) {
+        let e = e?;
+        let event = D::Event::decode(&e.event_type, e.schema_version, &e.payload)
+            .map_err(|err| HandlerError::Poison(format!("{stream} version {}: {err}", e.version)))?;
+        state = state.evolve(&event);
+        version = e.version;
+    }
+    Ok((state, version))
+}
+
+/// Rebuilds an aggregate from its whole stream.
+pub fn load<S: Storage, D>(store: &EventStore<S>, stream: &StreamId) -> Result<(D, u64), HandlerError>
+where
+    D: Decider,
+    D::Event: DomainEvent,
+{
+    load_from(store, stream, D::default(), 0)
+}
+
+/// Loads an inventory, starting from its snapshot when there is a usable one.
+pub fn load_inventory<S: Storage>(
+    store: &EventStore<S>,
+    stream: &StreamId,
+) -> Result<(Inventory, u64), HandlerError> {
+    if let Ok(Some(snap)) = store.load_snapshot(stream) {
+        if snap.schema_version == INVENTORY_SNAPSHOT_SCHEMA {
+            if let Ok(state) = serde_json::from_slice::<Inventory>(&snap.payload) {
+                return load_from(store, stream, state, snap.version);
+            }
+        }
+        tracing::warn!(%stream, "ignoring an unusable inventory snapshot");
+    }
+    load(store, stream)
+}
+
+fn maybe_snapshot<S: Storage>(store: &EventStore<S>, stream: &StreamId, state: &Inventory, version: u64) {
+    if version / SNAPSHOT_EVERY == (version.saturating_sub(1)) / SNAPSHOT_EVERY || version == 0 {
+        return;
+    }
+    let Ok(payload) = serde_json::to_vec(state) else { return };
+    let snap = Snapshot { version, schema_version: INVENTORY_SNAPSHOT_SCHEMA, payload };
+    if let Err(e) = store.save_snapshot(stream, &snap) {
+        tracing::warn!(%stream, error = %e, "saving a snapshot failed");
+    }
+}
+
+fn events_for<E: DomainEvent>(
+    events: &[E],
+    cause: Uuid,
+    stream: &StreamId,
+    correlation: Uuid,
+    causation: Uuid,
+) -> Vec<NewEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            messages::domain_event(e, derived_id(cause, stream.as_str(), i), correlation, causation)
+        })
+        .collect()
+}
+
+/// The shipping carrier port: can it deliver to this address?
+#[derive(Debug, Clone)]
+pub struct SimulatedCarrier {
+    /// Countries it does not serve.
+    pub undeliverable_countries: Vec<String>,
+}
+
+impl Default for SimulatedCarrier {
+    fn default() -> Self {
+        Self { undeliverable_countries: vec!["XX".into(), "AQ".into()] }
+    }
+}
+
+impl SimulatedCarrier {
+    /// Checks an address.
+    pub fn check(&self, address: &Address) -> Result<(), String> {
+        if self.undeliverable_countries.contains(&address.country) {
+            return Err(format!("no carrier delivers to {}", address.country));
+        }
+        Ok(())
+    }
+}
+
+/// The four services' handlers over one store.
+#[derive(Debug)]
+pub struct Handlers<S: Storage, G: PaymentGateway> {
+    store: EventStore<S>,
+    gateway: Breaker<G>,
+    carrier: SimulatedCarrier,
+}
+
+/// The outcome of deciding one command: what to append.
+struct Decision {
+    request: AppendRequest,
+    after: Vec<(StreamId, Inventory, u64)>,
+}
+
+impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
+    /// Handlers over `store`, with the payment gateway behind `gateway`'s breaker.
+    pub fn new(store: EventStore<S>, gateway: Breaker<G>, carrier: SimulatedCarrier) -> Self {
+        Self { store, gateway, carrier }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &EventStore<S> {
+        &self.store
+    }
+
+    /// The gateway (behind its breaker).
+    pub fn gateway(&self) -> &Breaker<G> {
+        &self.gateway
+    }
+
+    /// Handles one command event; appends the outcome with `checkpoint` in the same write.
+    pub async fn handle_command(
+        &self,
+        e: &RecordedEvent,
+        checkpoint: Option<(String, u64)>,
+    ) -> Result<(), HandlerError> {
+        let (command_id, command) = messages::decode_command(e).map_err(HandlerError::Poison)?;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            // Already answered: a duplicate delivery or a retry of a processed command.
+            if self.store.find_event(derived_id(command_id, "reply", 0))?.is_some() {
+                return Ok(());
+            }
+            let decision = self.decide(command_id, &command, e).await?;
+            let mut request = decision.request;
+            if let Some((name, value)) = &checkpoint {
+                request = request.with_checkpoint(name.clone(), *value);
+            }
+            match self.store.append(request).await {
+                Ok(_) => {
+                    for (stream, state, version) in decision.after {
+                        maybe_snapshot(&self.store, &stream, &state, version);
+                    }
+                    return Ok(());
+                }
+                Err(event_store::Error::Conflict { .. }) => continue,
+                // The same outputs were appended by an earlier delivery.
+                Err(event_store::Error::EventIdReused { .. }) => return Ok(()),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(HandlerError::Transient(format!("{} conflicts in a row", MAX_CONFLICT_RETRIES)))
+    }
+
+    async fn decide(
+        &self,
+        command_id: Uuid,
+        command: &SagaCommand,
+        e: &RecordedEvent,
+    ) -> Result<Decision, HandlerError> {
+        let order_id = command.order_id();
+        let corr = order_id.0;
+        let cause = e.event_id;
+        let mut request = AppendRequest::default();
+        let mut after = Vec::new();
+        let outcome = match command {
+            SagaCommand::ReserveStock { lines, .. }
+            | SagaCommand::CommitStock { lines, .. }
+            | SagaCommand::ReleaseStock { lines, .. } => {
+                let mut rejected = Vec::new();
+                let mut outputs = Vec::new();
+                for (sku, quantity) in merge_lines(lines) {
+                    let stream = messages::inventory_stream(&sku)
+                        .map_err(|err| HandlerError::Poison(err.to_string()))?;
+                    let (state, version) = load_inventory(&self.store, &stream)?;
+                    let cmd = match command {
+                        SagaCommand::ReserveStock { .. } => {
+                            InventoryCommand::Reserve { sku: sku.clone(), order_id, quantity }
+                        }
+                        SagaCommand::CommitStock { .. } => {
+                            InventoryCommand::Commit { sku: sku.clone(), order_id }
+                        }
+                        _ => InventoryCommand::Release { sku: sku.clone(), order_id },
+                    };
+                    match state.decide(cmd) {
+                        Err(err) => rejected.push(format!("{sku}: {err}")),
+                        Ok(events) => {
+                            for ev in &events {
+                                if let InventoryEvent::StockReservationRejected(r) = ev {
+                                    rejected.push(format!(
+                                        "{sku}: requested {}, available {}",
+                                        r.requested, r.available
+                                    ));
+                                }
+                            }
+                            outputs.push((stream, state, version, events));
+                        }
+                    }
+                }
+                // All or nothing: when any line is refused, record only the rejections.
+                for (stream, state, version, events) in outputs {
+                    let keep: Vec<_> = if rejected.is_empty() {
+                        events
+                    } else {
+                        events
+                            .into_iter()
+                            .filter(|e| matches!(e, InventoryEvent::StockReservationRejected(_)))
+                            .collect()
+                    };
+                    if keep.is_empty() {
+                        continue;
+                    }
+                    let new_version = version + keep.len() as u64;
+                    let new_state = keep.iter().fold(state, |s, e| s.evolve(e));
+                    request = request.and(
+                        stream.clone(),
+                        ExpectedVersion::Exact(version),
+                        events_for(&keep, command_id, &stream, corr, cause),
+                    );
+                    after.push((stream, new_state, new_version));
+                }
+                if rejected.is_empty() {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Rejected { reason: rejected.join("; ") }
+                }
+            }
+            SagaCommand::TakePayment { amount, .. } => {
+                let stream = messages::payment_stream(order_id);
+                let (state, version) = load::<S, Payment>(&self.store, &stream)?;
+                let mut events = Vec::new();
+                let mut s = state.clone();
+                if s.status == aggregates::payment::PaymentStatus::None {
+                    let answer = self.gateway.authorize(command_id, order_id, *amount).await.map_err(
+                        |err| match err {
+                            GatewayError::CircuitOpen | GatewayError::Unavailable(_) => {
+                                HandlerError::Transient(err.to_string())
+                            }
+                        },
+                    )?;
+                    let ev = s
+                        .decide(PaymentCommand::Authorize { order_id, amount: *amount, answer })
+                        .map_err(rejected_as_poison)?;
+                    s = ev.iter().fold(s, |s, e| s.evolve(e));
+                    events.extend(ev);
+                }
+                let outcome = match s.status {
+                    aggregates::payment::PaymentStatus::Declined => {
+                        let reason = events
+                            .iter()
+                            .find_map(|e| match e {
+                                PaymentEvent::PaymentDeclined(d) => Some(d.reason.clone()),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| "declined".into());
+                        Outcome::Rejected { reason }
+                    }
+                    _ => match s.decide(PaymentCommand::Capture { order_id }) {
+                        Ok(ev) => {
+                            events.extend(ev);
+                            Outcome::Succeeded
+                        }
+                        Err(err) => Outcome::Rejected { reason: err.to_string() },
+                    },
+                };
+                if !events.is_empty() {
+                    request = request.and(
+                        stream.clone(),
+                        ExpectedVersion::Exact(version),
+                        events_for(&events, command_id, &stream, corr, cause),
+                    );
+                }
+                outcome
+            }
+            SagaCommand::RefundPayment { reason, .. } => {
+                let stream = messages::payment_stream(order_id);
+                let (state, version) = load::<S, Payment>(&self.store, &stream)?;
+                self.apply(
+                    &mut request,
+                    &stream,
+                    version,
+                    state.decide(PaymentCommand::Refund { order_id, reason: reason.clone() }),
+                    command_id,
+                    corr,
+                    cause,
+                )
+            }
+            SagaCommand::CreateShipment { address, .. } => {
+                let stream = messages::shipment_stream(order_id);
+                let (state, version) = load::<S, Shipment>(&self.store, &stream)?;
+                match address {
+                    None => Outcome::Rejected { reason: "the order has no shipping address".into() },
+                    Some(address) => {
+                        let cmd = ShippingCommand::Create {
+                            order_id,
+                            address: address.clone(),
+                            deliverable: self.carrier.check(address),
+                            tracking_number: format!(
+                                "TRK-{}",
+                                &command_id.simple().to_string()[..12].to_uppercase()
+                            ),
+                        };
+                        let decided = state.decide(cmd);
+                        let failed = decided.as_ref().ok().and_then(|evs| {
+                            evs.iter().find_map(|e| match e {
+                                ShippingEvent::ShipmentFailed(f) => Some(f.reason.clone()),
+                                _ => None,
+                            })
+                        });
+                        let outcome =
+                            self.apply(&mut request, &stream, version, decided, command_id, corr, cause);
+                        match failed {
+                            Some(reason) => Outcome::Rejected { reason },
+                            None => outcome,
+                        }
+                    }
+                }
+            }
+            SagaCommand::CancelShipment { reason, .. } => {
+                let stream = messages::shipment_stream(order_id);
+                let (state, version) = load::<S, Shipment>(&self.store, &stream)?;
+                self.apply(
+                    &mut request,
+                    &stream,
+                    version,
+                    state.decide(ShippingCommand::Cancel { order_id, reason: reason.clone() }),
+                    command_id,
+                    corr,
+                    cause,
+                )
+            }
+            SagaCommand::ConfirmOrder { .. } => {
+                let stream = messages::order_stream(order_id);
+                let (state, version) = load::<S, Order>(&self.store, &stream)?;
+                let (shipment, _) = load::<S, Shipment>(&self.store, &messages::shipment_stream(order_id))?;
+                let tracking_number = shipment.tracking_number.unwrap_or_default();
+                self.apply(
+                    &mut request,
+                    &stream,
+                    version,
+                    state.decide(OrderCommand::Confirm { order_id, tracking_number }),
+                    command_id,
+                    corr,
+                    cause,
+                )
+            }
+            SagaCommand::CancelOrder { reason, .. } => {
+                let stream = messages::order_stream(order_id);
+                let (state, version) = load::<S, Order>(&self.store, &stream)?;
+                self.apply(
+                    &mut request,
+                    &stream,
+                    version,
+                    state.decide(OrderCommand::Cancel { order_id, reason: reason.clone() }),
+                    command_id,
+                    corr,
+                    cause,
+                )
+            }
+        };
+        request = request.and(
+            messages::replies_stream(order_id),
+            ExpectedVersion::Any,
+            vec![messages::reply_event(command_id, command, outcome, cause)],
+        );
+        Ok(Decision { request, after })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply<E: DomainEvent, Err: std::fmt::Display>(
+        &self,
+        request: &mut AppendRequest,
+        stream: &StreamId,
+        version: u64,
+        decided: Result<Vec<E>, Err>,
+        command_id: Uuid,
+        corr: Uuid,
+        cause: Uuid,
+    ) -> Outcome {
+        match decided {
+            Err(err) => Outcome::Rejected { reason: err.to_string() },
+            Ok(events) => {
+                if !events.is_empty() {
+                    let mut r = std::mem::take(request);
+                    r = r.and(
+                        stream.clone(),
+                        ExpectedVersion::Exact(version),
+                        events_for(&events, command_id, stream, corr, cause),
+                    );
+                    *request = r;
+                }
+                Outcome::Succeeded
+            }
+        }
+    }
+}
+
+fn rejected_as_poison(e: aggregates::payment::PaymentError) -> HandlerError {
+    HandlerError::Poison(e.to_string())
+}
+
+/// Sums quantities per SKU (an order may list a SKU twice), in SKU order.
+fn merge_lines(lines: &[SagaLine]) -> BTreeMap<Sku, u64> {
+    let mut merged = BTreeMap::new();
+    for l in lines {
+        *merged.entry(l.sku.clone()).or_insert(0u64) += l.quantity;
+    }
+    merged
+}
+
+/// Places an order. `idempotency_key` makes a retry return the first result.
+pub async fn place_order<S: Storage>(
+    store: &EventStore<S>,
+    idempotency_key: Uuid,
+    command: OrderCommand,
+) -> Result<(OrderId, AppendResult), CommandError> {
+    let OrderCommand::Place { order_id, .. } = &command else {
+        return Err(CommandError::Rejected("not a place-order command".into()));
+    };
+    let order_id = *order_id;
+    let stream = messages::order_stream(order_id);
+    let events = Order::default().decide(command).map_err(|e| CommandError::Rejected(e.to_string()))?;
+    let new = events_for(&events, idempotency_key, &stream, order_id.0, idempotency_key);
+    let r = store.append_to(&stream, ExpectedVersion::NoStream, new).await.map_err(|e| match e {
+        event_store::Error::Conflict { .. } => {
+            CommandError::Rejected(format!("order {order_id} already exists"))
+        }
+        other => other.into(),
+    })?;
+    Ok((order_id, r))
+}
+
+/// Cancels an order on the customer's request.
+pub async fn cancel_order<S: Storage>(
+    store: &EventStore<S>,
+    idempotency_key: Uuid,
+    order_id: OrderId,
+) -> Result<AppendResult, CommandError> {
+    let stream = messages::order_stream(order_id);
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let (state, version) =
+            load::<S, Order>(store, &stream).map_err(|e| CommandError::Rejected(e.to_string()))?;
+        if version == 0 {
+            return Err(CommandError::NotFound(format!("order {order_id} does not exist")));
+        }
+        let events = state
+            .decide(OrderCommand::Cancel { order_id, reason: CancelReason::CustomerRequest })
+            .map_err(|e| CommandError::Rejected(e.to_string()))?;
+        if events.is_empty() {
+            return Ok(AppendResult { first_position: 0, last_position: 0, streams: vec![] });
+        }
+        let new = events_for(&events, idempotency_key, &stream, order_id.0, idempotency_key);
+        match store.append_to(&stream, ExpectedVersion::Exact(version), new).await {
+            Err(event_store::Error::Conflict { .. }) => continue,
+            other => return other.map_err(Into::into),
+        }
+    }
+    Err(CommandError::Store(event_store::Error::InvalidAppend("too many conflicts".into())))
+}
+
+/// Adds stock to a SKU.
+pub async fn add_stock<S: Storage>(
+    store: &EventStore<S>,
+    idempotency_key: Uuid,
+    sku: Sku,
+    quantity: u64,
+) -> Result<AppendResult, CommandError> {
+    let stream = messages::inventory_stream(&sku).map_err(|e| CommandError::Rejected(e.to_string()))?;
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let (state, version) =
+            load_inventory(store, &stream).map_err(|e| CommandError::Rejected(e.to_string()))?;
+        let events = state
+            .decide(InventoryCommand::AddStock { sku: sku.clone(), quantity })
+            .map_err(|e| CommandError::Rejected(e.to_string()))?;
+        let new = events_for(&events, idempotency_key, &stream, idempotency_key, idempotency_key);
+        match store.append_to(&stream, ExpectedVersion::Exact(version), new).await {
+            Err(event_store::Error::Conflict { .. }) => continue,
+            other => return other.map_err(Into::into),
+        }
+    }
+    Err(CommandError::Store(event_store::Error::InvalidAppend("too many conflicts".into())))
+}

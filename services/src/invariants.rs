@@ -1,0 +1,147 @@
+//! The system invariants, checked from the log alone (tests and `causeway verify` use this).
+//!
+//! - Every saga has ended (completed, compensated or failed) — [`Report::unfinished`].
+//! - Stock is conserved per SKU: added = available + reserved + shipped.
+//! - A compensated order holds no stock and no captured money.
+//! - A completed order is confirmed, with one captured payment and one created shipment, and its
+//!   stock committed (shipped).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aggregates::inventory::Inventory;
+use aggregates::order::{Order, OrderStatus};
+use aggregates::payment::{Payment, PaymentStatus};
+use aggregates::saga::{Saga, SagaStatus};
+use aggregates::shipping::{Shipment, ShipmentStatus};
+use aggregates::{Money, OrderId};
+use event_store::{EventStore, Storage, StreamId};
+
+use crate::handlers::{load, load_inventory, HandlerError};
+use crate::messages;
+
+/// What the check found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Sagas by final status.
+    pub completed: usize,
+    pub compensated: usize,
+    pub failed: usize,
+    /// Sagas that have not ended.
+    pub unfinished: Vec<OrderId>,
+    /// SKUs checked.
+    pub skus: usize,
+    /// Every broken invariant.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// No broken invariant (unfinished sagas are reported separately).
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks every invariant over the whole log.
+pub fn check<S: Storage>(store: &EventStore<S>) -> Result<Report, HandlerError> {
+    let mut report = Report::default();
+    let mut inventories: BTreeMap<String, Inventory> = BTreeMap::new();
+    let mut saga_streams = BTreeSet::new();
+    let mut inventory_streams = BTreeSet::new();
+    for e in store.read_all(1) {
+        let e = e?;
+        match e.category() {
+            "saga" => {
+                saga_streams.insert(e.stream_id);
+            }
+            "inventory" => {
+                inventory_streams.insert(e.stream_id);
+            }
+            _ => {}
+        }
+    }
+    for s in inventory_streams {
+        let stream = StreamId::new(s.clone())?;
+        let (inv, _) = load_inventory(store, &stream)?;
+        if !inv.is_conserved() {
+            report.problems.push(format!(
+                "{s}: stock not conserved: added {} != available {} + reserved {} + shipped {}",
+                inv.added,
+                inv.available,
+                inv.reserved_total(),
+                inv.shipped
+            ));
+        }
+        inventories.insert(s, inv);
+    }
+    report.skus = inventories.len();
+    for s in saga_streams {
+        let stream = StreamId::new(s.clone())?;
+        let (saga, _) = load::<S, Saga>(store, &stream)?;
+        let Some(order_id) = saga.order_id else { continue };
+        let (order, _) = load::<S, Order>(store, &messages::order_stream(order_id))?;
+        let (payment, _) = load::<S, Payment>(store, &messages::payment_stream(order_id))?;
+        let (shipment, _) = load::<S, Shipment>(store, &messages::shipment_stream(order_id))?;
+        let holds_stock = inventories.values().any(|i| i.reserved.contains_key(&order_id));
+        match saga.status {
+            SagaStatus::Completed => {
+                report.completed += 1;
+                if order.status != OrderStatus::Confirmed {
+                    report
+                        .problems
+                        .push(format!("order {order_id}: saga completed but order is {:?}", order.status));
+                }
+                if payment.status != PaymentStatus::Captured || payment.captured != order.total {
+                    report.problems.push(format!(
+                        "order {order_id}: completed without one captured payment of {} (payment {:?}, {})",
+                        order.total, payment.status, payment.captured
+                    ));
+                }
+                if shipment.status != ShipmentStatus::Created {
+                    report
+                        .problems
+                        .push(format!("order {order_id}: completed but shipment is {:?}", shipment.status));
+                }
+                if holds_stock {
+                    report.problems.push(format!("order {order_id}: completed but stock is still reserved"));
+                }
+                for line in &saga.lines {
+                    let committed = inventories
+                        .get(&format!("inventory-{}", line.sku))
+                        .and_then(|i| i.committed.get(&order_id))
+                        .copied()
+                        .unwrap_or(0);
+                    if committed == 0 {
+                        report
+                            .problems
+                            .push(format!("order {order_id}: completed but {} was not shipped", line.sku));
+                    }
+                }
+            }
+            SagaStatus::Compensated => {
+                report.compensated += 1;
+                if order.status != OrderStatus::Cancelled {
+                    report
+                        .problems
+                        .push(format!("order {order_id}: compensated but order is {:?}", order.status));
+                }
+                if holds_stock {
+                    report.problems.push(format!("order {order_id}: compensated but still holds stock"));
+                }
+                if payment.captured != Money::ZERO || payment.status == PaymentStatus::Authorized {
+                    report.problems.push(format!(
+                        "order {order_id}: compensated but money is held ({:?})",
+                        payment.status
+                    ));
+                }
+                if shipment.status == ShipmentStatus::Created {
+                    report.problems.push(format!("order {order_id}: compensated but the shipment is active"));
+                }
+            }
+            SagaStatus::Failed => report.failed += 1,
+            SagaStatus::NotStarted | SagaStatus::Running | SagaStatus::Compensating => {
+                report.unfinished.push(order_id)
+            }
+        }
+    }
+    Ok(report)
+}

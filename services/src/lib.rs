@@ -1,0 +1,21 @@
+//! Causeway's services: command handlers, the saga process manager and the embedded runtime
+//! behind the `causeway` binary.
+//!
+//! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids.
+//! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
+//!   services, and the API's own commands (place, cancel, add stock).
+//! - [`gateway`]: the payment gateway port, a simulated gateway, a circuit breaker.
+//! - [`consumer`]: checkpointed, partitioned consumers of the log, with dead letters.
+//! - [`saga_runner`]: the saga process manager and its deadline timer.
+//! - [`invariants`]: the whole-system invariants, checked from the log.
+//! - [`runtime`]: everything above in one process on one store.
+//! - [`bench`]: `causeway bench store`.
+
+pub mod bench;
+pub mod consumer;
+pub mod gateway;
+pub mod handlers;
+pub mod invariants;
+pub mod messages;
+pub mod runtime;
+pub mod saga_runner;

@@ -1,0 +1,152 @@
+//! The embedded runtime: every service, the saga manager and its timer as subscriptions on one
+//! local log, in one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aggregates::saga::{RetryPolicy, Service};
+use event_store::{EventStore, RecordedEvent, Storage};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::consumer::{self, ConsumerConfig, Handler, Source};
+use crate::gateway::{Breaker, BreakerConfig, PaymentGateway};
+use crate::handlers::{HandlerError, Handlers, SimulatedCarrier};
+use crate::messages;
+use crate::saga_runner::SagaRunner;
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Consumer workers per service.
+    pub consumer: ConsumerConfig,
+    /// Saga step timeouts and retries.
+    pub policy: RetryPolicy,
+    /// Payment gateway circuit breaker.
+    pub breaker: BreakerConfig,
+    /// How often deadlines are checked.
+    pub timer_interval: Duration,
+    /// Shipping carrier rules.
+    pub carrier: SimulatedCarrier,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            consumer: ConsumerConfig::default(),
+            policy: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+            timer_interval: Duration::from_millis(50),
+            carrier: SimulatedCarrier::default(),
+        }
+    }
+}
+
+/// A service's command consumer.
+#[derive(Debug)]
+pub struct CommandConsumer<S: Storage, G: PaymentGateway> {
+    handlers: Arc<Handlers<S, G>>,
+    service: Service,
+    name: String,
+}
+
+impl<S: Storage, G: PaymentGateway> CommandConsumer<S, G> {
+    /// The consumer of `service`'s commands.
+    pub fn new(handlers: Arc<Handlers<S, G>>, service: Service) -> Self {
+        Self { handlers, service, name: format!("{}-service", service.name()) }
+    }
+}
+
+impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn source(&self) -> Source {
+        Source::Category(messages::commands_category(self.service))
+    }
+    fn accepts(&self, _: &RecordedEvent) -> bool {
+        true
+    }
+    fn partition_key(&self, e: &RecordedEvent) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        e.stream_id.hash(&mut h);
+        h.finish()
+    }
+    async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
+        self.handlers.handle_command(e, Some(checkpoint)).await
+    }
+}
+
+/// The running system.
+#[derive(Debug)]
+pub struct Runtime<S: Storage, G: PaymentGateway> {
+    store: EventStore<S>,
+    handlers: Arc<Handlers<S, G>>,
+    saga: Arc<SagaRunner<S>>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<Result<(), String>>,
+}
+
+impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
+    /// Starts every consumer and the saga timer on `store`.
+    pub fn start(store: EventStore<S>, gateway: G, config: RuntimeConfig) -> Result<Self, HandlerError> {
+        let handlers = Arc::new(Handlers::new(
+            store.clone(),
+            Breaker::new(gateway, config.breaker),
+            config.carrier.clone(),
+        ));
+        let saga = Arc::new(SagaRunner::new(store.clone(), config.policy));
+        let recovered = saga.recover()?;
+        if recovered > 0 {
+            tracing::info!(recovered, "resuming in-flight sagas");
+        }
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for service in [Service::Order, Service::Inventory, Service::Payment, Service::Shipping] {
+            let c = Arc::new(CommandConsumer::new(handlers.clone(), service));
+            let (store, rx, cfg) = (store.clone(), rx.clone(), config.consumer);
+            tasks.spawn(async move { consumer::run(store, c, cfg, rx).await.map_err(|e| e.to_string()) });
+        }
+        {
+            let (store, rx, cfg, saga) = (store.clone(), rx.clone(), config.consumer, saga.clone());
+            tasks.spawn(async move { consumer::run(store, saga, cfg, rx).await.map_err(|e| e.to_string()) });
+        }
+        {
+            let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
+            tasks.spawn(async move {
+                saga.run_timer(interval, rx).await;
+                Ok(())
+            });
+        }
+        Ok(Self { store, handlers, saga, shutdown, tasks })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &EventStore<S> {
+        &self.store
+    }
+
+    /// The handlers (and through them the gateway).
+    pub fn handlers(&self) -> &Arc<Handlers<S, G>> {
+        &self.handlers
+    }
+
+    /// The saga manager.
+    pub fn saga(&self) -> &Arc<SagaRunner<S>> {
+        &self.saga
+    }
+
+    /// Graceful stop: stop reading new events, finish what is in flight, save checkpoints.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        let _ = self.shutdown.send(true);
+        let mut first_error = None;
+        while let Some(r) = self.tasks.join_next().await {
+            let r = r.map_err(|e| e.to_string()).and_then(|r| r);
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

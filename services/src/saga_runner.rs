@@ -1,0 +1,323 @@
+//! The saga process manager: runs the pure saga state machine ([`aggregates::saga`]) against the
+//! log.
+//!
+//! Inputs are `OrderPlaced` (start), `OrderCancelled` by the customer, and `CommandReplied`
+//! events, plus a timer for deadlines. For each input the runner loads the saga, decides, and
+//! appends in ONE atomic write the saga's new events, the commands they ask for (to
+//! `<service>_commands-<order>`), and its checkpoint. Commands are then delivered from the log
+//! by the services' consumers, never sent before they are recorded.
+//!
+//! Only in-flight sagas are kept in memory: a saga leaves the cache when it ends. Deadlines live
+//! in the saga's own events (`StepRequested.deadline_ns`). The runner persists a low-water mark
+//! (the position where the oldest in-flight saga started), and on start it rebuilds the in-flight
+//! sagas and their deadlines from the saga streams after that mark.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aggregates::codec::DomainEvent;
+use aggregates::order::{CancelReason, OrderEvent};
+use aggregates::saga::{RetryPolicy, Saga, SagaInput, SagaLine, SagaStatus};
+use aggregates::{Decider, OrderId};
+use event_store::{time_to_nanos, AppendRequest, EventStore, ExpectedVersion, RecordedEvent, Storage};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::consumer::{Handler, Source};
+use crate::handlers::{load_from, HandlerError, MAX_CONFLICT_RETRIES};
+use crate::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
+
+/// The consumer name of the saga manager.
+pub const NAME: &str = "saga-manager";
+const LOW_WATER: &str = "saga-manager.low-water";
+const STRIPES: usize = 64;
+
+struct Active {
+    saga: Saga,
+    version: u64,
+    started_at: u64,
+}
+
+/// The saga process manager.
+pub struct SagaRunner<S: Storage> {
+    store: EventStore<S>,
+    policy: RetryPolicy,
+    active: Mutex<HashMap<OrderId, Active>>,
+    deadlines: Mutex<BTreeSet<(u64, OrderId)>>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl<S: Storage> std::fmt::Debug for SagaRunner<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaRunner").field("in_flight", &self.in_flight()).finish()
+    }
+}
+
+fn now_ns() -> u64 {
+    time_to_nanos(OffsetDateTime::now_utc())
+}
+
+fn key_of(order: OrderId) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    order.hash(&mut h);
+    h.finish()
+}
+
+impl<S: Storage> SagaRunner<S> {
+    /// A runner over `store`; call [`SagaRunner::recover`] before consuming.
+    pub fn new(store: EventStore<S>, policy: RetryPolicy) -> Self {
+        Self {
+            store,
+            policy,
+            active: Mutex::new(HashMap::new()),
+            deadlines: Mutex::new(BTreeSet::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// Sagas in flight (in memory).
+    pub fn in_flight(&self) -> usize {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Rebuilds in-flight sagas and their deadlines from the saga streams after the low-water mark.
+    pub fn recover(&self) -> Result<usize, HandlerError> {
+        let from = self.store.checkpoint(LOW_WATER)?.unwrap_or(0);
+        let mut first_seen: BTreeMap<String, u64> = BTreeMap::new();
+        for e in self.store.read_category("saga", from) {
+            let e = e?;
+            first_seen.entry(e.stream_id.clone()).or_insert(e.position);
+        }
+        let mut recovered = 0;
+        for (stream, position) in first_seen {
+            let stream = event_store::StreamId::new(stream)?;
+            let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
+            let Some(order) = saga.order_id else { continue };
+            if saga.status.is_terminal() {
+                continue;
+            }
+            self.remember(order, saga, version, position);
+            recovered += 1;
+        }
+        Ok(recovered)
+    }
+
+    fn remember(&self, order: OrderId, saga: Saga, version: u64, started_at: u64) {
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = active.get(&order).and_then(|a| a.saga.next_deadline_ns()) {
+            deadlines.remove(&(old, order));
+        }
+        if saga.status.is_terminal() {
+            active.remove(&order);
+            return;
+        }
+        if let Some(d) = saga.next_deadline_ns() {
+            deadlines.insert((d, order));
+        }
+        active.insert(order, Active { saga, version, started_at });
+    }
+
+    fn low_water(&self) -> u64 {
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.values().map(|a| a.started_at).min().map_or(self.store.head(), |p| p.saturating_sub(1))
+    }
+
+    /// Applies one input to a saga: load, decide, append saga events + commands (+ checkpoint).
+    pub async fn apply(
+        &self,
+        order: OrderId,
+        input: impl Fn(&Saga) -> Option<SagaInput>,
+        cause: uuid::Uuid,
+        checkpoint: Option<(String, u64)>,
+    ) -> Result<(), HandlerError> {
+        let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
+        let stream = messages::saga_stream(order);
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let cached = {
+                let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                active.get(&order).map(|a| (a.saga.clone(), a.version, a.started_at))
+            };
+            let (saga, version, started_at) = match cached {
+                Some(c) => c,
+                None => {
+                    let (s, v) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
+                    (s, v, 0)
+                }
+            };
+            let Some(input) = input(&saga) else { return Ok(()) };
+            let events = saga.decide(input).map_err(|e| HandlerError::Poison(e.to_string()))?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut state = saga.clone();
+            let mut saga_events = Vec::with_capacity(events.len());
+            let mut commands: Vec<(aggregates::saga::Service, event_store::NewEvent)> = Vec::new();
+            for (i, ev) in events.iter().enumerate() {
+                let id = derived_id(cause, &format!("saga/{version}"), i);
+                saga_events.push(messages::domain_event(ev, id, order.0, cause));
+                state = state.evolve(ev);
+                if let Some((command_id, command)) = state.command_of(ev) {
+                    let send_id = derived_id(id, "send", 0);
+                    commands.push((
+                        command.service(),
+                        messages::command_event(command_id, send_id, id, &command),
+                    ));
+                }
+            }
+            let mut request =
+                AppendRequest::single(stream.clone(), ExpectedVersion::Exact(version), saga_events);
+            for (service, cmd) in commands {
+                request =
+                    request.and(messages::commands_stream(service, order), ExpectedVersion::Any, vec![cmd]);
+            }
+            if let Some((name, value)) = &checkpoint {
+                request = request.with_checkpoint(name.clone(), *value);
+            }
+            match self.store.append(request).await {
+                Ok(r) => {
+                    let started_at = if started_at == 0 { r.first_position } else { started_at };
+                    record_outcome(&state);
+                    self.remember(order, state, r.streams[0].last_version, started_at);
+                    return Ok(());
+                }
+                Err(event_store::Error::Conflict { .. }) => {
+                    self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&order);
+                    continue;
+                }
+                Err(event_store::Error::EventIdReused { .. }) => {
+                    // Decided before (a redelivered input): reload and carry on.
+                    self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&order);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(HandlerError::Transient("saga conflicts".into()))
+    }
+
+    /// Fires due deadlines. Returns how many sagas were ticked.
+    pub async fn tick(&self) -> usize {
+        let now = now_ns();
+        let due: Vec<OrderId> = {
+            let deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+            deadlines.iter().take_while(|(d, _)| *d <= now).map(|(_, o)| *o).collect()
+        };
+        for order in &due {
+            let policy = self.policy;
+            let jitter = rand::random::<f64>();
+            let cause = uuid::Uuid::now_v7();
+            let tick = |_: &Saga| Some(SagaInput::Tick { now_ns: now, jitter, policy });
+            if let Err(e) = self.apply(*order, tick, cause, None).await {
+                tracing::warn!(%order, error = %e, "saga deadline handling failed; will retry");
+            }
+        }
+        due.len()
+    }
+
+    /// Runs the deadline timer and saves the low-water mark until `shutdown`.
+    pub async fn run_timer(self: Arc<Self>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(interval);
+        let mut saved_low = None;
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+                _ = ticker.tick() => {
+                    self.tick().await;
+                    n += 1;
+                    if n % 20 == 0 {
+                        let low = self.low_water();
+                        if saved_low != Some(low) && self.store.save_checkpoint(LOW_WATER, low).await.is_ok() {
+                            saved_low = Some(low);
+                        }
+                    }
+                    metrics::gauge!("causeway_sagas_in_flight").set(self.in_flight() as f64);
+                }
+            }
+        }
+        let _ = self.store.save_checkpoint(LOW_WATER, self.low_water()).await;
+    }
+}
+
+fn record_outcome(state: &Saga) {
+    let outcome = match state.status {
+        SagaStatus::Completed => "completed",
+        SagaStatus::Compensated => "compensated",
+        SagaStatus::Failed => "failed",
+        _ => return,
+    };
+    metrics::counter!("causeway_saga_outcomes_total", "outcome" => outcome).increment(1);
+}
+
+impl<S: Storage> Handler for SagaRunner<S> {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn source(&self) -> Source {
+        Source::All
+    }
+
+    fn accepts(&self, e: &RecordedEvent) -> bool {
+        match e.category() {
+            "order" => e.event_type == "OrderPlaced" || e.event_type == "OrderCancelled",
+            "replies" => e.event_type == REPLY_TYPE,
+            _ => false,
+        }
+    }
+
+    fn partition_key(&self, e: &RecordedEvent) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        e.correlation_id.hash(&mut h);
+        h.finish()
+    }
+
+    async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
+        let policy = self.policy;
+        let now = now_ns();
+        let checkpoint = Some(checkpoint);
+        if e.category() == "replies" {
+            let reply: CommandReplied = serde_json::from_slice(&e.payload)
+                .map_err(|err| HandlerError::Poison(format!("bad reply: {err}")))?;
+            let input = |_: &Saga| {
+                Some(SagaInput::Reply {
+                    command_id: reply.command_id,
+                    outcome: reply.outcome.clone(),
+                    now_ns: now,
+                    policy,
+                })
+            };
+            return self.apply(reply.order_id, input, e.event_id, checkpoint).await;
+        }
+        let event = OrderEvent::decode(&e.event_type, e.schema_version, &e.payload)
+            .map_err(|err| HandlerError::Poison(err.to_string()))?;
+        match event {
+            OrderEvent::OrderPlaced(p) => {
+                let lines: Vec<SagaLine> = p
+                    .items
+                    .iter()
+                    .map(|l| SagaLine { sku: l.sku.clone(), quantity: u64::from(l.quantity) })
+                    .collect();
+                let input = |_: &Saga| {
+                    Some(SagaInput::Start {
+                        order_id: p.order_id,
+                        lines: lines.clone(),
+                        amount: p.total,
+                        address: p.shipping_address.clone(),
+                        now_ns: now,
+                        policy,
+                    })
+                };
+                self.apply(p.order_id, input, e.event_id, checkpoint).await
+            }
+            OrderEvent::OrderCancelled(c) if c.reason == CancelReason::CustomerRequest => {
+                let input = |_: &Saga| Some(SagaInput::CustomerCancelled { now_ns: now, policy });
+                self.apply(c.order_id, input, e.event_id, checkpoint).await
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Every saga path end to end in one process (embedded runtime on an in-memory store), asserting
+//! the events written, the final states and the system invariants.
+
+use std::time::{Duration, Instant};
+
+use aggregates::inventory::Inventory;
+use aggregates::order::{CancelReason, LineItem, Order, OrderCommand, OrderStatus};
+use aggregates::payment::{Payment, PaymentStatus};
+use aggregates::saga::{RetryPolicy, Saga, SagaCommand, SagaStatus};
+use aggregates::shipping::{Address, Shipment, ShipmentStatus};
+use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
+use event_store::{Direction, EventStore, ExpectedVersion, MemoryStorage, NewEvent, StoreConfig, StreamId};
+use services::consumer::{self, ConsumerConfig};
+use services::gateway::{BreakerConfig, BreakerState, SimulatedGateway, SimulatedGatewayConfig};
+use services::handlers::{self, load, load_inventory};
+use services::invariants;
+use services::messages;
+use services::runtime::{CommandConsumer, Runtime, RuntimeConfig};
+use uuid::Uuid;
+
+type Rt = Runtime<MemoryStorage, SimulatedGateway>;
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        consumer: ConsumerConfig { workers: 8, max_attempts: 3, retry_base: Duration::from_millis(5) },
+        policy: RetryPolicy {
+            step_timeout_ms: 2_000,
+            backoff_base_ms: 50,
+            backoff_cap_ms: 200,
+            max_attempts: 3,
+        },
+        breaker: BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(200) },
+        timer_interval: Duration::from_millis(20),
+        ..RuntimeConfig::default()
+    }
+}
+
+fn start_with(store: EventStore<MemoryStorage>, gw: SimulatedGatewayConfig, config: RuntimeConfig) -> Rt {
+    Runtime::start(store, SimulatedGateway::new(gw), config).expect("start runtime")
+}
+
+fn start(gw: SimulatedGatewayConfig) -> Rt {
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    start_with(store, gw, config())
+}
+
+fn addr(country: &str) -> Address {
+    Address {
+        line1: "1 Main St".into(),
+        city: "Berlin".into(),
+        postal_code: "10115".into(),
+        country: country.into(),
+    }
+}
+
+async fn stock(rt: &Rt, sku: &str, qty: u64) {
+    handlers::add_stock(rt.store(), Uuid::now_v7(), Sku::from(sku), qty).await.expect("add stock");
+}
+
+async fn place(rt: &Rt, lines: &[(&str, u32, u64)], country: &str) -> OrderId {
+    let order_id = OrderId(Uuid::now_v7());
+    let cmd = OrderCommand::Place {
+        order_id,
+        customer_id: CustomerId("alice".into()),
+        items: lines
+            .iter()
+            .map(|(s, q, p)| LineItem { sku: Sku::from(*s), quantity: *q, unit_price: Money(*p) })
+            .collect(),
+        currency: Currency::from("EUR"),
+        shipping_address: Some(addr(country)),
+    };
+    handlers::place_order(rt.store(), Uuid::now_v7(), cmd).await.expect("place order");
+    order_id
+}
+
+fn saga_of(rt: &Rt, order: OrderId) -> Saga {
+    load::<_, Saga>(rt.store(), &messages::saga_stream(order)).expect("load saga").0
+}
+
+async fn wait_terminal(rt: &Rt, order: OrderId) -> Saga {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let saga = saga_of(rt, order);
+        if saga.status.is_terminal() {
+            return saga;
+        }
+        assert!(Instant::now() < deadline, "saga of {order} did not end: {saga:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn types(rt: &Rt, stream: &StreamId) -> Vec<String> {
+    rt.store().read_stream(stream, 1, Direction::Forward).map(|e| e.expect("read").event_type).collect()
+}
+
+fn inventory(rt: &Rt, sku: &str) -> Inventory {
+    load_inventory(rt.store(), &messages::inventory_stream(&Sku::from(sku)).expect("sku"))
+        .expect("inventory")
+        .0
+}
+
+fn order(rt: &Rt, id: OrderId) -> Order {
+    load::<_, Order>(rt.store(), &messages::order_stream(id)).expect("order").0
+}
+
+fn payment(rt: &Rt, id: OrderId) -> Payment {
+    load::<_, Payment>(rt.store(), &messages::payment_stream(id)).expect("payment").0
+}
+
+fn shipment(rt: &Rt, id: OrderId) -> Shipment {
+    load::<_, Shipment>(rt.store(), &messages::shipment_stream(id)).expect("shipment").0
+}
+
+fn assert_invariants(rt: &Rt) -> invariants::Report {
+    let report = invariants::check(rt.store()).expect("check");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.unfinished.is_empty(), "unfinished sagas: {:?}", report.unfinished);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_confirms_the_order() {
+    let rt = start(SimulatedGatewayConfig::default());
+    stock(&rt, "A", 10).await;
+    stock(&rt, "B", 5).await;
+    let id = place(&rt, &[("A", 2, 1999), ("B", 1, 500)], "DE").await;
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(
+        types(&rt, &messages::saga_stream(id)),
+        [
+            "SagaStarted",
+            "StepRequested",
+            "StepSucceeded",
+            "StepRequested",
+            "StepSucceeded",
+            "StepRequested",
+            "StepSucceeded",
+            "StepRequested",
+            "StepSucceeded",
+            "StepRequested",
+            "StepSucceeded",
+            "SagaCompleted"
+        ]
+    );
+    let o = order(&rt, id);
+    assert_eq!(o.status, OrderStatus::Confirmed);
+    assert!(o.tracking_number.as_deref().is_some_and(|t| t.starts_with("TRK-")));
+    assert_eq!(types(&rt, &messages::payment_stream(id)), ["PaymentAuthorized", "PaymentCaptured"]);
+    assert_eq!(payment(&rt, id).captured, Money(4498));
+    assert_eq!(shipment(&rt, id).status, ShipmentStatus::Created);
+    let a = inventory(&rt, "A");
+    assert_eq!((a.available, a.reserved_total(), a.shipped), (8, 0, 2));
+    // Every event of the order carries the order id as correlation id.
+    for s in [messages::order_stream(id), messages::payment_stream(id), messages::saga_stream(id)] {
+        for e in rt.store().read_stream(&s, 1, Direction::Forward) {
+            assert_eq!(e.expect("read").correlation_id, id.0, "{s}");
+        }
+    }
+    let report = assert_invariants(&rt);
+    assert_eq!(report.completed, 1);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_cancels_the_order() {
+    let rt = start(SimulatedGatewayConfig::default());
+    stock(&rt, "A", 10).await;
+    stock(&rt, "B", 1).await;
+    let id = place(&rt, &[("A", 2, 100), ("B", 3, 100)], "DE").await;
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(order(&rt, id).cancel_reason, Some(CancelReason::OutOfStock));
+    // All or nothing: A was not reserved either.
+    assert_eq!(inventory(&rt, "A").available, 10);
+    assert_eq!(
+        types(&rt, &messages::inventory_stream(&Sku::from("B")).expect("sku")),
+        ["StockAdded", "StockReservationRejected"]
+    );
+    assert!(types(&rt, &messages::payment_stream(id)).is_empty());
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_payment_releases_stock_and_cancels() {
+    let rt = start(SimulatedGatewayConfig { decline_above: Some(10_000), ..Default::default() });
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 3, 5_000)], "DE").await;
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(order(&rt, id).cancel_reason, Some(CancelReason::PaymentDeclined));
+    assert_eq!(payment(&rt, id).status, PaymentStatus::Declined);
+    assert_eq!(
+        types(&rt, &messages::inventory_stream(&Sku::from("A")).expect("sku")),
+        ["StockAdded", "StockReserved", "StockReleased"]
+    );
+    assert_eq!(inventory(&rt, "A").available, 10);
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_shipment_refunds_releases_and_cancels() {
+    let rt = start(SimulatedGatewayConfig::default());
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 1, 700)], "XX").await;
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(order(&rt, id).cancel_reason, Some(CancelReason::ShipmentFailed));
+    assert_eq!(shipment(&rt, id).status, ShipmentStatus::Failed);
+    assert_eq!(
+        types(&rt, &messages::payment_stream(id)),
+        ["PaymentAuthorized", "PaymentCaptured", "PaymentRefunded"]
+    );
+    assert_eq!(inventory(&rt, "A").available, 10);
+    // Compensation ran in reverse: refund, then release, then cancel.
+    let replies: Vec<String> = rt
+        .store()
+        .read_stream(&messages::replies_stream(id), 1, Direction::Forward)
+        .map(|e| {
+            serde_json::from_slice::<messages::CommandReplied>(&e.expect("e").payload).expect("reply").command
+        })
+        .collect();
+    assert_eq!(
+        replies,
+        ["ReserveStock", "TakePayment", "CreateShipment", "RefundPayment", "ReleaseStock", "CancelOrder"]
+    );
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_cancel_mid_saga_compensates_what_was_done() {
+    // A slow gateway keeps the saga in the payment step while the customer cancels.
+    let rt = start(SimulatedGatewayConfig { latency: Duration::from_millis(300), ..Default::default() });
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 4, 100)], "DE").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while saga_of(&rt, id).done.is_empty() {
+        assert!(Instant::now() < deadline, "reservation did not happen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handlers::cancel_order(rt.store(), Uuid::now_v7(), id).await.expect("cancel");
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert!(saga.cancelled_by_customer);
+    assert_eq!(order(&rt, id).cancel_reason, Some(CancelReason::CustomerRequest));
+    assert_eq!(inventory(&rt, "A").available, 10, "stock released");
+    let p = payment(&rt, id);
+    assert!(matches!(p.status, PaymentStatus::Refunded | PaymentStatus::None), "{p:?}");
+    assert_eq!(p.captured, Money::ZERO);
+    assert_invariants(&rt);
+    // Cancelling a confirmed order is refused.
+    let done = place(&rt, &[("A", 1, 100)], "DE").await;
+    assert_eq!(wait_terminal(&rt, done).await.status, SagaStatus::Completed);
+    assert!(matches!(
+        handlers::cancel_order(rt.store(), Uuid::now_v7(), done).await,
+        Err(handlers::CommandError::Rejected(_))
+    ));
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_outage_opens_the_breaker_times_out_and_compensates() {
+    let mut cfg = config();
+    cfg.policy =
+        RetryPolicy { step_timeout_ms: 300, backoff_base_ms: 20, backoff_cap_ms: 50, max_attempts: 2 };
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start_with(store, SimulatedGatewayConfig { failure_rate: 1.0, ..Default::default() }, cfg);
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 1, 100)], "DE").await;
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Compensated);
+    assert_eq!(order(&rt, id).cancel_reason, Some(CancelReason::Timeout));
+    assert!(saga.failure.as_deref().is_some_and(|f| f.contains("no reply after 2 attempts")), "{saga:?}");
+    assert!(matches!(rt.handlers().gateway().state(), BreakerState::Open { .. } | BreakerState::HalfOpen));
+    // The payment commands it could not process are in the dead letters, with the reason.
+    let letters = consumer::list_dead_letters(rt.store(), "payment-service").expect("letters");
+    assert!(!letters.is_empty());
+    assert!(letters
+        .iter()
+        .all(|l| l.letter.reason.contains("retries exhausted") && l.letter.event_type == "TakePayment"));
+    assert_eq!(inventory(&rt, "A").available, 10);
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_deliveries_have_no_second_effect() {
+    let rt = start(SimulatedGatewayConfig::default());
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 2, 100)], "DE").await;
+    assert_eq!(wait_terminal(&rt, id).await.status, SagaStatus::Completed);
+    let before = rt.store().head();
+    // Deliver every command of the saga again (same idempotency keys, new sends), out of order.
+    let saga = saga_of(&rt, id);
+    let mut commands: Vec<(Uuid, SagaCommand)> = aggregates::saga::Step::ALL
+        .iter()
+        .map(|s| {
+            (
+                aggregates::saga::command_id(id, &format!("step/{}", step_slug(*s))),
+                saga.step_command(*s).expect("cmd"),
+            )
+        })
+        .collect();
+    commands.reverse();
+    for (command_id, command) in &commands {
+        let e = messages::command_event(*command_id, Uuid::now_v7(), Uuid::now_v7(), command);
+        rt.store()
+            .append_to(&messages::commands_stream(command.service(), id), ExpectedVersion::Any, vec![e])
+            .await
+            .expect("resend");
+    }
+    // And the replies again, to the saga.
+    let replies: Vec<_> = rt
+        .store()
+        .read_stream(&messages::replies_stream(id), 1, Direction::Forward)
+        .map(|e| e.expect("e"))
+        .collect();
+    for r in replies {
+        let mut copy = NewEvent::json(r.event_type.clone(), r.payload.clone())
+            .caused_by(r.correlation_id, r.causation_id);
+        copy.metadata = r.metadata.clone();
+        rt.store()
+            .append_to(&messages::replies_stream(id), ExpectedVersion::Any, vec![copy])
+            .await
+            .expect("resend reply");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new: Vec<String> = rt.store().read_all(before + 1).map(|e| e.expect("e").stream_id).collect();
+    assert!(
+        new.iter().all(|s| s.starts_with("inventory_commands-")
+            || s.starts_with("payment_commands-")
+            || s.starts_with("shipping_commands-")
+            || s.starts_with("order_commands-")
+            || s.starts_with("replies-")),
+        "only the re-sent messages themselves were appended: {new:?}"
+    );
+    let a = inventory(&rt, "A");
+    assert_eq!((a.available, a.shipped), (8, 2));
+    assert_eq!(types(&rt, &messages::payment_stream(id)), ["PaymentAuthorized", "PaymentCaptured"]);
+    assert_eq!(saga_of(&rt, id).status, SagaStatus::Completed);
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+fn step_slug(s: aggregates::saga::Step) -> &'static str {
+    use aggregates::saga::Step::*;
+    match s {
+        ReserveStock => "reserve_stock",
+        TakePayment => "take_payment",
+        CreateShipment => "create_shipment",
+        CommitStock => "commit_stock",
+        ConfirmOrder => "confirm_order",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_command_is_dead_lettered_and_can_be_redriven() {
+    let rt = start(SimulatedGatewayConfig::default());
+    stock(&rt, "A", 10).await;
+    let bad_order = OrderId(Uuid::now_v7());
+    let bad = NewEvent::json("ReserveStock", b"{not json".to_vec())
+        .with_metadata(messages::COMMAND_ID, Uuid::now_v7().to_string());
+    let bad_id = bad.event_id;
+    rt.store()
+        .append_to(
+            &messages::commands_stream(aggregates::saga::Service::Inventory, bad_order),
+            ExpectedVersion::Any,
+            vec![bad],
+        )
+        .await
+        .expect("append");
+    // The consumer keeps going: a real order still completes.
+    let id = place(&rt, &[("A", 1, 100)], "DE").await;
+    assert_eq!(wait_terminal(&rt, id).await.status, SagaStatus::Completed);
+    let letters = consumer::list_dead_letters(rt.store(), "inventory-service").expect("letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].letter.event_id, bad_id);
+    assert!(letters[0].letter.reason.contains("bad command payload"), "{}", letters[0].letter.reason);
+    assert_eq!(letters[0].letter.payload, "{not json");
+    // Re-driving a poison message fails again and it stays unresolved.
+    let c = CommandConsumer::new(rt.handlers().clone(), aggregates::saga::Service::Inventory);
+    assert!(consumer::redrive(rt.store(), &c, bad_id).await.expect("store").is_err());
+    assert!(!consumer::list_dead_letters(rt.store(), "inventory-service").expect("letters")[0].resolved);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_from_an_outage_can_be_redriven_after_it() {
+    let mut cfg = config();
+    cfg.policy =
+        RetryPolicy { step_timeout_ms: 60_000, backoff_base_ms: 20, backoff_cap_ms: 50, max_attempts: 2 };
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start_with(store, SimulatedGatewayConfig { failure_rate: 1.0, ..Default::default() }, cfg);
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 1, 100)], "DE").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let letter = loop {
+        if let Some(l) =
+            consumer::list_dead_letters(rt.store(), "payment-service").expect("letters").into_iter().next()
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    rt.handlers().gateway().inner().reconfigure(SimulatedGatewayConfig::default());
+    tokio::time::sleep(Duration::from_millis(250)).await; // let the breaker half-open
+    let c = CommandConsumer::new(rt.handlers().clone(), aggregates::saga::Service::Payment);
+    consumer::redrive(rt.store(), &c, letter.letter.event_id)
+        .await
+        .expect("store")
+        .expect("redrive succeeds");
+    assert!(consumer::list_dead_letters(rt.store(), "payment-service").expect("letters")[0].resolved);
+    assert_eq!(wait_terminal(&rt, id).await.status, SagaStatus::Completed);
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runtime_finishes_every_saga() {
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start_with(
+        store.clone(),
+        SimulatedGatewayConfig { latency: Duration::from_millis(20), ..Default::default() },
+        config(),
+    );
+    stock(&rt, "A", 1000).await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(place(&rt, &[("A", 1, 100 + i)], if i % 7 == 0 { "XX" } else { "DE" }).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rt.shutdown().await.expect("graceful shutdown");
+    let unfinished = ids
+        .iter()
+        .filter(|id| {
+            !load::<_, Saga>(&store, &messages::saga_stream(**id)).expect("saga").0.status.is_terminal()
+        })
+        .count();
+    // A second runtime on the same log picks up where the first stopped.
+    let rt = start_with(store, SimulatedGatewayConfig::default(), config());
+    for id in &ids {
+        wait_terminal(&rt, *id).await;
+    }
+    let report = assert_invariants(&rt);
+    assert_eq!(report.completed + report.compensated, ids.len());
+    assert!(unfinished > 0 || report.completed > 0);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_orders_with_failure_injection_keep_the_invariants() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let gw = SimulatedGatewayConfig {
+        failure_rate: 0.05,
+        decline_rate: 0.1,
+        decline_above: Some(40_000),
+        ..Default::default()
+    };
+    let rt = start(gw);
+    let skus = ["S1", "S2", "S3", "S4", "S5"];
+    for s in skus {
+        stock(&rt, s, rng.gen_range(50..400)).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..2000u32 {
+        let n = rng.gen_range(1..=3);
+        let lines: Vec<(&str, u32, u64)> = (0..n)
+            .map(|_| (skus[rng.gen_range(0..skus.len())], rng.gen_range(1..4), rng.gen_range(100..20_000)))
+            .collect();
+        let country = if rng.gen_bool(0.05) { "XX" } else { "DE" };
+        let id = place(&rt, &lines, country).await;
+        if rng.gen_bool(0.05) {
+            let _ = handlers::cancel_order(rt.store(), Uuid::now_v7(), id).await;
+        }
+        if i % 97 == 0 {
+            stock(&rt, skus[rng.gen_range(0..skus.len())], 20).await;
+        }
+        ids.push(id);
+    }
+    for id in &ids {
+        wait_terminal(&rt, *id).await;
+    }
+    let report = assert_invariants(&rt);
+    assert_eq!(report.completed + report.compensated + report.failed, ids.len());
+    assert!(report.completed > 100 && report.compensated > 100, "{report:?}");
+    rt.shutdown().await.expect("shutdown");
+}
