@@ -377,7 +377,12 @@ impl<S: Storage> EventStore<S> {
 
     /// Reads the events of every stream in `category` from `from_position` (inclusive).
     pub fn read_category(&self, category: &str, from_position: u64) -> CategoryReader<S> {
-        let head = self.head();
+        self.read_category_until(category, from_position, self.head())
+    }
+
+    /// Like [`EventStore::read_category`], up to `head` (inclusive; capped at the durable head).
+    pub fn read_category_until(&self, category: &str, from_position: u64, head: u64) -> CategoryReader<S> {
+        let head = head.min(self.head());
         CategoryReader {
             index: self.inner.storage.range(
                 &keys::category(category, from_position),

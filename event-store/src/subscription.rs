@@ -29,6 +29,8 @@ pub struct Subscription<S: Storage> {
     /// The last position delivered (or the starting point).
     cursor: u64,
     buf: VecDeque<RecordedEvent>,
+    /// Everything up to here was scanned (for a category: the events found are in `buf`).
+    scanned: u64,
     head: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -41,7 +43,7 @@ impl<S: Storage> std::fmt::Debug for Subscription<S> {
 impl<S: Storage> Subscription<S> {
     pub(crate) fn new(store: EventStore<S>, source: Source, after: u64) -> Self {
         let head = store.watch_head();
-        Self { store, source, cursor: after, buf: VecDeque::new(), head }
+        Self { store, source, cursor: after, buf: VecDeque::new(), scanned: after, head }
     }
 
     /// The position of the last event handed out (a checkpoint to resume from).
@@ -57,6 +59,7 @@ impl<S: Storage> Subscription<S> {
                 self.cursor = e.position;
                 return Some(Ok(e));
             }
+            self.cursor = self.cursor.max(self.scanned);
             let head = *self.head.borrow_and_update();
             if self.cursor < head {
                 match self.fill().await {
@@ -102,14 +105,16 @@ impl<S: Storage> Subscription<S> {
                     }
                 }
                 Source::Category(c) => {
-                    for e in store.read_category(&c, from).take(CHUNK) {
+                    // Bound the scan by a head taken before it, so "nothing more up to the
+                    // head" is true of exactly the range scanned.
+                    let head = store.head();
+                    for e in store.read_category_until(&c, from, head).take(CHUNK) {
                         let e = e?;
                         last = e.position;
                         out.push(e);
                     }
                     if out.len() < CHUNK {
-                        // Nothing more in this category up to the head we read against.
-                        last = last.max(store.head());
+                        last = last.max(head);
                     }
                 }
             }
@@ -117,11 +122,12 @@ impl<S: Storage> Subscription<S> {
         })
         .await
         .map_err(|e| Error::corrupt("subscription", format!("reader task failed: {e}")))??;
-        let (events, last) = chunk;
+        let (events, scanned) = chunk;
         if events.is_empty() {
-            // A category with no new events: move the cursor past what was scanned.
-            self.cursor = self.cursor.max(last);
+            // A category with no new events up to `scanned`: move past what was scanned.
+            self.cursor = self.cursor.max(scanned);
         }
+        self.scanned = scanned;
         self.buf.extend(events);
         Ok(())
     }

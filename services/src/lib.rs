@@ -9,6 +9,7 @@
 //! - [`saga_runner`]: the saga process manager and its deadline timer.
 //! - [`invariants`]: the whole-system invariants, checked from the log.
 //! - [`runtime`]: everything above in one process on one store.
+//! - [`load`]: `causeway load`, saga throughput and latency.
 //! - [`bench`]: `causeway bench store`.
 
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod consumer;
 pub mod gateway;
 pub mod handlers;
 pub mod invariants;
+pub mod load;
 pub mod messages;
 pub mod runtime;
 pub mod saga_runner;

@@ -1,17 +1,17 @@
-//! `causeway`: the Causeway node and its operator tools.
-//!
-//! Subcommands:
-//! - `verify`: check a store's log integrity (gapless positions, checksums, indexes).
-//! - `bench store`: the event store benchmarks (tables for BENCHMARKS.md).
+//! `causeway`: the Causeway node and its operator tools. A thin binary: configuration, the choice
+//! of concrete store and gateway, signal handling; everything else lives in the `services` library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use event_store::{EventStore, SledConfig, SledStorage, StoreConfig};
-
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use event_store::{Durability, EventStore, SledConfig, SledStorage, StoreConfig};
 use services::bench;
+use services::gateway::{SimulatedGateway, SimulatedGatewayConfig};
+use services::runtime::{Runtime, RuntimeConfig};
+use services::{invariants, load};
 
 #[derive(Debug, Parser)]
 #[command(name = "causeway", version, about = "Causeway: an event-sourced order platform")]
@@ -20,15 +20,137 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Power-loss safe: fdatasync before acknowledging (default).
+    Fsync,
+    /// Process-crash safe: flush every --flush-ms, acknowledge after the flush.
+    Periodic,
+}
+
+/// Where the node keeps its log and how it writes it.
+#[derive(Debug, Clone, clap::Args)]
+struct StoreArgs {
+    /// The node's data directory (a sled database).
+    #[arg(long, env = "CAUSEWAY_DATA_DIR", default_value = "./causeway-data")]
+    data_dir: PathBuf,
+    /// Durability of appends.
+    #[arg(long, env = "CAUSEWAY_DURABILITY", value_enum, default_value = "fsync")]
+    durability: DurabilityArg,
+    /// Flush interval in periodic mode.
+    #[arg(long, env = "CAUSEWAY_FLUSH_MS", default_value_t = 5)]
+    flush_ms: u64,
+    /// sled cache size in MiB.
+    #[arg(long, env = "CAUSEWAY_CACHE_MIB", default_value_t = 256)]
+    cache_mib: u64,
+}
+
+impl StoreArgs {
+    fn validate(&self) -> Result<()> {
+        if self.cache_mib == 0 {
+            bail!("--cache-mib must be at least 1");
+        }
+        if matches!(self.durability, DurabilityArg::Periodic) && !(1..=10_000).contains(&self.flush_ms) {
+            bail!("--flush-ms must be between 1 and 10000");
+        }
+        Ok(())
+    }
+
+    fn open(&self) -> Result<EventStore<SledStorage>> {
+        self.validate()?;
+        let sled =
+            SledConfig { cache_capacity: self.cache_mib * 1024 * 1024, ..SledConfig::new(&self.data_dir) };
+        let storage = SledStorage::open(&sled)
+            .with_context(|| format!("opening the store at {}", self.data_dir.display()))?;
+        let durability = match self.durability {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Periodic => {
+                Durability::Periodic { interval: Duration::from_millis(self.flush_ms) }
+            }
+        };
+        Ok(EventStore::open(storage, StoreConfig { durability, ..StoreConfig::default() })?)
+    }
+}
+
+/// The simulated payment gateway's behaviour.
+#[derive(Debug, Clone, clap::Args)]
+struct GatewayArgs {
+    /// Latency of each gateway call, in ms.
+    #[arg(long, env = "CAUSEWAY_GATEWAY_LATENCY_MS", default_value_t = 0)]
+    gateway_latency_ms: u64,
+    /// Fraction of gateway calls that fail transiently (0..1).
+    #[arg(long, env = "CAUSEWAY_GATEWAY_FAILURE_RATE", default_value_t = 0.0)]
+    gateway_failure_rate: f64,
+    /// Fraction of payments declined (0..1).
+    #[arg(long, env = "CAUSEWAY_GATEWAY_DECLINE_RATE", default_value_t = 0.0)]
+    gateway_decline_rate: f64,
+}
+
+impl GatewayArgs {
+    fn build(&self) -> Result<SimulatedGateway> {
+        for (name, v) in [
+            ("--gateway-failure-rate", self.gateway_failure_rate),
+            ("--gateway-decline-rate", self.gateway_decline_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{name} must be between 0 and 1, got {v}");
+            }
+        }
+        Ok(SimulatedGateway::new(SimulatedGatewayConfig {
+            latency: Duration::from_millis(self.gateway_latency_ms),
+            failure_rate: self.gateway_failure_rate,
+            decline_rate: self.gateway_decline_rate,
+            ..SimulatedGatewayConfig::default()
+        }))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Check a node's log: gapless positions, checksums, monotonic timestamps, stream versions
-    /// and indexes. NOT safe while the node runs: it needs the store's lock and refuses a
-    /// locked store.
+    /// Run the node: every service, the saga manager and its timer on the local log, in one
+    /// process (embedded mode). Stops gracefully on SIGTERM or Ctrl-C (finishes in-flight work,
+    /// saves checkpoints). Takes the store's lock: one node per data directory.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Drive N orders through an in-process node and print sagas/s, completion latency and
+    /// memory. NOT safe while a node runs on the same data directory (it takes the lock; by
+    /// default it uses a fresh temporary directory).
+    Load {
+        /// Orders to place.
+        #[arg(long, default_value_t = 10_000)]
+        orders: u64,
+        /// Orders in flight at most.
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+        /// Distinct SKUs.
+        #[arg(long, default_value_t = 100)]
+        skus: u64,
+        /// Fraction of orders to an undeliverable address (compensated).
+        #[arg(long, default_value_t = 0.0)]
+        undeliverable: f64,
+        /// Also report memory after this many orders ended.
+        #[arg(long, default_value_t = 10_000)]
+        memory_checkpoint: u64,
+        /// Use this data directory instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Durability of appends.
+        #[arg(long, value_enum, default_value = "fsync")]
+        durability: DurabilityArg,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Check a node's log (gapless positions, checksums, indexes) and the system invariants
+    /// (every saga ended; stock conserved; compensated orders hold no stock or money; completed
+    /// orders have one payment and one shipment). Exits 1 with a report on any problem. NOT safe
+    /// while the node runs: it needs the store's lock and refuses a locked store.
     Verify {
-        /// The node's data directory.
-        #[arg(long, env = "CAUSEWAY_DATA_DIR", default_value = "./causeway-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Benchmarks (safe while a node runs: they use their own temporary stores).
     #[command(subcommand)]
@@ -46,7 +168,13 @@ enum BenchCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,causeway=info,services=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -65,27 +193,115 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Verify { data_dir } => verify(data_dir),
+        Cmd::Serve { store, gateway } => serve(store, gateway).await,
+        Cmd::Load {
+            orders,
+            concurrency,
+            skus,
+            undeliverable,
+            memory_checkpoint,
+            data_dir,
+            durability,
+            gateway,
+        } => {
+            if orders == 0 || concurrency == 0 || skus == 0 {
+                bail!("--orders, --concurrency and --skus must be at least 1");
+            }
+            if !(0.0..=1.0).contains(&undeliverable) {
+                bail!("--undeliverable must be between 0 and 1");
+            }
+            let tmp = tempfile::tempdir()?;
+            let store_args = StoreArgs {
+                data_dir: data_dir.unwrap_or_else(|| tmp.path().to_path_buf()),
+                durability,
+                flush_ms: 5,
+                cache_mib: 256,
+            };
+            let store = store_args.open()?;
+            let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;
+            let spec = load::LoadSpec {
+                orders,
+                concurrency,
+                skus,
+                undeliverable,
+                memory_checkpoint,
+                progress: true,
+            };
+            let report = load::run(&node, &spec).await?;
+            node.shutdown().await.map_err(anyhow::Error::msg)?;
+            load::print(&report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { store } => verify(store),
         Cmd::Bench(BenchCmd::Store(args)) => bench::store(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe(args)) => bench::probe(args).await.map(|_| ExitCode::SUCCESS),
     }
 }
 
-fn verify(data_dir: PathBuf) -> Result<ExitCode> {
-    if !data_dir.join("db").exists() {
-        anyhow::bail!("no store at {} (expected a sled database there)", data_dir.display());
+async fn serve(store: StoreArgs, gateway: GatewayArgs) -> Result<ExitCode> {
+    let gateway = gateway.build()?;
+    let store = store.open()?;
+    let node = Runtime::start(store, gateway, RuntimeConfig::default())?;
+    tracing::info!(head = node.store().head(), "causeway node running (embedded mode)");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight work");
+    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
     }
-    let storage = SledStorage::open(&SledConfig::new(&data_dir)).context("open the store")?;
-    let store = EventStore::open(storage, StoreConfig::default())?;
-    let report = store.verify()?;
-    println!("events: {}, streams: {}", report.events, report.streams);
-    if report.is_ok() {
-        println!("log: OK");
+}
+
+fn verify(store: StoreArgs) -> Result<ExitCode> {
+    if !store.data_dir.join("db").exists() {
+        bail!("no store at {} (expected a sled database there)", store.data_dir.display());
+    }
+    let store = store.open()?;
+    let log = store.verify()?;
+    println!("log: {} events, {} streams", log.events, log.streams);
+    let inv = invariants::check(&store)?;
+    println!(
+        "sagas: {} completed, {} compensated, {} failed, {} unfinished; {} SKUs",
+        inv.completed,
+        inv.compensated,
+        inv.failed,
+        inv.unfinished.len(),
+        inv.skus
+    );
+    let mut ok = true;
+    for p in log.problems.iter().chain(inv.problems.iter()) {
+        println!("problem: {p}");
+        ok = false;
+    }
+    for o in &inv.unfinished {
+        println!("unfinished saga: {o}");
+        ok = false;
+    }
+    if ok {
+        println!("OK");
         Ok(ExitCode::SUCCESS)
     } else {
-        for p in &report.problems {
-            println!("problem: {p}");
-        }
         Ok(ExitCode::from(1))
     }
 }
