@@ -517,6 +517,35 @@ pub async fn place_order<S: Storage>(
     Ok((order_id, r))
 }
 
+/// Load → decide → append on one stream, retrying version conflicts. `decide` sees the state
+/// and its version; no events means nothing to do (an empty result).
+async fn decide_and_append<S: Storage, D>(
+    store: &EventStore<S>,
+    stream: &StreamId,
+    idempotency_key: Uuid,
+    correlation: Uuid,
+    load: impl Fn() -> Result<(D, u64), HandlerError>,
+    decide: impl Fn(&D, u64) -> Result<Vec<D::Event>, CommandError>,
+) -> Result<AppendResult, CommandError>
+where
+    D: Decider,
+    D::Event: DomainEvent,
+{
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let (state, version) = load().map_err(|e| CommandError::Rejected(e.to_string()))?;
+        let events = decide(&state, version)?;
+        if events.is_empty() {
+            return Ok(AppendResult { first_position: 0, last_position: 0, streams: vec![] });
+        }
+        let new = events_for(&events, idempotency_key, stream, correlation, idempotency_key);
+        match store.append_to(stream, ExpectedVersion::Exact(version), new).await {
+            Err(event_store::Error::Conflict { .. }) => continue,
+            other => return other.map_err(Into::into),
+        }
+    }
+    Err(CommandError::Store(event_store::Error::InvalidAppend("too many conflicts".into())))
+}
+
 /// Cancels an order on the customer's request.
 pub async fn cancel_order<S: Storage>(
     store: &EventStore<S>,
@@ -524,25 +553,16 @@ pub async fn cancel_order<S: Storage>(
     order_id: OrderId,
 ) -> Result<AppendResult, CommandError> {
     let stream = messages::order_stream(order_id);
-    for _ in 0..MAX_CONFLICT_RETRIES {
-        let (state, version) =
-            load::<S, Order>(store, &stream).map_err(|e| CommandError::Rejected(e.to_string()))?;
+    let load = || load::<S, Order>(store, &stream);
+    let decide = |state: &Order, version: u64| {
         if version == 0 {
             return Err(CommandError::NotFound(format!("order {order_id} does not exist")));
         }
-        let events = state
+        state
             .decide(OrderCommand::Cancel { order_id, reason: CancelReason::CustomerRequest })
-            .map_err(|e| CommandError::Rejected(e.to_string()))?;
-        if events.is_empty() {
-            return Ok(AppendResult { first_position: 0, last_position: 0, streams: vec![] });
-        }
-        let new = events_for(&events, idempotency_key, &stream, order_id.0, idempotency_key);
-        match store.append_to(&stream, ExpectedVersion::Exact(version), new).await {
-            Err(event_store::Error::Conflict { .. }) => continue,
-            other => return other.map_err(Into::into),
-        }
-    }
-    Err(CommandError::Store(event_store::Error::InvalidAppend("too many conflicts".into())))
+            .map_err(|e| CommandError::Rejected(e.to_string()))
+    };
+    decide_and_append(store, &stream, idempotency_key, order_id.0, load, decide).await
 }
 
 /// Adds stock to a SKU.
@@ -553,17 +573,11 @@ pub async fn add_stock<S: Storage>(
     quantity: u64,
 ) -> Result<AppendResult, CommandError> {
     let stream = messages::inventory_stream(&sku).map_err(|e| CommandError::Rejected(e.to_string()))?;
-    for _ in 0..MAX_CONFLICT_RETRIES {
-        let (state, version) =
-            load_inventory(store, &stream).map_err(|e| CommandError::Rejected(e.to_string()))?;
-        let events = state
+    let load = || load_inventory(store, &stream);
+    let decide = |state: &Inventory, _| {
+        state
             .decide(InventoryCommand::AddStock { sku: sku.clone(), quantity })
-            .map_err(|e| CommandError::Rejected(e.to_string()))?;
-        let new = events_for(&events, idempotency_key, &stream, idempotency_key, idempotency_key);
-        match store.append_to(&stream, ExpectedVersion::Exact(version), new).await {
-            Err(event_store::Error::Conflict { .. }) => continue,
-            other => return other.map_err(Into::into),
-        }
-    }
-    Err(CommandError::Store(event_store::Error::InvalidAppend("too many conflicts".into())))
+            .map_err(|e| CommandError::Rejected(e.to_string()))
+    };
+    decide_and_append(store, &stream, idempotency_key, idempotency_key, load, decide).await
 }
