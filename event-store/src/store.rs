@@ -307,10 +307,18 @@ impl<S: Storage> EventStore<S> {
 
     /// The stream's current version (0 when it has no events).
     pub fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        match self.read_stream(stream, u64::MAX, Direction::Backward).next() {
-            None => Ok(0),
-            Some(e) => e.map(|e| e.version),
+        // The stream index alone answers this: its last key (skipping entries not yet durable).
+        let prefix = keys::stream_prefix(stream.as_str());
+        let durable = self.head();
+        for item in self.inner.storage.range(&prefix, &keys::prefix_end(&prefix), true) {
+            let (k, v) = item?;
+            let pos = codec::decode_u64(v.as_ref(), || format!("stream index of {stream}"))?;
+            if pos <= durable {
+                return keys::trailing_u64(k.as_ref())
+                    .ok_or_else(|| Error::corrupt(format!("stream index of {stream}"), "short key"));
+            }
         }
+        Ok(0)
     }
 
     /// Reads a stream from `from_version` (inclusive): forward to its end, or backward to its

@@ -176,12 +176,18 @@ impl SimulatedCarrier {
     }
 }
 
+/// Inventory states kept between commands, at most this many SKUs.
+const INVENTORY_CACHE_SKUS: usize = 10_000;
+
 /// The four services' handlers over one store.
 #[derive(Debug)]
 pub struct Handlers<S: Storage, G: PaymentGateway> {
     store: EventStore<S>,
     gateway: Breaker<G>,
     carrier: SimulatedCarrier,
+    /// Folded inventory states by stream, with the version they include. Used only when the
+    /// stream is still at that version (checked against the log), so it can never be stale.
+    inventory_cache: std::sync::Mutex<std::collections::HashMap<String, (Inventory, u64)>>,
 }
 
 /// The outcome of deciding one command: what to append.
@@ -193,7 +199,30 @@ struct Decision {
 impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
     /// Handlers over `store`, with the payment gateway behind `gateway`'s breaker.
     pub fn new(store: EventStore<S>, gateway: Breaker<G>, carrier: SimulatedCarrier) -> Self {
-        Self { store, gateway, carrier }
+        Self { store, gateway, carrier, inventory_cache: Default::default() }
+    }
+
+    /// Loads an inventory: from the cache when the stream has not moved since, else from its
+    /// snapshot and events.
+    fn inventory(&self, stream: &StreamId) -> Result<(Inventory, u64), HandlerError> {
+        let cached =
+            self.inventory_cache.lock().unwrap_or_else(|p| p.into_inner()).get(stream.as_str()).cloned();
+        if let Some((state, version)) = cached {
+            if self.store.stream_version(stream)? == version {
+                return Ok((state, version));
+            }
+            // Moved on (another writer): fold just the new events.
+            return load_from(&self.store, stream, state, version);
+        }
+        load_inventory(&self.store, stream)
+    }
+
+    fn remember_inventory(&self, stream: &StreamId, state: Inventory, version: u64) {
+        let mut cache = self.inventory_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= INVENTORY_CACHE_SKUS && !cache.contains_key(stream.as_str()) {
+            cache.clear();
+        }
+        cache.insert(stream.as_str().to_owned(), (state, version));
     }
 
     /// The store.
@@ -227,6 +256,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                 Ok(_) => {
                     for (stream, state, version) in decision.after {
                         maybe_snapshot(&self.store, &stream, &state, version);
+                        self.remember_inventory(&stream, state, version);
                     }
                     return Ok(());
                 }
@@ -259,7 +289,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                 for (sku, quantity) in merge_lines(lines) {
                     let stream = messages::inventory_stream(&sku)
                         .map_err(|err| HandlerError::Poison(err.to_string()))?;
-                    let (state, version) = load_inventory(&self.store, &stream)?;
+                    let (state, version) = self.inventory(&stream)?;
                     let cmd = match command {
                         SagaCommand::ReserveStock { .. } => {
                             InventoryCommand::Reserve { sku: sku.clone(), order_id, quantity }
