@@ -131,7 +131,10 @@ pub async fn run<S: Storage, G: PaymentGateway>(
                     memory.push((ended, rss_mib(), saga.in_flight()));
                 }
             }
-            memory.push((completed + compensated + failed, rss_mib(), saga.in_flight()));
+            let ended = completed + compensated + failed;
+            if memory.last().map(|m: &(u64, f64, usize)| m.0) != Some(ended) {
+                memory.push((ended, rss_mib(), saga.in_flight()));
+            }
             anyhow::Ok((completed, compensated, failed, latency, memory))
         })
     };
