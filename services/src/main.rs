@@ -243,9 +243,11 @@ async fn serve(store: StoreArgs, gateway: GatewayArgs) -> Result<ExitCode> {
     let store = store.open()?;
     let node = Runtime::start(store, gateway, RuntimeConfig::default())?;
     tracing::info!(head = node.store().head(), "causeway node running (embedded mode)");
-    shutdown_signal().await;
-    tracing::info!("shutting down: finishing in-flight work");
-    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    let stop = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight work");
+    };
+    node.run_until(stop).await.map_err(anyhow::Error::msg)?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

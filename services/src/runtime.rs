@@ -137,6 +137,24 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         &self.saga
     }
 
+    /// Runs until `stop` completes (then stops gracefully) or until a consumer fails (then stops
+    /// the rest and returns the failure): a node that lost a consumer must not keep serving.
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+        tokio::select! {
+            _ = stop => self.shutdown().await,
+            Some(ended) = self.tasks.join_next() => {
+                let reason = match ended {
+                    Ok(Ok(())) => "a consumer stopped unexpectedly".to_owned(),
+                    Ok(Err(e)) => format!("a consumer failed: {e}"),
+                    Err(e) => format!("a consumer task panicked: {e}"),
+                };
+                tracing::error!(%reason, "stopping the node");
+                let _ = self.shutdown().await;
+                Err(reason)
+            }
+        }
+    }
+
     /// Graceful stop: stop reading new events, finish what is in flight, save checkpoints.
     pub async fn shutdown(mut self) -> Result<(), String> {
         let _ = self.shutdown.send(true);

@@ -490,3 +490,53 @@ async fn randomized_orders_with_failure_injection_keep_the_invariants() {
     assert!(report.completed > 100 && report.compensated > 100, "{report:?}");
     rt.shutdown().await.expect("shutdown");
 }
+
+/// Memory storage whose writes can be made to fail, to kill a consumer.
+#[derive(Debug, Clone, Default)]
+struct BreakableStorage {
+    inner: MemoryStorage,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl event_store::Storage for BreakableStorage {
+    type Value = <MemoryStorage as event_store::Storage>::Value;
+    type Iter = <MemoryStorage as event_store::Storage>::Iter;
+    fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, event_store::StorageError> {
+        self.inner.get(key)
+    }
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool) -> Self::Iter {
+        self.inner.range(start, end, reverse)
+    }
+    fn apply(&self, batch: event_store::storage::WriteBatch) -> Result<(), event_store::StorageError> {
+        self.inner.apply(batch)
+    }
+    fn sync(&self) -> Result<(), event_store::StorageError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(event_store::StorageError("disk gone (injected)".into()));
+        }
+        Ok(())
+    }
+    fn flush_to_os(&self) -> Result<(), event_store::StorageError> {
+        self.sync()
+    }
+    fn size_on_disk(&self) -> Result<u64, event_store::StorageError> {
+        Ok(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_fails_stops_with_an_error() {
+    let storage = BreakableStorage::default();
+    let broken = storage.broken.clone();
+    let store = EventStore::open(storage, StoreConfig::default()).expect("store");
+    let rt =
+        Runtime::start(store.clone(), SimulatedGateway::new(SimulatedGatewayConfig::default()), config())
+            .expect("start");
+    handlers::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 5).await.expect("stock");
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The next checkpoint save fails, the store is poisoned, and the node stops by itself.
+    let _ = handlers::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 5).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), rt.run_until(std::future::pending())).await;
+    let err = outcome.expect("the node stopped by itself").expect_err("with an error");
+    assert!(err.contains("consumer failed"), "{err}");
+}
