@@ -121,6 +121,18 @@ pub(crate) fn header(bytes: &[u8], position: u64) -> Result<Header> {
     Ok(Header { position: be_u64(bytes, 5), version: be_u64(bytes, 13), recorded_at_ns: be_u64(bytes, 21) })
 }
 
+/// The stream id of a record without decoding it (bincode varint length, then the bytes).
+/// `None` when the bytes are too short or not UTF-8; a full decode then reports the damage.
+pub(crate) fn peek_stream(bytes: &[u8]) -> Option<&str> {
+    let body = bytes.get(HEADER..)?;
+    let (len, skip) = match *body.first()? {
+        n @ 0..=250 => (usize::from(n), 1),
+        251 => (usize::from(u16::from_le_bytes(body.get(1..3)?.try_into().ok()?)), 3),
+        _ => return None, // stream ids are at most 256 bytes
+    };
+    std::str::from_utf8(body.get(skip..skip + len)?).ok()
+}
+
 /// The body bytes of a record (after the header).
 pub(crate) fn body(bytes: &[u8]) -> &[u8] {
     bytes.get(HEADER..).unwrap_or_default()
@@ -213,6 +225,11 @@ mod tests {
         assert_eq!(got.payload, e.payload);
         assert_eq!(got.metadata, e.metadata);
         assert_eq!(header(&rec, 7).expect("header").recorded_at_ns, 99);
+        assert_eq!(peek_stream(&rec), Some("order-1"));
+        let long = "x".repeat(256);
+        let rec = record(1, 1, 1, &encode_body(&long, &e).expect("encode"));
+        assert_eq!(peek_stream(&rec), Some(long.as_str()));
+        assert_eq!(peek_stream(&rec[..HEADER + 2]), None);
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! |--------|---------------------------------------|--------------------------|
 //! | `L`    | position (u64)                        | encoded [`RecordedEvent`](crate::RecordedEvent) |
 //! | `S`    | len (u16), stream id, version (u64)   | position (u64)           |
-//! | `C`    | len (u16), category, position (u64)  | empty                    |
 //! | `I`    | event id (16 bytes)                   | position (u64)           |
 //! | `K`    | checkpoint name                       | value (u64)              |
 //! | `N`    | stream id                             | encoded snapshot         |
@@ -16,7 +15,6 @@
 
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const STREAM: u8 = b'S';
-pub(crate) const CATEGORY: u8 = b'C';
 pub(crate) const EVENT_ID: u8 = b'I';
 pub(crate) const CHECKPOINT: u8 = b'K';
 pub(crate) const SNAPSHOT: u8 = b'N';
@@ -50,12 +48,6 @@ pub(crate) fn stream_prefix(stream: &str) -> Vec<u8> {
 pub(crate) fn stream(stream: &str, version: u64) -> Vec<u8> {
     let mut k = prefixed(STREAM, stream, 8);
     k.extend_from_slice(&version.to_be_bytes());
-    k
-}
-
-pub(crate) fn category(category: &str, position: u64) -> Vec<u8> {
-    let mut k = prefixed(CATEGORY, category, 8);
-    k.extend_from_slice(&position.to_be_bytes());
     k
 }
 

@@ -4,25 +4,24 @@
 use crate::codec;
 use crate::error::Result;
 use crate::keys;
-use crate::types::{category_of, NewEvent, RecordedEvent};
+use crate::types::{NewEvent, RecordedEvent};
 
 /// The name of the sled tree holding the store's key space.
 pub const SLED_TREE: &str = crate::storage::SLED_TREE;
 
-/// The key-value entries the writer stores for one event: the log record and its stream,
-/// category and event-id index entries.
+/// The key-value entries the writer stores for one event: the log record and its stream and
+/// event-id index entries.
 pub fn entries(
     position: u64,
     version: u64,
     recorded_at_ns: u64,
     stream: &str,
     event: &NewEvent,
-) -> Result<[(Vec<u8>, Vec<u8>); 4]> {
+) -> Result<[(Vec<u8>, Vec<u8>); 3]> {
     let body = codec::encode_body(stream, event)?;
     Ok([
         (keys::log(position).to_vec(), codec::record(position, version, recorded_at_ns, &body)),
         (keys::stream(stream, version), position.to_be_bytes().to_vec()),
-        (keys::category(category_of(stream), position), Vec::new()),
         (keys::event_id(&event.event_id).to_vec(), position.to_be_bytes().to_vec()),
     ])
 }
