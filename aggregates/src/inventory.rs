@@ -98,6 +98,8 @@ pub enum InventoryError {
     Overflow(Sku),
     #[error("the command is for SKU {command}, this is SKU {stock}")]
     WrongSku { stock: Sku, command: Sku },
+    #[error("the stock of {sku} for order {order_id} was released; the order is no longer reserving")]
+    Released { sku: Sku, order_id: OrderId },
     #[error("order {order_id} holds no reservation of {sku}")]
     NoReservation { sku: Sku, order_id: OrderId },
     #[error("order {order_id} already reserved {reserved} of {sku}, not {requested}")]
@@ -114,6 +116,9 @@ pub struct Inventory {
     pub shipped: u64,
     /// Orders whose reservation was committed (so a repeated commit is a no-op).
     pub committed: BTreeMap<OrderId, u64>,
+    /// Orders whose stock was released (a late reservation for them is refused).
+    #[serde(default)]
+    pub released: std::collections::BTreeSet<OrderId>,
 }
 
 impl Inventory {
@@ -162,6 +167,9 @@ impl Decider for Inventory {
                 if quantity == 0 {
                     return Err(InventoryError::ZeroQuantity);
                 }
+                if self.released.contains(&order_id) {
+                    return Err(InventoryError::Released { sku, order_id });
+                }
                 if let Some(&reserved) = self.reserved.get(&order_id).or(self.committed.get(&order_id)) {
                     // A repeated reservation is a no-op; a different quantity is a mistake.
                     if reserved == quantity {
@@ -186,12 +194,17 @@ impl Decider for Inventory {
             }
             InventoryCommand::Release { sku, order_id } => {
                 self.check_sku(&sku)?;
-                // Releasing what is not held (never reserved, already released) changes nothing.
                 Ok(match self.reserved.get(&order_id) {
                     Some(&quantity) => {
                         vec![InventoryEvent::StockReleased(StockReleased { sku, order_id, quantity })]
                     }
-                    None => vec![],
+                    // Already released, or shipped: nothing to do.
+                    None if self.released.contains(&order_id) || self.committed.contains_key(&order_id) => {
+                        vec![]
+                    }
+                    // Never reserved: a zero release leaves a tombstone, so a reservation that
+                    // arrives late (a re-driven or delayed command) is refused.
+                    None => vec![InventoryEvent::StockReleased(StockReleased { sku, order_id, quantity: 0 })],
                 })
             }
             InventoryCommand::Commit { sku, order_id } => {
@@ -225,9 +238,11 @@ impl Decider for Inventory {
                 self.sku = Some(e.sku.clone());
             }
             InventoryEvent::StockReleased(e) => {
+                self.sku = Some(e.sku.clone());
                 if let Some(q) = self.reserved.remove(&e.order_id) {
                     self.available += q;
                 }
+                self.released.insert(e.order_id);
             }
             InventoryEvent::StockCommitted(e) => {
                 if let Some(q) = self.reserved.remove(&e.order_id) {
@@ -319,8 +334,25 @@ mod tests {
             InventoryEvent::StockReleased(StockReleased { sku: sku(), order_id: order(1), quantity: 4 });
         let s = given::<Inventory>([added(10), reserved(1, 4)]).when(release()).then([released.clone()]);
         assert_eq!((s.available, s.reserved_total()), (10, 0));
-        given::<Inventory>([added(10), reserved(1, 4), released]).when(release()).then([]);
-        given::<Inventory>([added(10)]).when(release()).then([]);
+        assert!(s.is_conserved());
+        given::<Inventory>([added(10), reserved(1, 4), released.clone()]).when(release()).then([]);
+        // Released orders cannot reserve again.
+        given::<Inventory>([added(10), reserved(1, 4), released])
+            .when(reserve(1, 4))
+            .then_error(InventoryError::Released { sku: sku(), order_id: order(1) });
+    }
+
+    #[test]
+    fn a_release_before_any_reservation_leaves_a_tombstone() {
+        let release = || InventoryCommand::Release { sku: sku(), order_id: order(1) };
+        let tombstone =
+            InventoryEvent::StockReleased(StockReleased { sku: sku(), order_id: order(1), quantity: 0 });
+        let s = given::<Inventory>([added(10)]).when(release()).then([tombstone.clone()]);
+        assert_eq!(s.available, 10);
+        given::<Inventory>([added(10), tombstone.clone()]).when(release()).then([]);
+        given::<Inventory>([added(10), tombstone])
+            .when(reserve(1, 4))
+            .then_error(InventoryError::Released { sku: sku(), order_id: order(1) });
     }
 
     #[test]

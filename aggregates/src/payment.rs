@@ -177,8 +177,17 @@ impl Decider for Payment {
                             reason,
                         })])
                     }
-                    // Nothing was taken (never authorized, declined) or it was already given back.
-                    PaymentStatus::None | PaymentStatus::Declined | PaymentStatus::Refunded => Ok(vec![]),
+                    // Nothing taken yet: record a zero refund, so an authorization that arrives
+                    // late (a re-driven or delayed command) is refused instead of charging a
+                    // cancelled order.
+                    PaymentStatus::None => Ok(vec![PaymentEvent::PaymentRefunded(PaymentRefunded {
+                        order_id,
+                        amount: Money::ZERO,
+                        captured: false,
+                        reason,
+                    })]),
+                    // Declined (nothing taken, and final) or already given back.
+                    PaymentStatus::Declined | PaymentStatus::Refunded => Ok(vec![]),
                 }
             }
         }
@@ -201,7 +210,8 @@ impl Decider for Payment {
                 self.status = PaymentStatus::Captured;
                 self.captured = e.amount;
             }
-            PaymentEvent::PaymentRefunded(_) => {
+            PaymentEvent::PaymentRefunded(e) => {
+                self.order_id = Some(e.order_id);
                 self.status = PaymentStatus::Refunded;
                 self.captured = Money::ZERO;
             }
@@ -293,7 +303,25 @@ mod tests {
         assert_eq!((s.status, s.captured), (PaymentStatus::Refunded, Money::ZERO));
         given::<Payment>([authorized()]).when(refund()).then([refunded(false)]);
         given::<Payment>([authorized(), captured(), refunded(true)]).when(refund()).then([]);
-        given::<Payment>([]).when(refund()).then([]);
+    }
+
+    #[test]
+    fn a_refund_before_any_payment_leaves_a_tombstone_that_refuses_a_late_authorization() {
+        let tombstone = PaymentEvent::PaymentRefunded(PaymentRefunded {
+            order_id: oid(),
+            amount: Money::ZERO,
+            captured: false,
+            reason: "shipment failed".into(),
+        });
+        let s = given::<Payment>([]).when(refund()).then([tombstone.clone()]);
+        assert_eq!((s.status, s.captured), (PaymentStatus::Refunded, Money::ZERO));
+        given::<Payment>([tombstone.clone()]).when(refund()).then([]);
+        given::<Payment>([tombstone.clone()])
+            .when(authorize(GatewayAnswer::Approved { authorization: "late".into() }))
+            .then_error(PaymentError::AlreadyDecided(oid()));
+        given::<Payment>([tombstone])
+            .when(PaymentCommand::Capture { order_id: oid() })
+            .then_error(PaymentError::Refunded(oid()));
     }
 
     #[test]

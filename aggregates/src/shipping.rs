@@ -142,11 +142,12 @@ impl Decider for Shipment {
                     return Err(ShippingError::WrongOrder { shipment, command: order_id });
                 }
                 Ok(match self.status {
-                    ShipmentStatus::Created => {
+                    // Cancelling before creation leaves a tombstone: a late create is refused.
+                    ShipmentStatus::Created | ShipmentStatus::None => {
                         vec![ShippingEvent::ShipmentCancelled(ShipmentCancelled { order_id, reason })]
                     }
-                    // Nothing to cancel, or already cancelled.
-                    ShipmentStatus::None | ShipmentStatus::Failed | ShipmentStatus::Cancelled => vec![],
+                    // Nothing to cancel (it failed), or already cancelled.
+                    ShipmentStatus::Failed | ShipmentStatus::Cancelled => vec![],
                 })
             }
         }
@@ -163,7 +164,10 @@ impl Decider for Shipment {
                 self.order_id = Some(e.order_id);
                 self.status = ShipmentStatus::Failed;
             }
-            ShippingEvent::ShipmentCancelled(_) => self.status = ShipmentStatus::Cancelled,
+            ShippingEvent::ShipmentCancelled(e) => {
+                self.order_id = Some(e.order_id);
+                self.status = ShipmentStatus::Cancelled;
+            }
         }
         self
     }
@@ -249,8 +253,10 @@ mod tests {
         });
         let s = given::<Shipment>([created()]).when(cancel()).then([cancelled.clone()]);
         assert_eq!(s.status, ShipmentStatus::Cancelled);
-        given::<Shipment>([created(), cancelled]).when(cancel()).then([]);
-        given::<Shipment>([]).when(cancel()).then([]);
+        given::<Shipment>([created(), cancelled.clone()]).when(cancel()).then([]);
+        // Before creation: a tombstone, and a late create is refused.
+        given::<Shipment>([]).when(cancel()).then([cancelled.clone()]);
+        given::<Shipment>([cancelled]).when(create(Ok(()))).then_error(ShippingError::AlreadyDecided(oid()));
         let other = OrderId(Uuid::from_u128(10));
         given::<Shipment>([created()])
             .when(ShippingCommand::Cancel { order_id: other, reason: "x".into() })

@@ -59,6 +59,9 @@ pub enum CommandError {
     /// Not found.
     #[error("{0}")]
     NotFound(String),
+    /// The stream kept changing under the command (hot stream); retry later.
+    #[error("the {0} stream is busy; retry")]
+    Contention(String),
     /// Store failure.
     #[error(transparent)]
     Store(event_store::Error),
@@ -561,7 +564,8 @@ where
     D: Decider,
     D::Event: DomainEvent,
 {
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    let mut backoff = std::time::Duration::from_millis(1);
+    for _ in 0..API_CONFLICT_RETRIES {
         let (state, version) = load().map_err(|e| CommandError::Rejected(e.to_string()))?;
         let events = decide(&state, version)?;
         if events.is_empty() {
@@ -569,12 +573,19 @@ where
         }
         let new = events_for(&events, idempotency_key, stream, correlation, idempotency_key);
         match store.append_to(stream, ExpectedVersion::Exact(version), new).await {
-            Err(event_store::Error::Conflict { .. }) => continue,
+            Err(event_store::Error::Conflict { .. }) => {
+                // A hot stream: back off with jitter so concurrent writers stop colliding.
+                tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>())).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+            }
             other => return other.map_err(Into::into),
         }
     }
-    Err(CommandError::Store(event_store::Error::InvalidAppend("too many conflicts".into())))
+    Err(CommandError::Contention(stream.to_string()))
 }
+
+/// Conflict retries of an API command before it answers "busy".
+const API_CONFLICT_RETRIES: usize = 16;
 
 /// Cancels an order on the customer's request.
 pub async fn cancel_order<S: Storage>(

@@ -152,6 +152,24 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List dead letters (messages a consumer could not process, with the reason and the
+    /// original), or re-drive one. NOT safe while the node runs: it needs the store's lock.
+    DeadLetters {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this consumer's (order-service, inventory-service, payment-service,
+        /// shipping-service, saga-manager).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Re-drive the dead letter of this original event id (needs --consumer).
+        #[arg(long, requires = "consumer")]
+        redrive: Option<uuid::Uuid>,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Benchmarks (safe while a node runs: they use their own temporary stores).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -233,6 +251,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { store } => verify(store),
+        Cmd::DeadLetters { store, consumer, redrive, json, gateway } => {
+            dead_letters(store, consumer, redrive, json, gateway).await
+        }
         Cmd::Bench(BenchCmd::Store(args)) => bench::store(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe(args)) => bench::probe(args).await.map(|_| ExitCode::SUCCESS),
     }
@@ -305,5 +326,105 @@ fn verify(store: StoreArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         Ok(ExitCode::from(1))
+    }
+}
+
+const CONSUMERS: [&str; 5] =
+    ["order-service", "inventory-service", "payment-service", "shipping-service", "saga-manager"];
+
+async fn dead_letters(
+    store: StoreArgs,
+    consumer: Option<String>,
+    redrive: Option<uuid::Uuid>,
+    json: bool,
+    gateway: GatewayArgs,
+) -> Result<ExitCode> {
+    use aggregates::saga::Service;
+    use services::consumer;
+    use services::gateway::Breaker;
+    use services::handlers::{Handlers, SimulatedCarrier};
+    use services::runtime::CommandConsumer;
+    use services::saga_runner::SagaRunner;
+    use std::sync::Arc;
+
+    if let Some(c) = &consumer {
+        if !CONSUMERS.contains(&c.as_str()) {
+            bail!("unknown consumer {c:?}; one of {}", CONSUMERS.join(", "));
+        }
+    }
+    if !store.data_dir.join("db").exists() {
+        bail!("no store at {} (expected a sled database there)", store.data_dir.display());
+    }
+    let config = RuntimeConfig::default();
+    let gateway = gateway.build()?;
+    let store = store.open()?;
+    if let (Some(id), Some(name)) = (redrive, consumer.as_deref()) {
+        let handlers = Arc::new(Handlers::new(
+            store.clone(),
+            Breaker::new(gateway, config.breaker),
+            SimulatedCarrier::default(),
+        ));
+        let outcome = match name {
+            "saga-manager" => {
+                let saga = SagaRunner::new(store.clone(), config.policy);
+                saga.recover()?;
+                consumer::redrive(&store, &saga, id).await?
+            }
+            other => {
+                let service = match other {
+                    "order-service" => Service::Order,
+                    "inventory-service" => Service::Inventory,
+                    "payment-service" => Service::Payment,
+                    _ => Service::Shipping,
+                };
+                consumer::redrive(&store, &CommandConsumer::new(handlers, service), id).await?
+            }
+        };
+        return match outcome {
+            Ok(()) => {
+                println!("re-driven: {id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("still failing: {e}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    let names: Vec<&str> = match consumer.as_deref() {
+        Some(c) => vec![c],
+        None => CONSUMERS.to_vec(),
+    };
+    let mut out = std::io::stdout().lock();
+    for name in names {
+        for l in consumer::list_dead_letters(&store, name)? {
+            let line = if json {
+                serde_json::to_string(&l)?
+            } else {
+                format!(
+                    "{} {} position {} {} {} ({}): {}",
+                    name,
+                    if l.resolved { "resolved" } else { "OPEN" },
+                    l.letter.position,
+                    l.letter.event_type,
+                    l.letter.event_id,
+                    l.letter.stream_id,
+                    l.letter.reason
+                )
+            };
+            if !write_line(&mut out, &line)? {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a line; `Ok(false)` when the reader went away (a closed pipe ends output quietly).
+fn write_line(out: &mut impl std::io::Write, line: &str) -> Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }

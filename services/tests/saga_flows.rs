@@ -540,3 +540,50 @@ async fn a_node_whose_store_fails_stops_with_an_error() {
     let err = outcome.expect("the node stopped by itself").expect_err("with an error");
     assert!(err.contains("consumer failed"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_survives_a_restart() {
+    // The payment gateway is down, so the payment step waits for its deadline; the node stops
+    // before the deadline and a new node (gateway healthy) must retry the step when it is due.
+    let mut cfg = config();
+    cfg.policy =
+        RetryPolicy { step_timeout_ms: 700, backoff_base_ms: 20, backoff_cap_ms: 50, max_attempts: 3 };
+    cfg.consumer.max_attempts = 1; // dead-letter the failed payment at once; only the deadline can retry it
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start_with(
+        store.clone(),
+        SimulatedGatewayConfig { failure_rate: 1.0, ..Default::default() },
+        cfg.clone(),
+    );
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 1, 100)], "DE").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer::list_dead_letters(rt.store(), "payment-service").expect("letters").is_empty() {
+        assert!(Instant::now() < deadline, "the payment never failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rt.shutdown().await.expect("shutdown");
+    let saga = saga_of_store(&store, id);
+    let pending = saga.step.clone().expect("payment step in flight");
+    assert_eq!((pending.what, pending.attempt), (aggregates::saga::Step::TakePayment, 1));
+    // A new node: it knows nothing in memory; the deadline comes from the log.
+    let rt = start_with(store.clone(), SimulatedGatewayConfig::default(), cfg);
+    let saga = wait_terminal(&rt, id).await;
+    assert_eq!(saga.status, SagaStatus::Completed);
+    let attempts: Vec<u32> = rt
+        .store()
+        .read_stream(&messages::saga_stream(id), 1, Direction::Forward)
+        .map(|e| e.expect("e"))
+        .filter(|e| e.event_type == "StepRequested")
+        .filter_map(|e| serde_json::from_slice::<aggregates::saga::StepRequested>(&e.payload).ok())
+        .filter(|r| r.step == aggregates::saga::Step::TakePayment)
+        .map(|r| r.attempt)
+        .collect();
+    assert_eq!(attempts, vec![1, 2], "the payment was retried once, by the restarted node's timer");
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
+fn saga_of_store(store: &EventStore<MemoryStorage>, order: OrderId) -> Saga {
+    load::<_, Saga>(store, &messages::saga_stream(order)).expect("load saga").0
+}
