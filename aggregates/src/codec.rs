@@ -80,10 +80,20 @@ pub fn decode_payload<T: Upcast + serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| malformed(e.to_string()))
 }
 
-/// Implements [`DomainEvent`] for an enum whose variants each hold one payload struct.
+/// Declares an aggregate's event enum (one variant per event type, each holding one payload
+/// struct) and implements [`DomainEvent`] for it: the variant name is the stable event name.
 #[macro_export]
 macro_rules! domain_events {
-    ($enum:ident { $($variant:ident($ty:ty)),* $(,)? }) => {
+    ($(#[$meta:meta])* $vis:vis enum $enum:ident { $($variant:ident($ty:ty)),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        $vis enum $enum {
+            $(
+                #[doc = concat!("`", stringify!($variant), "`.")]
+                $variant($ty),
+            )*
+        }
+
         impl $crate::codec::DomainEvent for $enum {
             fn event_type(&self) -> &'static str {
                 match self { $(Self::$variant(_) => stringify!($variant)),* }

@@ -69,23 +69,16 @@ pub struct StockCommitted {
 }
 impl Upcast for StockCommitted {}
 
-/// Events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InventoryEvent {
+domain_events! {
+    /// Events.
+    pub enum InventoryEvent {
     StockAdded(StockAdded),
     StockReserved(StockReserved),
     StockReservationRejected(StockReservationRejected),
     StockReleased(StockReleased),
     StockCommitted(StockCommitted),
 }
-
-domain_events!(InventoryEvent {
-    StockAdded(StockAdded),
-    StockReserved(StockReserved),
-    StockReservationRejected(StockReservationRejected),
-    StockReleased(StockReleased),
-    StockCommitted(StockCommitted),
-});
+}
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -93,15 +93,10 @@ pub struct OrderCancelled {
 }
 impl Upcast for OrderCancelled {}
 
-/// Events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrderEvent {
-    OrderPlaced(OrderPlaced),
-    OrderConfirmed(OrderConfirmed),
-    OrderCancelled(OrderCancelled),
+domain_events! {
+    /// Events.
+    pub enum OrderEvent { OrderPlaced(OrderPlaced), OrderConfirmed(OrderConfirmed), OrderCancelled(OrderCancelled) }
 }
-
-domain_events!(OrderEvent { OrderPlaced(OrderPlaced), OrderConfirmed(OrderConfirmed), OrderCancelled(OrderCancelled) });
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

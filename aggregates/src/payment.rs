@@ -65,21 +65,15 @@ pub struct PaymentRefunded {
 }
 impl Upcast for PaymentRefunded {}
 
-/// Events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymentEvent {
+domain_events! {
+    /// Events.
+    pub enum PaymentEvent {
     PaymentAuthorized(PaymentAuthorized),
     PaymentDeclined(PaymentDeclined),
     PaymentCaptured(PaymentCaptured),
     PaymentRefunded(PaymentRefunded),
 }
-
-domain_events!(PaymentEvent {
-    PaymentAuthorized(PaymentAuthorized),
-    PaymentDeclined(PaymentDeclined),
-    PaymentCaptured(PaymentCaptured),
-    PaymentRefunded(PaymentRefunded),
-});
+}
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -293,9 +293,9 @@ pub struct SagaFailed {
 }
 impl Upcast for SagaFailed {}
 
-/// Events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SagaEvent {
+domain_events! {
+    /// Events.
+    pub enum SagaEvent {
     SagaStarted(SagaStarted),
     StepRequested(StepRequested),
     StepSucceeded(StepSucceeded),
@@ -306,18 +306,7 @@ pub enum SagaEvent {
     SagaCompensated(SagaCompensated),
     SagaFailed(SagaFailed),
 }
-
-domain_events!(SagaEvent {
-    SagaStarted(SagaStarted),
-    StepRequested(StepRequested),
-    StepSucceeded(StepSucceeded),
-    StepFailed(StepFailed),
-    CompensationRequested(CompensationRequested),
-    CompensationDone(CompensationDone),
-    SagaCompleted(SagaCompleted),
-    SagaCompensated(SagaCompensated),
-    SagaFailed(SagaFailed),
-});
+}
 
 /// Why an input is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -64,19 +64,14 @@ pub struct ShipmentCancelled {
 }
 impl Upcast for ShipmentCancelled {}
 
-/// Events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShippingEvent {
+domain_events! {
+    /// Events.
+    pub enum ShippingEvent {
     ShipmentCreated(ShipmentCreated),
     ShipmentFailed(ShipmentFailed),
     ShipmentCancelled(ShipmentCancelled),
 }
-
-domain_events!(ShippingEvent {
-    ShipmentCreated(ShipmentCreated),
-    ShipmentFailed(ShipmentFailed),
-    ShipmentCancelled(ShipmentCancelled),
-});
+}
 
 /// Why a command is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

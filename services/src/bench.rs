@@ -12,6 +12,8 @@ use event_store::{
 };
 use hdrhistogram::Histogram;
 
+use crate::load::rss_mib;
+
 type Store = EventStore<SledStorage>;
 
 /// Options of `causeway bench store`.
@@ -104,15 +106,6 @@ async fn concurrent_appends(store: &Store, writers: usize, duration: Duration, t
         latency.add(h)?;
     }
     Ok(Run { events, elapsed: started.elapsed(), latency })
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn header(title: &str) {
