@@ -9,6 +9,7 @@
 //! | `K`    | checkpoint name                       | value (u64)              |
 //! | `N`    | stream id                             | encoded snapshot         |
 //! | `M`    | name                                  | store metadata           |
+//! | `X`    | anything                              | application data (read models); never touched by the store |
 //!
 //! A stream's head is the last `S` key under its prefix; the log head is the last `L` key. No
 //! counter is stored twice, so nothing can disagree after a crash.
@@ -19,6 +20,9 @@ pub(crate) const EVENT_ID: u8 = b'I';
 pub(crate) const CHECKPOINT: u8 = b'K';
 pub(crate) const SNAPSHOT: u8 = b'N';
 pub(crate) const META: u8 = b'M';
+/// Keys starting with this byte belong to the application (read models, ...): the store never
+/// writes, reads or verifies them, so they can share its database and atomic batches.
+pub const APP: u8 = b'X';
 
 pub(crate) fn log(position: u64) -> [u8; 9] {
     let mut k = [LOG; 9];

@@ -24,7 +24,7 @@
 
 mod codec;
 mod error;
-mod keys;
+pub(crate) mod keys;
 pub mod raw;
 pub mod storage;
 mod store;
@@ -33,6 +33,7 @@ mod types;
 
 pub use codec::MAX_EVENT_BYTES;
 pub use error::{Error, Result};
+pub use keys::APP as APP_KEY_PREFIX;
 pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
 pub use store::{CategoryReader, Durability, EventStore, LogReader, StoreConfig, StreamReader, VerifyReport};
 pub use subscription::Subscription;

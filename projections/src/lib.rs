@@ -1,1 +1,45 @@
-//! placeholder
+//! Causeway's read side: named, checkpointed projections of the log.
+//!
+//! - [`model`]: read-model storage ([`ReadModels`]): JSON documents per projection and
+//!   generation, written atomically with the projection's checkpoint (so an event is never
+//!   applied twice or skipped, across crashes), and generations so a rebuild never blocks
+//!   queries of the current model.
+//! - [`runner`]: the [`Projection`] trait and its operations: run live, full rebuild, replay
+//!   from a timestamp, as-of (the state at a time, into a separate model), lag.
+//! - [`models`]: the read models (order summaries with customer history, stock levels, saga
+//!   timelines).
+
+pub mod model;
+pub mod models;
+pub mod runner;
+
+pub use model::{ReadModels, Tx};
+pub use runner::{as_of, catch_up, rebuild, replay_from, run, Projection};
+
+/// A read-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] event_store::Error),
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] event_store::StorageError),
+    /// A stored document or pointer is damaged.
+    #[error("corrupt read model: {0}")]
+    Corrupt(String),
+    /// An event the projection needs could not be read.
+    #[error("event at position {position}: {reason}")]
+    Event {
+        /// Where.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A background task failed.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// `Result` with [`ProjectionError`].
+pub type Result<T, E = ProjectionError> = std::result::Result<T, E>;

@@ -14,6 +14,8 @@ use crate::gateway::{Breaker, BreakerConfig, PaymentGateway};
 use crate::handlers::{HandlerError, Handlers, SimulatedCarrier};
 use crate::messages;
 use crate::saga_runner::SagaRunner;
+use projections::models::{OrderSummaries, SagaTimelines, StockLevels};
+use projections::{Projection, ReadModels};
 
 /// Runtime settings.
 #[derive(Debug, Clone)]
@@ -84,6 +86,7 @@ pub struct Runtime<S: Storage, G: PaymentGateway> {
     store: EventStore<S>,
     handlers: Arc<Handlers<S, G>>,
     saga: Arc<SagaRunner<S>>,
+    models: ReadModels<S>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
 }
@@ -112,6 +115,10 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
             let (store, rx, cfg, saga) = (store.clone(), rx.clone(), config.consumer, saga.clone());
             tasks.spawn(async move { consumer::run(store, saga, cfg, rx).await.map_err(|e| e.to_string()) });
         }
+        let models = ReadModels::new(store.clone());
+        spawn_projection(&mut tasks, &models, OrderSummaries, rx.clone());
+        spawn_projection(&mut tasks, &models, StockLevels, rx.clone());
+        spawn_projection(&mut tasks, &models, SagaTimelines, rx.clone());
         {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {
@@ -119,7 +126,12 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 Ok(())
             });
         }
-        Ok(Self { store, handlers, saga, shutdown, tasks })
+        Ok(Self { store, handlers, saga, models, shutdown, tasks })
+    }
+
+    /// The read models.
+    pub fn models(&self) -> &ReadModels<S> {
+        &self.models
     }
 
     /// The store.
@@ -167,4 +179,27 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Runs a projection until shutdown. A projection that stops on a bad event is logged and stays
+/// behind (its lag shows it) while the node keeps serving; it does not take the node down.
+fn spawn_projection<S: Storage, P: Projection>(
+    tasks: &mut JoinSet<Result<(), String>>,
+    models: &ReadModels<S>,
+    projection: P,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let models = models.clone();
+    tasks.spawn(async move {
+        let name = projection.name().to_owned();
+        if let Err(e) = projections::run(models, Arc::new(projection), shutdown.clone()).await {
+            tracing::error!(projection = %name, error = %e, "projection stopped; it will lag until fixed and rebuilt");
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    });
 }

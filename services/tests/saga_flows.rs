@@ -159,6 +159,32 @@ async fn happy_path_confirms_the_order() {
     }
     let report = assert_invariants(&rt);
     assert_eq!(report.completed, 1);
+    // The read models follow.
+    use projections::models::{
+        OrderSummaries, OrderSummary, SagaTimeline, SagaTimelines, StockLevel, StockLevels,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [OrderSummaries::NAME, StockLevels::NAME, SagaTimelines::NAME]
+        .iter()
+        .any(|n| rt.models().lag(n).expect("lag") > 0)
+    {
+        assert!(Instant::now() < deadline, "read models did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let summary: OrderSummary =
+        rt.models().get(OrderSummaries::NAME, &OrderSummaries::order_key(id)).expect("get").expect("present");
+    assert_eq!(summary.status, OrderStatus::Confirmed);
+    assert_eq!(summary.tracking_number, o.tracking_number);
+    let level: StockLevel =
+        rt.models().get(StockLevels::NAME, &StockLevels::key("A")).expect("get").expect("present");
+    assert_eq!(
+        (level.available, level.reserved, level.shipped),
+        (a.available, a.reserved_total(), a.shipped)
+    );
+    let timeline: SagaTimeline =
+        rt.models().get(SagaTimelines::NAME, &SagaTimelines::key(id)).expect("get").expect("present");
+    assert_eq!(timeline.status, "completed");
+    assert_eq!(timeline.steps.len(), 12);
     rt.shutdown().await.expect("shutdown");
 }
 

@@ -1,0 +1,281 @@
+//! Read-model storage: JSON documents per projection and generation, under the event store's
+//! application key prefix, written in atomic batches together with the projection's checkpoint.
+//!
+//! | key (after `X`, `P`) | value |
+//! |----------------------|-------|
+//! | `g` name | current generation (u32) |
+//! | `c` name gen | checkpoint: last position applied (u64) |
+//! | `d` name gen key | document (JSON) |
+//!
+//! Queries read the current generation. A rebuild fills the next generation while queries keep
+//! reading the current one, then switches the pointer in one write.
+
+use std::collections::BTreeMap;
+
+use event_store::storage::WriteBatch;
+use event_store::{EventStore, Storage, APP_KEY_PREFIX};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ProjectionError, Result};
+
+fn base(kind: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.push(APP_KEY_PREFIX);
+    k.push(b'P');
+    k.push(kind);
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn gen_key(kind: u8, name: &str, gen: u32) -> Vec<u8> {
+    let mut k = base(kind, name);
+    k.extend_from_slice(&gen.to_be_bytes());
+    k
+}
+
+fn doc_key(name: &str, gen: u32, key: &str) -> Vec<u8> {
+    let mut k = gen_key(b'd', name, gen);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn u64_of(bytes: &[u8], what: &str) -> Result<u64> {
+    let a: [u8; 8] =
+        bytes.try_into().map_err(|_| ProjectionError::Corrupt(format!("{what}: not 8 bytes")))?;
+    Ok(u64::from_be_bytes(a))
+}
+
+/// The read models of one node.
+#[derive(Debug)]
+pub struct ReadModels<S: Storage> {
+    store: EventStore<S>,
+}
+
+impl<S: Storage> Clone for ReadModels<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone() }
+    }
+}
+
+impl<S: Storage> ReadModels<S> {
+    /// Read models kept in `store`'s database.
+    pub fn new(store: EventStore<S>) -> Self {
+        Self { store }
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &EventStore<S> {
+        &self.store
+    }
+
+    /// The generation queries read.
+    pub fn generation(&self, name: &str) -> Result<u32> {
+        match self.store.storage().get(&base(b'g', name))? {
+            None => Ok(0),
+            Some(v) => {
+                let a: [u8; 4] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ProjectionError::Corrupt(format!("generation of {name}")))?;
+                Ok(u32::from_be_bytes(a))
+            }
+        }
+    }
+
+    /// The last position applied to a generation (0: nothing).
+    pub fn checkpoint(&self, name: &str, gen: u32) -> Result<u64> {
+        match self.store.storage().get(&gen_key(b'c', name, gen))? {
+            None => Ok(0),
+            Some(v) => u64_of(v.as_ref(), &format!("checkpoint of {name}")),
+        }
+    }
+
+    /// How far the current generation is behind the log's head.
+    pub fn lag(&self, name: &str) -> Result<u64> {
+        let cp = self.checkpoint(name, self.generation(name)?)?;
+        Ok(self.store.head().saturating_sub(cp))
+    }
+
+    /// A document of the current generation.
+    pub fn get<T: DeserializeOwned>(&self, name: &str, key: &str) -> Result<Option<T>> {
+        self.get_in(name, self.generation(name)?, key)
+    }
+
+    /// A document of a given generation.
+    pub fn get_in<T: DeserializeOwned>(&self, name: &str, gen: u32, key: &str) -> Result<Option<T>> {
+        match self.store.storage().get(&doc_key(name, gen, key))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.as_ref())
+                .map(Some)
+                .map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}"))),
+        }
+    }
+
+    /// Documents of the current generation whose keys start with `prefix`, in key order, after
+    /// the key `after` (exclusive; for cursor pagination), at most `limit`.
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>> {
+        self.scan_in(name, self.generation(name)?, prefix, after, limit)
+    }
+
+    /// Like [`ReadModels::scan`] in a given generation.
+    pub fn scan_in<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        gen: u32,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, T)>> {
+        let head = gen_key(b'd', name, gen);
+        let start = match after {
+            Some(a) => {
+                let mut k = doc_key(name, gen, a);
+                k.push(0); // strictly after
+                k
+            }
+            None => doc_key(name, gen, prefix),
+        };
+        let mut end = doc_key(name, gen, prefix);
+        end.push(0xff);
+        let mut out = Vec::new();
+        for item in self.store.storage().range(&start, &end, false) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k.as_ref()[head.len()..]).into_owned();
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            let doc = serde_json::from_slice(v.as_ref())
+                .map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}")))?;
+            out.push((key, doc));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every document of a generation, as raw JSON (for comparisons and `verify`).
+    pub fn dump(&self, name: &str, gen: u32) -> Result<BTreeMap<String, serde_json::Value>> {
+        let prefix = gen_key(b'd', name, gen);
+        let mut end = prefix.clone();
+        end.push(0xff);
+        let mut out = BTreeMap::new();
+        for item in self.store.storage().range(&prefix, &end, false) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned();
+            let value = serde_json::from_slice(v.as_ref())
+                .map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}")))?;
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+
+    /// Starts a change to a generation.
+    pub fn begin(&self, name: &str, gen: u32) -> Tx<'_, S> {
+        Tx { models: self, name: name.to_owned(), gen, overlay: BTreeMap::new() }
+    }
+
+    /// Applies a change and moves the generation's checkpoint to `position`, atomically.
+    pub fn commit(&self, tx: Tx<'_, S>, position: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in tx.overlay {
+            let k = doc_key(&tx.name, tx.gen, &key);
+            match value {
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
+            }
+        }
+        batch.put(gen_key(b'c', &tx.name, tx.gen), position.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(())
+    }
+
+    /// Makes `gen` the generation queries read.
+    pub fn switch(&self, name: &str, gen: u32) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(base(b'g', name), gen.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(())
+    }
+
+    /// Deletes a generation's documents and checkpoint.
+    pub fn drop_generation(&self, name: &str, gen: u32) -> Result<()> {
+        let prefix = gen_key(b'd', name, gen);
+        let mut end = prefix.clone();
+        end.push(0xff);
+        loop {
+            let keys: Vec<Vec<u8>> = self
+                .store
+                .storage()
+                .range(&prefix, &end, false)
+                .take(1024)
+                .map(|r| r.map(|(k, _)| k.as_ref().to_vec()))
+                .collect::<std::result::Result<_, _>>()?;
+            if keys.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::default();
+            for k in keys {
+                batch.delete(k);
+            }
+            self.store.storage().apply(batch)?;
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete(gen_key(b'c', name, gen));
+        self.store.storage().apply(batch)?;
+        Ok(())
+    }
+}
+
+/// Uncommitted changes to one generation of one read model; reads see them.
+#[derive(Debug)]
+pub struct Tx<'a, S: Storage> {
+    models: &'a ReadModels<S>,
+    name: String,
+    gen: u32,
+    overlay: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl<S: Storage> Tx<'_, S> {
+    /// Reads a document (this change's version first).
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.overlay.get(key) {
+            Some(None) => Ok(None),
+            Some(Some(v)) => {
+                serde_json::from_slice(v).map(Some).map_err(|e| ProjectionError::Corrupt(e.to_string()))
+            }
+            None => self.models.get_in(&self.name, self.gen, key),
+        }
+    }
+
+    /// Writes a document.
+    pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| ProjectionError::Corrupt(e.to_string()))?;
+        self.overlay.insert(key.to_owned(), Some(bytes));
+        Ok(())
+    }
+
+    /// Deletes a document.
+    pub fn delete(&mut self, key: &str) {
+        self.overlay.insert(key.to_owned(), None);
+    }
+
+    /// Number of documents changed.
+    pub fn len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.overlay.is_empty()
+    }
+}

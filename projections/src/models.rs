@@ -1,0 +1,291 @@
+//! The read models.
+
+use aggregates::codec::DomainEvent;
+use aggregates::inventory::InventoryEvent;
+use aggregates::order::{CancelReason, LineItem, OrderEvent, OrderStatus};
+use aggregates::saga::SagaEvent;
+use aggregates::{Money, OrderId};
+use event_store::{RecordedEvent, Storage};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Tx;
+use crate::runner::Projection;
+use crate::{ProjectionError, Result};
+
+fn decode<E: DomainEvent>(e: &RecordedEvent) -> Result<E> {
+    E::decode(&e.event_type, e.schema_version, &e.payload)
+        .map_err(|err| ProjectionError::Event { position: e.position, reason: err.to_string() })
+}
+
+/// One entry of a timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Event type.
+    pub event: String,
+    /// Global position.
+    pub position: u64,
+    /// Recorded at (UTC ns).
+    pub at_ns: u64,
+    /// A short detail (step, reason, tracking number...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn entry(e: &RecordedEvent, detail: Option<String>) -> TimelineEntry {
+    TimelineEntry { event: e.event_type.clone(), position: e.position, at_ns: e.recorded_at_ns, detail }
+}
+
+/// `order-summaries`: one document per order (`order/<id>`), plus a per-customer index
+/// (`customer/<customer>/<placed at ns>/<order id>`) for order history by customer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OrderSummaries;
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<LineItem>,
+    pub total: Money,
+    pub currency: String,
+    pub placed_at_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// An entry of a customer's order history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerOrder {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub total: Money,
+    pub placed_at_ns: u64,
+}
+
+impl OrderSummaries {
+    /// The name of this read model.
+    pub const NAME: &'static str = "order-summaries";
+
+    /// The document key of an order.
+    pub fn order_key(id: OrderId) -> String {
+        format!("order/{id}")
+    }
+
+    /// The key prefix of a customer's history.
+    pub fn customer_prefix(customer: &str) -> String {
+        format!("customer/{customer}/")
+    }
+
+    fn customer_key(s: &OrderSummary) -> String {
+        format!("customer/{}/{:020}/{}", s.customer_id, s.placed_at_ns, s.order_id)
+    }
+
+    fn save<S: Storage>(tx: &mut Tx<'_, S>, s: &OrderSummary) -> Result<()> {
+        tx.put(&Self::order_key(s.order_id), s)?;
+        tx.put(
+            &Self::customer_key(s),
+            &CustomerOrder {
+                order_id: s.order_id,
+                status: s.status,
+                total: s.total,
+                placed_at_ns: s.placed_at_ns,
+            },
+        )
+    }
+}
+
+fn order_of_stream(stream: &str) -> Option<OrderId> {
+    stream.split_once('-').and_then(|(_, id)| id.parse().ok()).map(OrderId)
+}
+
+impl Projection for OrderSummaries {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
+        match e.category() {
+            "order" => match decode::<OrderEvent>(e)? {
+                OrderEvent::OrderPlaced(p) => {
+                    let s = OrderSummary {
+                        order_id: p.order_id,
+                        customer_id: p.customer_id.0,
+                        status: OrderStatus::Pending,
+                        items: p.items,
+                        total: p.total,
+                        currency: p.currency.0,
+                        placed_at_ns: e.recorded_at_ns,
+                        tracking_number: None,
+                        cancel_reason: None,
+                        timeline: vec![entry(e, None)],
+                    };
+                    Self::save(tx, &s)
+                }
+                OrderEvent::OrderConfirmed(c) => {
+                    let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(c.order_id))? else {
+                        return Ok(());
+                    };
+                    s.status = OrderStatus::Confirmed;
+                    s.tracking_number = Some(c.tracking_number.clone());
+                    s.timeline.push(entry(e, Some(c.tracking_number)));
+                    Self::save(tx, &s)
+                }
+                OrderEvent::OrderCancelled(c) => {
+                    let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(c.order_id))? else {
+                        return Ok(());
+                    };
+                    s.status = OrderStatus::Cancelled;
+                    s.timeline.push(entry(e, Some(format!("{:?}", c.reason))));
+                    s.cancel_reason = Some(c.reason);
+                    Self::save(tx, &s)
+                }
+            },
+            // Payment and shipment milestones go on the order's timeline.
+            "payment" | "shipment" => {
+                let Some(id) = order_of_stream(&e.stream_id) else { return Ok(()) };
+                let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(id))? else { return Ok(()) };
+                s.timeline.push(entry(e, None));
+                Self::save(tx, &s)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `stock-levels`: one document per SKU (`sku/<sku>`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StockLevels;
+
+/// A SKU's stock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    pub sku: String,
+    pub available: u64,
+    pub reserved: u64,
+    pub shipped: u64,
+    pub added: u64,
+}
+
+impl StockLevels {
+    /// The name of this read model.
+    pub const NAME: &'static str = "stock-levels";
+
+    /// The document key of a SKU.
+    pub fn key(sku: &str) -> String {
+        format!("sku/{sku}")
+    }
+}
+
+impl Projection for StockLevels {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
+        if e.category() != "inventory" {
+            return Ok(());
+        }
+        let event = decode::<InventoryEvent>(e)?;
+        let sku = match &event {
+            InventoryEvent::StockAdded(x) => &x.sku,
+            InventoryEvent::StockReserved(x) => &x.sku,
+            InventoryEvent::StockReservationRejected(x) => &x.sku,
+            InventoryEvent::StockReleased(x) => &x.sku,
+            InventoryEvent::StockCommitted(x) => &x.sku,
+        };
+        let key = Self::key(&sku.0);
+        let mut s = tx
+            .get::<StockLevel>(&key)?
+            .unwrap_or_else(|| StockLevel { sku: sku.0.clone(), ..StockLevel::default() });
+        match &event {
+            InventoryEvent::StockAdded(x) => {
+                s.available += x.quantity;
+                s.added += x.quantity;
+            }
+            InventoryEvent::StockReserved(x) => {
+                s.available = s.available.saturating_sub(x.quantity);
+                s.reserved += x.quantity;
+            }
+            InventoryEvent::StockReleased(x) => {
+                s.reserved = s.reserved.saturating_sub(x.quantity);
+                s.available += x.quantity;
+            }
+            InventoryEvent::StockCommitted(x) => {
+                s.reserved = s.reserved.saturating_sub(x.quantity);
+                s.shipped += x.quantity;
+            }
+            InventoryEvent::StockReservationRejected(_) => return Ok(()),
+        }
+        tx.put(&key, &s)
+    }
+}
+
+/// `saga-timelines`: one document per saga (`saga/<order id>`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SagaTimelines;
+
+/// A saga's progress as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaTimeline {
+    pub order_id: OrderId,
+    /// running, completed, compensated or failed.
+    pub status: String,
+    pub steps: Vec<TimelineEntry>,
+}
+
+impl SagaTimelines {
+    /// The name of this read model.
+    pub const NAME: &'static str = "saga-timelines";
+
+    /// The document key of a saga.
+    pub fn key(id: OrderId) -> String {
+        format!("saga/{id}")
+    }
+}
+
+impl Projection for SagaTimelines {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
+        if e.category() != "saga" {
+            return Ok(());
+        }
+        let Some(id) = order_of_stream(&e.stream_id) else { return Ok(()) };
+        let key = Self::key(id);
+        let mut t = tx.get::<SagaTimeline>(&key)?.unwrap_or_else(|| SagaTimeline {
+            order_id: id,
+            status: "running".into(),
+            steps: Vec::new(),
+        });
+        let detail = match decode::<SagaEvent>(e)? {
+            SagaEvent::StepRequested(r) => Some(format!("{:?} attempt {}", r.step, r.attempt)),
+            SagaEvent::StepSucceeded(r) => Some(format!("{:?}", r.step)),
+            SagaEvent::StepFailed(r) => Some(r.reason),
+            SagaEvent::CompensationRequested(r) => {
+                Some(format!("{:?} attempt {}", r.compensation, r.attempt))
+            }
+            SagaEvent::CompensationDone(r) => Some(format!("{:?}", r.compensation)),
+            SagaEvent::SagaCompleted(_) => {
+                t.status = "completed".into();
+                None
+            }
+            SagaEvent::SagaCompensated(r) => {
+                t.status = "compensated".into();
+                Some(r.reason)
+            }
+            SagaEvent::SagaFailed(r) => {
+                t.status = "failed".into();
+                Some(r.reason)
+            }
+            SagaEvent::SagaStarted(_) => None,
+        };
+        t.steps.push(entry(e, detail));
+        tx.put(&key, &t)
+    }
+}

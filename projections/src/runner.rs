@@ -1,0 +1,157 @@
+//! Running projections: live, rebuild, replay from a timestamp, as-of.
+
+use std::sync::Arc;
+
+use event_store::{time_to_nanos, RecordedEvent, Storage};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::model::{ReadModels, Tx};
+use crate::{ProjectionError, Result};
+
+/// Events applied per atomic commit.
+pub const CHUNK: usize = 1024;
+
+/// A named fold of the log into documents. `apply` must depend only on the events (the same
+/// events give the same documents), so rebuilds and replays reproduce the live model.
+pub trait Projection: Send + Sync + 'static {
+    /// The read model's name.
+    fn name(&self) -> &str;
+    /// Folds one event (ignoring the ones it does not care about).
+    fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, event: &RecordedEvent) -> Result<()>;
+}
+
+/// Applies the log to generation `gen` of model `name` with `projection`, from its checkpoint up
+/// to position `until`, committing every [`CHUNK`] events with the checkpoint. Returns the
+/// checkpoint reached.
+pub fn catch_up<S: Storage, P: Projection>(
+    models: &ReadModels<S>,
+    projection: &P,
+    name: &str,
+    gen: u32,
+    until: u64,
+) -> Result<u64> {
+    let mut cp = models.checkpoint(name, gen)?;
+    while cp < until {
+        let mut tx = models.begin(name, gen);
+        let mut last = cp;
+        for e in models.store().read_all(cp + 1).take(CHUNK) {
+            let e = e?;
+            if e.position > until {
+                break;
+            }
+            if let Err(err) = projection.apply(&mut tx, &e) {
+                // Keep everything before the bad event (the chunk may hold half of its
+                // changes, so redo the chunk up to it), then report it.
+                drop(tx);
+                if e.position > cp + 1 {
+                    catch_up(models, projection, name, gen, e.position - 1)?;
+                }
+                tracing::error!(projection = name, position = e.position, error = %err, "projection stopped");
+                return Err(err);
+            }
+            last = e.position;
+        }
+        if last == cp {
+            break;
+        }
+        models.commit(tx, last)?;
+        cp = last;
+    }
+    Ok(cp)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ProjectionError::Task(e.to_string()))?
+}
+
+/// Keeps the current generation of `projection` up to date until `shutdown` turns true. After a
+/// rebuild switches generations it continues with the new one.
+pub async fn run<S: Storage, P: Projection>(
+    models: ReadModels<S>,
+    projection: Arc<P>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut head = models.store().watch_head();
+    loop {
+        let (m, p) = (models.clone(), projection.clone());
+        blocking(move || {
+            let name = p.name().to_owned();
+            let gen = m.generation(&name)?;
+            let until = m.store().head();
+            catch_up(&m, p.as_ref(), &name, gen, until)
+        })
+        .await?;
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return Ok(()) },
+            changed = head.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+/// Rebuilds `projection` from the whole log into a new generation, then makes it current.
+/// Queries read the current generation until the switch. Returns the new generation.
+pub async fn rebuild<S: Storage, P: Projection>(models: &ReadModels<S>, projection: Arc<P>) -> Result<u32> {
+    let (m, p) = (models.clone(), projection);
+    blocking(move || {
+        let name = p.name().to_owned();
+        let current = m.generation(&name)?;
+        let next = current + 1;
+        m.drop_generation(&name, next)?;
+        catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
+        // Catch the events appended meanwhile, then switch.
+        catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
+        m.switch(&name, next)?;
+        m.drop_generation(&name, current)?;
+        Ok(next)
+    })
+    .await
+}
+
+/// The last position recorded at or before `t`.
+fn position_at<S: Storage>(models: &ReadModels<S>, t: OffsetDateTime) -> Result<u64> {
+    let after = event_store::nanos_to_time(time_to_nanos(t).saturating_add(1));
+    Ok(models.store().seek_time(after)?.saturating_sub(1))
+}
+
+/// Replays `projection` from time `t`: restores the model to its state at `t` (folding the log up
+/// to `t` into a new generation), applies everything recorded after `t`, and switches to it.
+/// Queries read the current generation until the switch.
+pub async fn replay_from<S: Storage, P: Projection>(
+    models: &ReadModels<S>,
+    projection: Arc<P>,
+    t: OffsetDateTime,
+) -> Result<u32> {
+    let (m, p) = (models.clone(), projection);
+    blocking(move || {
+        let name = p.name().to_owned();
+        let current = m.generation(&name)?;
+        let next = current + 1;
+        m.drop_generation(&name, next)?;
+        let at_t = position_at(&m, t)?;
+        catch_up(&m, p.as_ref(), &name, next, at_t)?;
+        catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
+        m.switch(&name, next)?;
+        m.drop_generation(&name, current)?;
+        Ok(next)
+    })
+    .await
+}
+
+/// Builds the state of `projection` as of time `t` (every event recorded at or before `t`) into a
+/// separate read model named `<name>@<t in unix ns>`, generation 0, and returns that name.
+pub async fn as_of<S: Storage, P: Projection>(
+    models: &ReadModels<S>,
+    projection: Arc<P>,
+    t: OffsetDateTime,
+) -> Result<String> {
+    let (m, p) = (models.clone(), projection);
+    blocking(move || {
+        let name = format!("{}@{}", p.name(), time_to_nanos(t));
+        m.drop_generation(&name, 0)?;
+        let until = position_at(&m, t)?;
+        catch_up(&m, p.as_ref(), &name, 0, until)?;
+        Ok(name)
+    })
+    .await
+}

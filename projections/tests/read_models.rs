@@ -1,0 +1,250 @@
+//! Read models: live updates, restarts without double application, rebuild, replay from a
+//! timestamp and as-of proven equal to a fresh fold at the same point, lag, bad events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aggregates::codec::DomainEvent;
+use aggregates::inventory::{InventoryEvent, StockAdded, StockReserved};
+use aggregates::order::{
+    CancelReason, LineItem, OrderCancelled, OrderConfirmed, OrderEvent, OrderPlaced, OrderStatus,
+};
+use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
+use event_store::{EventStore, ExpectedVersion, MemoryStorage, NewEvent, StoreConfig, StreamId};
+use projections::models::{CustomerOrder, OrderSummaries, OrderSummary, StockLevel, StockLevels};
+use projections::{as_of, rebuild, replay_from, run, Projection, ReadModels};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+type Store = EventStore<MemoryStorage>;
+
+fn new_store() -> Store {
+    EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store")
+}
+
+async fn emit<E: DomainEvent>(store: &Store, stream: &str, e: &E) {
+    let ev = NewEvent::json(e.event_type(), e.to_payload()).with_schema_version(e.schema_version());
+    store
+        .append_to(&StreamId::new(stream).expect("id"), ExpectedVersion::Any, vec![ev])
+        .await
+        .expect("append");
+}
+
+async fn place(store: &Store, customer: &str, qty: u32) -> OrderId {
+    let id = OrderId(Uuid::now_v7());
+    let placed = OrderEvent::OrderPlaced(OrderPlaced {
+        order_id: id,
+        customer_id: CustomerId(customer.into()),
+        items: vec![LineItem { sku: Sku::from("A"), quantity: qty, unit_price: Money(250) }],
+        total: Money(250 * u64::from(qty)),
+        currency: Currency::from("EUR"),
+        shipping_address: None,
+    });
+    emit(store, &format!("order-{id}"), &placed).await;
+    id
+}
+
+async fn stock(store: &Store, sku: &str, e: InventoryEvent) {
+    emit(store, &format!("inventory-{sku}"), &e).await;
+}
+
+async fn history(store: &Store, n: usize) -> Vec<OrderId> {
+    let mut ids = Vec::new();
+    stock(store, "A", InventoryEvent::StockAdded(StockAdded { sku: Sku::from("A"), quantity: 100 })).await;
+    for i in 0..n {
+        let customer = if i % 2 == 0 { "alice" } else { "bob" };
+        let id = place(store, customer, 1 + (i as u32 % 3)).await;
+        stock(
+            store,
+            "A",
+            InventoryEvent::StockReserved(StockReserved { sku: Sku::from("A"), order_id: id, quantity: 1 }),
+        )
+        .await;
+        if i % 3 == 0 {
+            emit(
+                store,
+                &format!("order-{id}"),
+                &OrderEvent::OrderConfirmed(OrderConfirmed {
+                    order_id: id,
+                    tracking_number: format!("T{i}"),
+                }),
+            )
+            .await;
+        } else if i % 3 == 1 {
+            emit(
+                store,
+                &format!("order-{id}"),
+                &OrderEvent::OrderCancelled(OrderCancelled {
+                    order_id: id,
+                    reason: CancelReason::OutOfStock,
+                }),
+            )
+            .await;
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+async fn wait_caught_up(models: &ReadModels<MemoryStorage>, name: &str) {
+    for _ in 0..500 {
+        if models.lag(name).expect("lag") == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} did not catch up");
+}
+
+fn start<P: Projection>(
+    models: &ReadModels<MemoryStorage>,
+    p: P,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<projections::Result<()>>) {
+    let (tx, rx) = watch::channel(false);
+    let handle = tokio::spawn(run(models.clone(), Arc::new(p), rx));
+    (tx, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_order_summaries_and_customer_history() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, OrderSummaries);
+    let ids = history(&store, 9).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let first: OrderSummary =
+        models.get(OrderSummaries::NAME, &OrderSummaries::order_key(ids[0])).expect("get").expect("present");
+    assert_eq!(first.status, OrderStatus::Confirmed);
+    assert_eq!(first.tracking_number.as_deref(), Some("T0"));
+    assert_eq!(
+        first.timeline.iter().map(|t| t.event.as_str()).collect::<Vec<_>>(),
+        ["OrderPlaced", "OrderConfirmed"]
+    );
+    let second: OrderSummary =
+        models.get(OrderSummaries::NAME, &OrderSummaries::order_key(ids[1])).expect("get").expect("present");
+    assert_eq!(
+        (second.status, second.cancel_reason),
+        (OrderStatus::Cancelled, Some(CancelReason::OutOfStock))
+    );
+    // Alice placed orders 0, 2, 4, 6, 8: in time order, paginated by cursor.
+    let prefix = OrderSummaries::customer_prefix("alice");
+    let page1: Vec<(String, CustomerOrder)> =
+        models.scan(OrderSummaries::NAME, &prefix, None, 3).expect("scan");
+    let page2: Vec<(String, CustomerOrder)> =
+        models.scan(OrderSummaries::NAME, &prefix, Some(&page1[2].0), 3).expect("scan");
+    let alice: Vec<OrderId> = page1.iter().chain(page2.iter()).map(|(_, o)| o.order_id).collect();
+    assert_eq!(alice, vec![ids[0], ids[2], ids[4], ids[6], ids[8]]);
+    assert_eq!(page2.len(), 2);
+    assert_eq!(page1[0].1.status, OrderStatus::Confirmed);
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_applies_nothing_twice_and_skips_nothing() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, StockLevels);
+    history(&store, 6).await;
+    wait_caught_up(&models, StockLevels::NAME).await;
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+    // More events while it is stopped, then a restart from the checkpoint.
+    stock(&store, "A", InventoryEvent::StockAdded(StockAdded { sku: Sku::from("A"), quantity: 5 })).await;
+    let (stop, task) = start(&models, StockLevels);
+    wait_caught_up(&models, StockLevels::NAME).await;
+    let level: StockLevel =
+        models.get(StockLevels::NAME, &StockLevels::key("A")).expect("get").expect("present");
+    assert_eq!(level, StockLevel { sku: "A".into(), available: 99, reserved: 6, shipped: 0, added: 105 });
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_and_replay_from_a_timestamp_equal_a_fresh_fold() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, OrderSummaries);
+    history(&store, 20).await;
+    let t = store.read_event(store.head()).expect("read").expect("present").recorded_at();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    history(&store, 10).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let gen = models.generation(OrderSummaries::NAME).expect("gen");
+    let live = models.dump(OrderSummaries::NAME, gen).expect("dump");
+    assert!(!live.is_empty());
+    // Full rebuild into a new generation; queries read the old one until the switch.
+    let rebuilt_gen = rebuild(&models, Arc::new(OrderSummaries)).await.expect("rebuild");
+    assert_eq!(rebuilt_gen, gen + 1);
+    assert_eq!(models.generation(OrderSummaries::NAME).expect("gen"), rebuilt_gen);
+    assert_eq!(models.dump(OrderSummaries::NAME, rebuilt_gen).expect("dump"), live);
+    assert!(
+        models.dump(OrderSummaries::NAME, gen).expect("dump").is_empty(),
+        "the old generation is dropped"
+    );
+    // Replay from T: state at T, then everything after T.
+    let replayed = replay_from(&models, Arc::new(OrderSummaries), t).await.expect("replay");
+    assert_eq!(models.dump(OrderSummaries::NAME, replayed).expect("dump"), live);
+    // The live runner follows the new generation.
+    let id = place(&store, "carol", 1).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    assert!(models
+        .get::<OrderSummary>(OrderSummaries::NAME, &OrderSummaries::order_key(id))
+        .expect("get")
+        .is_some());
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_reproduces_the_model_as_it_was() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, StockLevels);
+    history(&store, 8).await;
+    wait_caught_up(&models, StockLevels::NAME).await;
+    let t = store.read_event(store.head()).expect("read").expect("present").recorded_at();
+    let then =
+        models.dump(StockLevels::NAME, models.generation(StockLevels::NAME).expect("gen")).expect("dump");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    history(&store, 8).await;
+    wait_caught_up(&models, StockLevels::NAME).await;
+    let now =
+        models.dump(StockLevels::NAME, models.generation(StockLevels::NAME).expect("gen")).expect("dump");
+    assert_ne!(now, then);
+    let name = as_of(&models, Arc::new(StockLevels), t).await.expect("as of");
+    assert_eq!(models.dump(&name, 0).expect("dump"), then, "as-of T equals the live model at T");
+    // The live model is untouched.
+    assert_eq!(
+        models.dump(StockLevels::NAME, models.generation(StockLevels::NAME).expect("gen")).expect("dump"),
+        now
+    );
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_reported_and_a_bad_event_stops_the_projection_with_its_position() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    history(&store, 3).await;
+    assert_eq!(models.lag(StockLevels::NAME).expect("lag"), store.head());
+    // A malformed inventory event: the projection reports it, it does not skip it silently.
+    let bad = NewEvent::json("StockAdded", b"{\"sku\":".to_vec());
+    let r = store
+        .append_to(&StreamId::new("inventory-A").expect("id"), ExpectedVersion::Any, vec![bad])
+        .await
+        .expect("append");
+    let (_stop, task) = start(&models, StockLevels);
+    let err = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops")
+        .expect("join")
+        .expect_err("an error");
+    match err {
+        projections::ProjectionError::Event { position, .. } => assert_eq!(position, r.first_position),
+        other => panic!("unexpected error {other}"),
+    }
+    // Everything before the bad event was applied and checkpointed.
+    assert_eq!(models.lag(StockLevels::NAME).expect("lag"), 1);
+}
