@@ -394,6 +394,17 @@ impl<S: Storage> EventStore<S> {
     /// (a few bytes after the fixed header), decoding only the records of the category. That
     /// keeps appends at three index-free writes per event; see ARCHITECTURE.md.
     pub fn read_category_until(&self, category: &str, from_position: u64, head: u64) -> CategoryReader<S> {
+        self.read_categories_until(&[category], from_position, head)
+    }
+
+    /// The events of any of `categories` from `from_position` up to `head` (inclusive; capped at
+    /// the durable head), in log order.
+    pub fn read_categories_until(
+        &self,
+        categories: &[&str],
+        from_position: u64,
+        head: u64,
+    ) -> CategoryReader<S> {
         let head = head.min(self.head());
         CategoryReader {
             log: self.inner.storage.range(
@@ -401,7 +412,7 @@ impl<S: Storage> EventStore<S> {
                 &keys::log(head.saturating_add(1)),
                 false,
             ),
-            category: category.to_owned(),
+            categories: categories.iter().map(|c| (*c).to_owned()).collect(),
         }
     }
 
@@ -976,12 +987,12 @@ impl<S: Storage> Iterator for LogReader<S> {
 /// Iterator over a category (see [`EventStore::read_category`]).
 pub struct CategoryReader<S: Storage> {
     log: S::Iter,
-    category: String,
+    categories: Vec<String>,
 }
 
 impl<S: Storage> std::fmt::Debug for CategoryReader<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CategoryReader").field("category", &self.category).finish()
+        f.debug_struct("CategoryReader").field("categories", &self.categories).finish()
     }
 }
 
@@ -997,12 +1008,13 @@ impl<S: Storage> Iterator for CategoryReader<S> {
             let Some(pos) = keys::trailing_u64(k.as_ref()) else {
                 return Some(Err(Error::corrupt("log key", "short key")));
             };
+            let wanted = |stream: &str| self.categories.iter().any(|c| c == category_of(stream));
             match codec::peek_stream(v.as_ref()) {
-                Some(stream) if category_of(stream) != self.category => continue,
+                Some(stream) if !wanted(stream) => continue,
                 // In the category, or unreadable: a full decode verifies it (and reports damage).
                 _ => {
                     return Some(codec::decode_record(v.as_ref(), pos).and_then(|e| {
-                        if e.category() == self.category {
+                        if wanted(&e.stream_id) {
                             Ok(e)
                         } else {
                             Err(Error::corrupt(

@@ -107,6 +107,10 @@ impl Projection for OrderSummaries {
         Self::NAME
     }
 
+    fn categories(&self) -> &[&str] {
+        &["order", "payment", "shipment"]
+    }
+
     fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
         match e.category() {
             "order" => match decode::<OrderEvent>(e)? {
@@ -185,6 +189,10 @@ impl Projection for StockLevels {
         Self::NAME
     }
 
+    fn categories(&self) -> &[&str] {
+        &["inventory"]
+    }
+
     fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
         if e.category() != "inventory" {
             return Ok(());
@@ -250,6 +258,10 @@ impl SagaTimelines {
 impl Projection for SagaTimelines {
     fn name(&self) -> &str {
         Self::NAME
+    }
+
+    fn categories(&self) -> &[&str] {
+        &["saga"]
     }
 
     fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {

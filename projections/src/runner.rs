@@ -17,6 +17,8 @@ pub const CHUNK: usize = 1024;
 pub trait Projection: Send + Sync + 'static {
     /// The read model's name.
     fn name(&self) -> &str;
+    /// The categories whose events it folds (the others are skipped without being decoded).
+    fn categories(&self) -> &[&str];
     /// Folds one event (ignoring the ones it does not care about).
     fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, event: &RecordedEvent) -> Result<()>;
 }
@@ -35,11 +37,10 @@ pub fn catch_up<S: Storage, P: Projection>(
     while cp < until {
         let mut tx = models.begin(name, gen);
         let mut last = cp;
-        for e in models.store().read_all(cp + 1).take(CHUNK) {
+        let mut seen = 0;
+        for e in models.store().read_categories_until(projection.categories(), cp + 1, until).take(CHUNK) {
             let e = e?;
-            if e.position > until {
-                break;
-            }
+            seen += 1;
             if let Err(err) = projection.apply(&mut tx, &e) {
                 // Keep everything before the bad event (the chunk may hold half of its
                 // changes, so redo the chunk up to it), then report it.
@@ -51,6 +52,10 @@ pub fn catch_up<S: Storage, P: Projection>(
                 return Err(err);
             }
             last = e.position;
+        }
+        if seen < CHUNK {
+            // Nothing more of its categories up to `until`: the checkpoint moves there.
+            last = last.max(until.min(models.store().head()));
         }
         if last == cp {
             break;
@@ -65,6 +70,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await.map_err(|e| ProjectionError::Task(e.to_string()))?
 }
 
+/// Least time between two commits of a live projection: under load it folds bigger chunks with
+/// fewer writes, at the price of trailing the log by up to this much.
+pub const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Keeps the current generation of `projection` up to date until `shutdown` turns true. After a
 /// rebuild switches generations it continues with the new one.
 pub async fn run<S: Storage, P: Projection>(
@@ -73,7 +82,16 @@ pub async fn run<S: Storage, P: Projection>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut head = models.store().watch_head();
+    let mut first = true;
     loop {
+        if !first {
+            // Let events accumulate so each commit covers many of them.
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return Ok(()) },
+                _ = tokio::time::sleep(MIN_COMMIT_INTERVAL) => {}
+            }
+        }
+        first = false;
         let (m, p) = (models.clone(), projection.clone());
         blocking(move || {
             let name = p.name().to_owned();
