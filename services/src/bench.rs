@@ -517,3 +517,50 @@ pub async fn probe(args: ProbeArgs) -> Result<()> {
     println!("{out}");
     Ok(())
 }
+
+/// Options of `causeway bench projections`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectionBenchArgs {
+    /// Orders driven through the node first (each writes ~29 events).
+    #[arg(long, default_value_t = 20_000)]
+    pub orders: u64,
+}
+
+/// Fills a store through the real saga path, then times a full rebuild of each read model.
+pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
+    use crate::gateway::SimulatedGateway;
+    use crate::runtime::{Runtime, RuntimeConfig};
+    use projections::models::{OrderSummaries, SagaTimelines, StockLevels};
+
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 256, Durability::Periodic { interval: Duration::from_millis(5) })?;
+    let node = Runtime::start(store.clone(), SimulatedGateway::default(), RuntimeConfig::default())?;
+    let spec = crate::load::LoadSpec {
+        orders: args.orders,
+        concurrency: 256,
+        skus: 100,
+        undeliverable: 0.05,
+        memory_checkpoint: 0,
+        progress: false,
+    };
+    crate::load::run(&node, &spec).await?;
+    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    let models = projections::ReadModels::new(store.clone());
+    let events = store.head();
+    header(&format!("Projection rebuild, {} orders, {events} events in the log", args.orders));
+    println!("| read model | rebuild s | log events/s | documents |");
+    println!("|------------|----------:|-------------:|----------:|");
+    macro_rules! row {
+        ($p:expr, $name:expr) => {{
+            let t = Instant::now();
+            let gen = projections::rebuild(&models, std::sync::Arc::new($p)).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let docs = models.dump($name, gen)?.len();
+            println!("| {} | {:.2} | {:.0} | {} |", $name, secs, events as f64 / secs, docs);
+        }};
+    }
+    row!(OrderSummaries, OrderSummaries::NAME);
+    row!(StockLevels, StockLevels::NAME);
+    row!(SagaTimelines, SagaTimelines::NAME);
+    Ok(())
+}

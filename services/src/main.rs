@@ -179,6 +179,8 @@ enum Cmd {
 enum BenchCmd {
     /// Event store: durable and periodic appends, replay, stream reads, scale.
     Store(bench::StoreBenchArgs),
+    /// Read models: full rebuild rate of each projection over a log filled by real sagas.
+    Projections(bench::ProjectionBenchArgs),
     /// Internal: measures open time and memory of a big store in a fresh process.
     #[command(hide = true)]
     Probe(bench::ProbeArgs),
@@ -255,6 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dead_letters(store, consumer, redrive, json, gateway).await
         }
         Cmd::Bench(BenchCmd::Store(args)) => bench::store(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Projections(args)) => bench::projections(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe(args)) => bench::probe(args).await.map(|_| ExitCode::SUCCESS),
     }
 }
