@@ -187,11 +187,11 @@ impl<S: Storage> ReadModels<S> {
     /// Applies a change and moves the generation's checkpoint to `position`, atomically.
     pub fn commit(&self, tx: Tx<'_, S>, position: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for (key, value) in tx.overlay {
+        for (key, slot) in tx.overlay {
             let k = doc_key(&tx.name, tx.gen, &key);
-            match value {
-                Some(v) => batch.put(k, v),
-                None => batch.delete(k),
+            match slot {
+                Slot::Doc(v, encode) => batch.put(k, encode(v.as_ref())?),
+                Slot::Deleted => batch.delete(k),
             }
         }
         batch.put(gen_key(b'c', &tx.name, tx.gen), position.to_be_bytes().to_vec());
@@ -236,37 +236,60 @@ impl<S: Storage> ReadModels<S> {
     }
 }
 
+type Encode = fn(&(dyn std::any::Any + Send)) -> Result<Vec<u8>>;
+
+/// A changed document, kept typed until commit so a chunk decodes and encodes it once.
+enum Slot {
+    Doc(Box<dyn std::any::Any + Send>, Encode),
+    Deleted,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Doc(..) => f.write_str("Doc"),
+            Slot::Deleted => f.write_str("Deleted"),
+        }
+    }
+}
+
+fn encode<T: Serialize + 'static>(v: &(dyn std::any::Any + Send)) -> Result<Vec<u8>> {
+    let v = v
+        .downcast_ref::<T>()
+        .ok_or_else(|| ProjectionError::Corrupt("document type changed within a chunk".into()))?;
+    serde_json::to_vec(v).map_err(|e| ProjectionError::Corrupt(e.to_string()))
+}
+
 /// Uncommitted changes to one generation of one read model; reads see them.
 #[derive(Debug)]
 pub struct Tx<'a, S: Storage> {
     models: &'a ReadModels<S>,
     name: String,
     gen: u32,
-    overlay: BTreeMap<String, Option<Vec<u8>>>,
+    overlay: BTreeMap<String, Slot>,
 }
 
 impl<S: Storage> Tx<'_, S> {
     /// Reads a document (this change's version first).
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+    pub fn get<T: DeserializeOwned + Clone + 'static>(&self, key: &str) -> Result<Option<T>> {
         match self.overlay.get(key) {
-            Some(None) => Ok(None),
-            Some(Some(v)) => {
-                serde_json::from_slice(v).map(Some).map_err(|e| ProjectionError::Corrupt(e.to_string()))
-            }
+            Some(Slot::Deleted) => Ok(None),
+            Some(Slot::Doc(v, _)) => v.downcast_ref::<T>().cloned().map(Some).ok_or_else(|| {
+                ProjectionError::Corrupt(format!("{key}: read as another type within a chunk"))
+            }),
             None => self.models.get_in(&self.name, self.gen, key),
         }
     }
 
     /// Writes a document.
-    pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|e| ProjectionError::Corrupt(e.to_string()))?;
-        self.overlay.insert(key.to_owned(), Some(bytes));
+    pub fn put<T: Serialize + Clone + Send + 'static>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.overlay.insert(key.to_owned(), Slot::Doc(Box::new(value.clone()), encode::<T>));
         Ok(())
     }
 
     /// Deletes a document.
     pub fn delete(&mut self, key: &str) {
-        self.overlay.insert(key.to_owned(), None);
+        self.overlay.insert(key.to_owned(), Slot::Deleted);
     }
 
     /// Number of documents changed.

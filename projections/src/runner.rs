@@ -9,8 +9,11 @@ use tokio::sync::watch;
 use crate::model::{ReadModels, Tx};
 use crate::{ProjectionError, Result};
 
-/// Events applied per atomic commit.
+/// Events applied per atomic commit by the live runner.
 pub const CHUNK: usize = 1024;
+/// Events applied per commit by rebuilds, replays and as-of builds: bigger chunks write each
+/// document fewer times (nobody reads the generation being built).
+pub const REBUILD_CHUNK: usize = 32 * 1024;
 
 /// A named fold of the log into documents. `apply` must depend only on the events (the same
 /// events give the same documents), so rebuilds and replays reproduce the live model.
@@ -33,12 +36,24 @@ pub fn catch_up<S: Storage, P: Projection>(
     gen: u32,
     until: u64,
 ) -> Result<u64> {
+    catch_up_in_chunks(models, projection, name, gen, until, CHUNK)
+}
+
+/// [`catch_up`] with a chosen chunk size.
+pub fn catch_up_in_chunks<S: Storage, P: Projection>(
+    models: &ReadModels<S>,
+    projection: &P,
+    name: &str,
+    gen: u32,
+    until: u64,
+    chunk: usize,
+) -> Result<u64> {
     let mut cp = models.checkpoint(name, gen)?;
     while cp < until {
         let mut tx = models.begin(name, gen);
         let mut last = cp;
         let mut seen = 0;
-        for e in models.store().read_categories_until(projection.categories(), cp + 1, until).take(CHUNK) {
+        for e in models.store().read_categories_until(projection.categories(), cp + 1, until).take(chunk) {
             let e = e?;
             seen += 1;
             if let Err(err) = projection.apply(&mut tx, &e) {
@@ -46,14 +61,14 @@ pub fn catch_up<S: Storage, P: Projection>(
                 // changes, so redo the chunk up to it), then report it.
                 drop(tx);
                 if e.position > cp + 1 {
-                    catch_up(models, projection, name, gen, e.position - 1)?;
+                    catch_up_in_chunks(models, projection, name, gen, e.position - 1, chunk)?;
                 }
                 tracing::error!(projection = name, position = e.position, error = %err, "projection stopped");
                 return Err(err);
             }
             last = e.position;
         }
-        if seen < CHUNK {
+        if seen < chunk {
             // Nothing more of its categories up to `until`: the checkpoint moves there.
             last = last.max(until.min(models.store().head()));
         }
@@ -116,7 +131,7 @@ pub async fn rebuild<S: Storage, P: Projection>(models: &ReadModels<S>, projecti
         let current = m.generation(&name)?;
         let next = current + 1;
         m.drop_generation(&name, next)?;
-        catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
+        catch_up_in_chunks(&m, p.as_ref(), &name, next, m.store().head(), REBUILD_CHUNK)?;
         // Catch the events appended meanwhile, then switch.
         catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
         m.switch(&name, next)?;
@@ -147,8 +162,8 @@ pub async fn replay_from<S: Storage, P: Projection>(
         let next = current + 1;
         m.drop_generation(&name, next)?;
         let at_t = position_at(&m, t)?;
-        catch_up(&m, p.as_ref(), &name, next, at_t)?;
-        catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
+        catch_up_in_chunks(&m, p.as_ref(), &name, next, at_t, REBUILD_CHUNK)?;
+        catch_up_in_chunks(&m, p.as_ref(), &name, next, m.store().head(), REBUILD_CHUNK)?;
         m.switch(&name, next)?;
         m.drop_generation(&name, current)?;
         Ok(next)
@@ -168,7 +183,7 @@ pub async fn as_of<S: Storage, P: Projection>(
         let name = format!("{}@{}", p.name(), time_to_nanos(t));
         m.drop_generation(&name, 0)?;
         let until = position_at(&m, t)?;
-        catch_up(&m, p.as_ref(), &name, 0, until)?;
+        catch_up_in_chunks(&m, p.as_ref(), &name, 0, until, REBUILD_CHUNK)?;
         Ok(name)
     })
     .await
