@@ -6,8 +6,8 @@
 //!   queries of the current model.
 //! - [`runner`]: the [`Projection`] trait and its operations: run live, full rebuild, replay
 //!   from a timestamp, as-of (the state at a time, into a separate model), lag.
-//! - [`models`]: the read models (order summaries with customer history, stock levels, saga
-//!   timelines).
+//! - [`models`]: the read models (order summaries with customer history, stock levels, payment
+//!   ledger, saga timelines, dead letters).
 
 pub mod model;
 pub mod models;

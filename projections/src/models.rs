@@ -301,3 +301,150 @@ impl Projection for SagaTimelines {
         tx.put(&key, &t)
     }
 }
+
+/// `payment-ledger`: every money movement in time order (`entry/<at ns>/<position>`) and a
+/// balance per order (`order/<id>`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PaymentLedger;
+
+/// One money movement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub order_id: OrderId,
+    /// authorized, declined, captured or refunded.
+    pub kind: String,
+    pub amount: Money,
+    pub position: u64,
+    pub at_ns: u64,
+}
+
+/// An order's money.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPayments {
+    pub authorized: Money,
+    pub captured: Money,
+    pub refunded: Money,
+    pub declined: bool,
+    pub entries: u32,
+}
+
+impl PaymentLedger {
+    /// The name of this read model.
+    pub const NAME: &'static str = "payment-ledger";
+
+    /// The key of an order's balance.
+    pub fn order_key(id: OrderId) -> String {
+        format!("order/{id}")
+    }
+
+    /// The key prefix of the ledger entries.
+    pub const ENTRIES: &'static str = "entry/";
+}
+
+impl Projection for PaymentLedger {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn categories(&self) -> &[&str] {
+        &["payment"]
+    }
+
+    fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
+        use aggregates::payment::PaymentEvent;
+        let (order_id, kind, amount) = match decode::<PaymentEvent>(e)? {
+            PaymentEvent::PaymentAuthorized(p) => (p.order_id, "authorized", p.amount),
+            PaymentEvent::PaymentDeclined(p) => (p.order_id, "declined", p.amount),
+            PaymentEvent::PaymentCaptured(p) => (p.order_id, "captured", p.amount),
+            PaymentEvent::PaymentRefunded(p) => (p.order_id, "refunded", p.amount),
+        };
+        let key = Self::order_key(order_id);
+        let mut o = tx.get::<OrderPayments>(&key)?.unwrap_or_default();
+        let add = |m: Money| Money(m.0.saturating_add(amount.0));
+        match kind {
+            "authorized" => o.authorized = add(o.authorized),
+            "captured" => o.captured = add(o.captured),
+            "refunded" => o.refunded = add(o.refunded),
+            _ => o.declined = true,
+        }
+        o.entries += 1;
+        tx.put(&key, &o)?;
+        let entry = LedgerEntry {
+            order_id,
+            kind: kind.into(),
+            amount,
+            position: e.position,
+            at_ns: e.recorded_at_ns,
+        };
+        tx.put(&format!("{}{:020}/{:020}", Self::ENTRIES, e.recorded_at_ns, e.position), &entry)
+    }
+}
+
+/// `dead-letters`: every dead letter by consumer (`letter/<consumer>/<original event id>`), with
+/// whether it was re-driven.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeadLetters;
+
+/// A dead letter as the API shows it (the fields of the `DeadLettered` event, plus `resolved`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterView {
+    pub consumer: String,
+    pub reason: String,
+    pub position: u64,
+    pub stream_id: String,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub payload: String,
+    #[serde(default)]
+    pub resolved: bool,
+}
+
+impl DeadLetters {
+    /// The name of this read model.
+    pub const NAME: &'static str = "dead-letters";
+
+    /// The key prefix of a consumer's letters (all consumers: `letter/`).
+    pub fn prefix(consumer: Option<&str>) -> String {
+        match consumer {
+            Some(c) => format!("letter/{c}/"),
+            None => "letter/".into(),
+        }
+    }
+}
+
+impl Projection for DeadLetters {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn categories(&self) -> &[&str] {
+        &["deadletters"]
+    }
+
+    fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
+        let consumer = e.stream_id.split_once('-').map_or("", |(_, c)| c).to_owned();
+        let bad =
+            |err: serde_json::Error| ProjectionError::Event { position: e.position, reason: err.to_string() };
+        match e.event_type.as_str() {
+            "DeadLettered" => {
+                let mut v: DeadLetterView = serde_json::from_slice(&e.payload).map_err(bad)?;
+                v.resolved = false;
+                tx.put(&format!("letter/{consumer}/{}", v.event_id), &v)
+            }
+            "DeadLetterResolved" => {
+                #[derive(Deserialize)]
+                struct Resolved {
+                    event_id: uuid::Uuid,
+                }
+                let r: Resolved = serde_json::from_slice(&e.payload).map_err(bad)?;
+                let key = format!("letter/{consumer}/{}", r.event_id);
+                if let Some(mut v) = tx.get::<DeadLetterView>(&key)? {
+                    v.resolved = true;
+                    tx.put(&key, &v)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -14,7 +14,7 @@ use crate::gateway::{Breaker, BreakerConfig, PaymentGateway};
 use crate::handlers::{HandlerError, Handlers, SimulatedCarrier};
 use crate::messages;
 use crate::saga_runner::SagaRunner;
-use projections::models::{OrderSummaries, SagaTimelines, StockLevels};
+use projections::models::{DeadLetters, OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
 use projections::{Projection, ReadModels};
 
 /// Runtime settings.
@@ -119,6 +119,8 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         spawn_projection(&mut tasks, &models, OrderSummaries, rx.clone());
         spawn_projection(&mut tasks, &models, StockLevels, rx.clone());
         spawn_projection(&mut tasks, &models, SagaTimelines, rx.clone());
+        spawn_projection(&mut tasks, &models, PaymentLedger, rx.clone());
+        spawn_projection(&mut tasks, &models, DeadLetters, rx.clone());
         {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {

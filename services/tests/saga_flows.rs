@@ -185,6 +185,17 @@ async fn happy_path_confirms_the_order() {
         rt.models().get(SagaTimelines::NAME, &SagaTimelines::key(id)).expect("get").expect("present");
     assert_eq!(timeline.status, "completed");
     assert_eq!(timeline.steps.len(), 12);
+    use projections::models::{OrderPayments, PaymentLedger};
+    while rt.models().lag(PaymentLedger::NAME).expect("lag") > 0 {
+        assert!(Instant::now() < deadline, "ledger did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let money: OrderPayments =
+        rt.models().get(PaymentLedger::NAME, &PaymentLedger::order_key(id)).expect("get").expect("present");
+    assert_eq!(
+        (money.authorized, money.captured, money.refunded, money.entries),
+        (Money(4498), Money(4498), Money::ZERO, 2)
+    );
     rt.shutdown().await.expect("shutdown");
 }
 
@@ -406,6 +417,19 @@ async fn a_malformed_command_is_dead_lettered_and_can_be_redriven() {
     assert_eq!(letters[0].letter.event_id, bad_id);
     assert!(letters[0].letter.reason.contains("bad command payload"), "{}", letters[0].letter.reason);
     assert_eq!(letters[0].letter.payload, "{not json");
+    // The dead-letter read model shows it too.
+    use projections::models::{DeadLetterView, DeadLetters};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rt.models().lag(DeadLetters::NAME).expect("lag") > 0 {
+        assert!(Instant::now() < deadline, "dead-letter model did not catch up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let views: Vec<(String, DeadLetterView)> = rt
+        .models()
+        .scan(DeadLetters::NAME, &DeadLetters::prefix(Some("inventory-service")), None, 10)
+        .expect("scan");
+    assert_eq!(views.len(), 1);
+    assert_eq!((views[0].1.event_id, views[0].1.resolved), (bad_id, false));
     // Re-driving a poison message fails again and it stays unresolved.
     let c = CommandConsumer::new(rt.handlers().clone(), aggregates::saga::Service::Inventory);
     assert!(consumer::redrive(rt.store(), &c, bad_id).await.expect("store").is_err());
@@ -440,6 +464,20 @@ async fn dead_letters_from_an_outage_can_be_redriven_after_it() {
         .expect("store")
         .expect("redrive succeeds");
     assert!(consumer::list_dead_letters(rt.store(), "payment-service").expect("letters")[0].resolved);
+    // The dead-letter read model follows the resolution.
+    use projections::models::{DeadLetterView, DeadLetters};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let views: Vec<(String, DeadLetterView)> = rt
+            .models()
+            .scan(DeadLetters::NAME, &DeadLetters::prefix(Some("payment-service")), None, 10)
+            .expect("scan");
+        if views.iter().any(|(_, v)| v.event_id == letter.letter.event_id && v.resolved) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "resolution not projected: {views:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(wait_terminal(&rt, id).await.status, SagaStatus::Completed);
     assert_invariants(&rt);
     rt.shutdown().await.expect("shutdown");
