@@ -14,7 +14,7 @@ pub mod models;
 pub mod runner;
 
 pub use model::{ReadModels, Tx};
-pub use runner::{as_of, catch_up, rebuild, replay_from, run, Projection};
+pub use runner::{as_of, catch_up, rebuild, replay_from, run, verify, Projection};
 
 /// A read-side failure.
 #[derive(Debug, thiserror::Error)]

@@ -98,28 +98,32 @@ pub async fn run<S: Storage, P: Projection>(
 ) -> Result<()> {
     let mut head = models.store().watch_head();
     let mut first = true;
+    let catch_up_now = |models: ReadModels<S>, p: Arc<P>| {
+        blocking(move || {
+            let name = p.name().to_owned();
+            let gen = models.generation(&name)?;
+            let until = models.store().head();
+            catch_up(&models, p.as_ref(), &name, gen, until)
+        })
+    };
     loop {
         if !first {
             // Let events accumulate so each commit covers many of them.
             tokio::select! {
-                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return Ok(()) },
+                changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
                 _ = tokio::time::sleep(MIN_COMMIT_INTERVAL) => {}
             }
         }
         first = false;
-        let (m, p) = (models.clone(), projection.clone());
-        blocking(move || {
-            let name = p.name().to_owned();
-            let gen = m.generation(&name)?;
-            let until = m.store().head();
-            catch_up(&m, p.as_ref(), &name, gen, until)
-        })
-        .await?;
+        catch_up_now(models.clone(), projection.clone()).await?;
         tokio::select! {
-            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return Ok(()) },
-            changed = head.changed() => if changed.is_err() { return Ok(()) },
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { break },
+            changed = head.changed() => if changed.is_err() { break },
         }
     }
+    // A graceful stop leaves the model caught up with everything durable.
+    catch_up_now(models, projection).await?;
+    Ok(())
 }
 
 /// Rebuilds `projection` from the whole log into a new generation, then makes it current.
@@ -187,4 +191,31 @@ pub async fn as_of<S: Storage, P: Projection>(
         Ok(name)
     })
     .await
+}
+
+/// Checks that the current generation of `projection` equals a fresh fold of the log up to its
+/// checkpoint. Returns the differences (empty when it agrees). Builds the fold in a scratch model
+/// (`<name>@verify`) and removes it afterwards.
+pub fn verify<S: Storage, P: Projection>(models: &ReadModels<S>, projection: &P) -> Result<Vec<String>> {
+    let name = projection.name().to_owned();
+    let gen = models.generation(&name)?;
+    let checkpoint = models.checkpoint(&name, gen)?;
+    let scratch = format!("{name}@verify");
+    models.drop_generation(&scratch, 0)?;
+    catch_up_in_chunks(models, projection, &scratch, 0, checkpoint, REBUILD_CHUNK)?;
+    let live = models.dump(&name, gen)?;
+    let fresh = models.dump(&scratch, 0)?;
+    models.drop_generation(&scratch, 0)?;
+    let mut problems = Vec::new();
+    for (k, v) in &fresh {
+        match live.get(k) {
+            None => problems.push(format!("read model {name}: {k} is missing")),
+            Some(l) if l != v => problems.push(format!("read model {name}: {k} differs from the log")),
+            Some(_) => {}
+        }
+    }
+    for k in live.keys().filter(|k| !fresh.contains_key(*k)) {
+        problems.push(format!("read model {name}: {k} is not in the log"));
+    }
+    Ok(problems)
 }

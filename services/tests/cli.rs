@@ -76,3 +76,103 @@ fn dead_letters_are_listed_and_redriven() {
     let out = run(&["verify", "--data-dir", data]);
     assert!(out.status.success() && text(&out).contains("OK"), "{}", text(&out));
 }
+
+fn open_store(data: &str) -> event_store::EventStore<event_store::SledStorage> {
+    let storage = event_store::SledStorage::open(&event_store::SledConfig::new(data)).expect("open");
+    event_store::EventStore::open(storage, event_store::StoreConfig::default()).expect("store")
+}
+
+#[test]
+fn verify_catches_a_corrupted_read_model_and_a_broken_invariant() {
+    use projections::models::{OrderSummaries, OrderSummary, SagaTimeline, SagaTimelines};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let data = data.to_str().expect("utf8");
+    let out = run(&["load", "--orders", "40", "--undeliverable", "0.3", "--data-dir", data]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["verify", "--data-dir", data]);
+    assert!(out.status.success(), "a healthy node verifies: {}", text(&out));
+
+    // Corrupt one order summary behind the projection's back (same checkpoint).
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    {
+        let store = open_store(data);
+        let models = projections::ReadModels::new(store.clone());
+        let gen = models.generation(OrderSummaries::NAME).expect("gen");
+        let cp = models.checkpoint(OrderSummaries::NAME, gen).expect("cp");
+        let (key, mut doc): (String, OrderSummary) = models
+            .scan(OrderSummaries::NAME, "order/", None, 1)
+            .expect("scan")
+            .into_iter()
+            .next()
+            .expect("an order");
+        doc.total = aggregates::Money(doc.total.0 + 1);
+        let mut tx = models.begin(OrderSummaries::NAME, gen);
+        tx.put(&key, &doc).expect("put");
+        models.commit(tx, cp).expect("commit");
+    }
+    let out = run(&["verify", "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("read model order-summaries"), "{}", text(&out));
+    // A rebuild mends it.
+    let out = run(&["replay", "--data-dir", data, "--projection", "order-summaries"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["verify", "--data-dir", data]);
+    assert!(out.status.success(), "verifies after the rebuild: {}", text(&out));
+
+    // Break an invariant: money captured for a compensated order.
+    {
+        let store = open_store(data);
+        let models = projections::ReadModels::new(store.clone());
+        let compensated = models
+            .scan::<SagaTimeline>(SagaTimelines::NAME, "saga/", None, 1000)
+            .expect("scan")
+            .into_iter()
+            .find(|(_, t)| t.status == "compensated")
+            .expect("a compensated order")
+            .1
+            .order_id;
+        use aggregates::codec::DomainEvent;
+        let captured =
+            aggregates::payment::PaymentEvent::PaymentCaptured(aggregates::payment::PaymentCaptured {
+                order_id: compensated,
+                amount: aggregates::Money(999),
+            });
+        let e = event_store::NewEvent::json(captured.event_type(), captured.to_payload());
+        let stream = event_store::StreamId::new(format!("payment-{compensated}")).expect("id");
+        rt.block_on(store.append_to(&stream, event_store::ExpectedVersion::Any, vec![e])).expect("append");
+    }
+    let out = run(&["verify", "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("compensated but money is held"), "{}", text(&out));
+}
+
+#[test]
+fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let data = data.to_str().expect("utf8");
+    let out = run(&["load", "--orders", "20", "--data-dir", data]);
+    assert!(out.status.success(), "{}", text(&out));
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let out = run(&["replay", "--data-dir", data, "--projection", "all", "--from", "2026-01-01T00:00:00Z"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5, "{}", text(&out));
+    let out = run(&["replay", "--data-dir", data, "--projection", "stock-levels", "--as-of", &now]);
+    assert!(out.status.success() && text(&out).contains("stock-levels@"), "{}", text(&out));
+    let out = run(&["verify", "--data-dir", data]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (args, expect) in [
+        (vec!["replay", "--data-dir", data, "--projection", "nope"], "unknown read model"),
+        (
+            vec!["replay", "--data-dir", data, "--projection", "all", "--from", "yesterday"],
+            "not an RFC 3339 time",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(expect), "{}", text(&out));
+    }
+}
