@@ -164,7 +164,20 @@ fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
     assert!(out.status.success() && text(&out).contains("stock-levels@"), "{}", text(&out));
     let out = run(&["verify", "--data-dir", data]);
     assert!(out.status.success(), "{}", text(&out));
+    // Events as JSON lines: a category, in log order.
+    let out = run(&["events", "--data-dir", data, "--category", "saga", "--limit", "5", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(events.len(), 5);
+    assert!(events.iter().all(|e| e["stream_id"].as_str().is_some_and(|s| s.starts_with("saga-"))));
+    assert!(events.windows(2).all(|w| w[0]["position"].as_u64() < w[1]["position"].as_u64()));
+    assert_eq!(events[0]["event_type"], "SagaStarted");
     for (args, expect) in [
+        (vec!["events", "--data-dir", data, "--stream", "bad id"], "invalid stream id"),
+        (vec!["events", "--data-dir", data, "--from-time", "noon"], "not an RFC 3339 time"),
         (vec!["replay", "--data-dir", data, "--projection", "nope"], "unknown read model"),
         (
             vec!["replay", "--data-dir", data, "--projection", "all", "--from", "yesterday"],
