@@ -1,6 +1,7 @@
 //! Causeway's services: command handlers, the saga process manager and the embedded runtime
 //! behind the `causeway` binary.
 //!
+//! - [`api`]: the REST API (axum router, one JSON error shape).
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids.
 //! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
 //!   services, and the API's own commands (place, cancel, add stock).
@@ -12,6 +13,7 @@
 //! - [`load`]: `causeway load`, saga throughput and latency.
 //! - [`bench`]: `causeway bench store`.
 
+pub mod api;
 pub mod bench;
 pub mod consumer;
 pub mod gateway;

@@ -119,6 +119,9 @@ enum Cmd {
         store: StoreArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// Address of the REST API.
+        #[arg(long, env = "CAUSEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Drive N orders through an in-process node and print sagas/s, completion latency and
     /// memory. NOT safe while a node runs on the same data directory (it takes the lock; by
@@ -259,7 +262,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway } => serve(store, gateway).await,
+        Cmd::Serve { store, gateway, listen } => serve(store, gateway, listen).await,
         Cmd::Load {
             orders,
             concurrency,
@@ -312,16 +315,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn serve(store: StoreArgs, gateway: GatewayArgs) -> Result<ExitCode> {
+async fn serve(store: StoreArgs, gateway: GatewayArgs, listen: std::net::SocketAddr) -> Result<ExitCode> {
+    use std::future::IntoFuture;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let gateway = gateway.build()?;
     let store = store.open()?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let node = Runtime::start(store, gateway, RuntimeConfig::default())?;
-    tracing::info!(head = node.store().head(), "causeway node running (embedded mode)");
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = services::api::ApiState {
+        store: node.store().clone(),
+        models: node.models().clone(),
+        ready: ready.clone(),
+    };
+    let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, services::api::app(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    ready.store(true, Ordering::Release);
+    tracing::info!(head = node.store().head(), %listen, "causeway node running (embedded mode)");
     let stop = async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight work");
     };
-    node.run_until(stop).await.map_err(anyhow::Error::msg)?;
+    let outcome = node.run_until(stop).await;
+    ready.store(false, Ordering::Release);
+    let _ = stop_http.send(true);
+    server.await.context("the HTTP server task failed")?.context("the HTTP server failed")?;
+    outcome.map_err(anyhow::Error::msg)?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

@@ -70,15 +70,19 @@ fn sagas_finish_and_invariants_hold_after_kill_9() {
     assert!(!report.contains("problem:"), "the log and the invariants hold even mid-flight:\n{report}");
 
     // 2. A node restarted on the log, killed during recovery.
-    let node = spawn(&["serve"], &data);
+    let node = spawn(&["serve", "--listen", "127.0.0.1:0"], &data);
     std::thread::sleep(Duration::from_millis(400));
     kill9(node);
 
     // 3. A node that runs until every saga ended, then stops gracefully.
     let mut last = String::new();
     for _ in 0..10 {
-        let node = spawn(&["serve"], &data);
+        let port = free_port();
+        let node = spawn(&["serve", "--listen", &format!("127.0.0.1:{port}")], &data);
         std::thread::sleep(Duration::from_secs(3));
+        // The REST API answers while the node runs.
+        assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"), "healthz");
+        assert!(http_get(port, "/readyz").starts_with("HTTP/1.1 200"), "readyz");
         let status = terminate(node);
         assert!(status.success(), "graceful stop exits 0, got {status}");
         let (ok, report) = verify(&data);
@@ -97,4 +101,21 @@ fn sagas_finish_and_invariants_hold_after_kill_9() {
         last = report;
     }
     panic!("sagas still unfinished after restarts:\n{last}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the node");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

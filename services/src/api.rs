@@ -1,0 +1,501 @@
+//! The REST API (axum): commands, queries over the read models, event reads, health.
+//!
+//! Errors have one JSON shape, `{"error": {"code": "...", "message": "..."}}`, with stable codes:
+//! `bad_request` (400: malformed JSON, unknown fields, bad ids or numbers), `not_found` (404),
+//! `conflict` (409: an idempotency key reused for another request, a busy stream),
+//! `payload_too_large` (413), `unsupported_media_type` (415: not JSON), `rejected` (422: the
+//! domain refused the command), `not_ready`
+//! (503), `internal` (500, generic message; the cause goes to the log). A client mistake is never
+//! a 5xx.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use aggregates::order::{LineItem, OrderCommand};
+use aggregates::shipping::Address;
+use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use event_store::{Direction, EventStore, RecordedEvent, Storage, StreamId};
+use projections::models::{
+    CustomerOrder, DeadLetterView, DeadLetters, OrderPayments, OrderSummaries, OrderSummary, PaymentLedger,
+    SagaTimeline, SagaTimelines, StockLevel, StockLevels,
+};
+use projections::ReadModels;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::handlers::{self, CommandError};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest page.
+pub const MAX_PAGE: usize = 1000;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState<S: Storage> {
+    /// The log.
+    pub store: EventStore<S>,
+    /// The read models.
+    pub models: ReadModels<S>,
+    /// Whether the node is ready to serve (consumers started).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl<S: Storage> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        Self { store: self.store.clone(), models: self.models.clone(), ready: self.ready.clone() }
+    }
+}
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error serving a request");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the node's log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is over {MAX_BODY_BYTES} bytes"),
+            ),
+            JsonRejection::MissingJsonContentType(m) => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m.body_text())
+            }
+            other => ApiError::bad_request(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Rejected(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", m),
+            CommandError::KeyReused => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "this Idempotency-Key was already used for a different request",
+            ),
+            CommandError::Contention(m) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("the {m} stream is busy; retry"))
+            }
+            CommandError::NotFound(m) => ApiError::not_found(m),
+            CommandError::Store(e) if e.is_client_error() => ApiError::bad_request(e.to_string()),
+            CommandError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<projections::ProjectionError> for ApiError {
+    fn from(e: projections::ProjectionError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<event_store::Error> for ApiError {
+    fn from(e: event_store::Error) -> Self {
+        if e.is_client_error() {
+            ApiError::bad_request(e.to_string())
+        } else {
+            ApiError::internal(e)
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router. Tests call it directly (`tower::ServiceExt::oneshot`).
+pub fn app<S: Storage>(state: ApiState<S>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .route("/api/orders", post(place_order::<S>))
+        .route("/api/orders/{id}", get(get_order::<S>))
+        .route("/api/orders/{id}/cancel", post(cancel_order::<S>))
+        .route("/api/orders/{id}/payments", get(get_payments::<S>))
+        .route("/api/customers/{id}/orders", get(customer_orders::<S>))
+        .route("/api/products/{sku}/stock", post(add_stock::<S>).get(get_stock::<S>))
+        .route("/api/sagas/{id}", get(get_saga::<S>))
+        .route("/api/dead-letters", get(dead_letters::<S>))
+        .route("/api/streams/{id}/events", get(stream_events::<S>))
+        .route("/api/events", get(log_events::<S>))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Json<serde_json::Value>> {
+    if st.ready.load(Ordering::Acquire) {
+        Ok(Json(json!({"status": "ready", "head": st.store.head()})))
+    } else {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting"))
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<Uuid>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be text"))?;
+            if s.is_empty() || s.len() > 200 {
+                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
+            }
+            // Any text works: it is mapped to a UUID deterministically.
+            Ok(Some(Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("causeway:idempotency:{s}").as_bytes())))
+        }
+    }
+}
+
+fn order_id(s: &str) -> ApiResult<OrderId> {
+    s.parse::<Uuid>()
+        .map(OrderId)
+        .map_err(|_| ApiError::bad_request(format!("{s:?} is not an order id (a UUID)")))
+}
+
+/// `POST /api/orders` body.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    pub customer_id: String,
+    pub items: Vec<OrderLine>,
+    pub currency: String,
+    pub shipping_address: Option<Address>,
+}
+
+/// One line of [`PlaceOrderRequest`].
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_minor: u64,
+}
+
+async fn place_order<S: Storage>(
+    State(st): State<ApiState<S>>,
+    headers: HeaderMap,
+    body: Result<Json<PlaceOrderRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let Json(req) = body?;
+    if req.customer_id.trim().is_empty() || req.customer_id.len() > 200 {
+        return Err(ApiError::bad_request("customer_id must be 1 to 200 characters"));
+    }
+    let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    // The order id follows from the key, so a retried request lands on the same order.
+    let order_id = OrderId(Uuid::new_v5(&key, b"order"));
+    let cmd = OrderCommand::Place {
+        order_id,
+        customer_id: CustomerId(req.customer_id),
+        items: req
+            .items
+            .into_iter()
+            .map(|l| LineItem {
+                sku: Sku(l.sku),
+                quantity: l.quantity,
+                unit_price: Money(l.unit_price_minor),
+            })
+            .collect(),
+        currency: Currency(req.currency),
+        shipping_address: req.shipping_address,
+    };
+    let (_, r) = handlers::place_order(&st.store, key, cmd).await.map_err(|e| match e {
+        // The same key again after the order exists with other content.
+        CommandError::Rejected(m) if m.contains("already exists") => ApiError::from(CommandError::KeyReused),
+        other => other.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(json!({"order_id": order_id, "position": r.last_position}))))
+}
+
+async fn cancel_order<S: Storage>(
+    State(st): State<ApiState<S>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(id) = id?;
+    let id = order_id(&id)?;
+    let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    handlers::cancel_order(&st.store, key, id).await?;
+    Ok(Json(json!({"order_id": id, "status": "cancelled"})))
+}
+
+/// `POST /api/products/{sku}/stock` body.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddStockRequest {
+    pub quantity: u64,
+}
+
+async fn add_stock<S: Storage>(
+    State(st): State<ApiState<S>>,
+    headers: HeaderMap,
+    sku: Result<Path<String>, PathRejection>,
+    body: Result<Json<AddStockRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(sku) = sku?;
+    let Json(req) = body?;
+    let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    let r = handlers::add_stock(&st.store, key, Sku(sku.clone()), req.quantity).await?;
+    Ok(Json(json!({"sku": sku, "added": req.quantity, "position": r.last_position})))
+}
+
+async fn get_order<S: Storage>(
+    State(st): State<ApiState<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<OrderSummary>> {
+    let Path(id) = id?;
+    let id = order_id(&id)?;
+    st.models
+        .get(OrderSummaries::NAME, &OrderSummaries::order_key(id))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("order {id} not found")))
+}
+
+async fn get_payments<S: Storage>(
+    State(st): State<ApiState<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<OrderPayments>> {
+    let Path(id) = id?;
+    let id = order_id(&id)?;
+    st.models
+        .get(PaymentLedger::NAME, &PaymentLedger::order_key(id))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no payments for order {id}")))
+}
+
+async fn get_saga<S: Storage>(
+    State(st): State<ApiState<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<SagaTimeline>> {
+    let Path(id) = id?;
+    let id = order_id(&id)?;
+    st.models
+        .get(SagaTimelines::NAME, &SagaTimelines::key(id))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no saga for order {id}")))
+}
+
+async fn get_stock<S: Storage>(
+    State(st): State<ApiState<S>>,
+    sku: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<StockLevel>> {
+    let Path(sku) = sku?;
+    st.models
+        .get(StockLevels::NAME, &StockLevels::key(&sku))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no stock for SKU {sku}")))
+}
+
+/// Query of `GET /api/customers/{id}/orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerOrdersQuery {
+    /// Only orders in this status (pending, confirmed, cancelled).
+    pub status: Option<aggregates::order::OrderStatus>,
+    /// The cursor from the previous page.
+    pub after: Option<String>,
+    /// Page size (1 to 1000, default 50).
+    pub limit: Option<usize>,
+}
+
+fn page_size(limit: Option<usize>) -> ApiResult<usize> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}, got {n}"))),
+    }
+}
+
+async fn customer_orders<S: Storage>(
+    State(st): State<ApiState<S>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<CustomerOrdersQuery>, QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Path(customer) = id?;
+    let Query(q) = q?;
+    let limit = page_size(q.limit)?;
+    let prefix = OrderSummaries::customer_prefix(&customer);
+    let mut items = Vec::new();
+    let mut cursor = q.after.map(|a| format!("{prefix}{a}"));
+    let mut next = None;
+    // Filtering by status may skip documents: keep reading pages until this one is full.
+    loop {
+        let batch: Vec<(String, CustomerOrder)> =
+            st.models.scan(OrderSummaries::NAME, &prefix, cursor.as_deref(), limit)?;
+        let exhausted = batch.len() < limit;
+        for (key, order) in batch {
+            cursor = Some(key.clone());
+            if q.status.is_none_or(|s| s == order.status) {
+                items.push(order);
+                if items.len() == limit {
+                    next = Some(key[prefix.len()..].to_owned());
+                    break;
+                }
+            }
+        }
+        if items.len() == limit || exhausted {
+            break;
+        }
+    }
+    Ok(Json(json!({"items": items, "next": next})))
+}
+
+/// Query of `GET /api/dead-letters`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersQuery {
+    pub consumer: Option<String>,
+    pub limit: Option<usize>,
+}
+
+async fn dead_letters<S: Storage>(
+    State(st): State<ApiState<S>>,
+    q: Result<Query<DeadLettersQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<DeadLetterView>>> {
+    let Query(q) = q?;
+    let limit = page_size(q.limit)?;
+    let rows = st.models.scan::<DeadLetterView>(
+        DeadLetters::NAME,
+        &DeadLetters::prefix(q.consumer.as_deref()),
+        None,
+        limit,
+    )?;
+    Ok(Json(rows.into_iter().map(|(_, v)| v).collect()))
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub position: u64,
+    pub stream_id: String,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub recorded_at: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub payload: serde_json::Value,
+}
+
+fn view(e: RecordedEvent) -> EventView {
+    let recorded_at =
+        e.recorded_at().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let payload = serde_json::from_slice(&e.payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&e.payload).into_owned()));
+    EventView {
+        position: e.position,
+        stream_id: e.stream_id,
+        version: e.version,
+        event_id: e.event_id,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        recorded_at,
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
+        payload,
+    }
+}
+
+/// Query of `GET /api/streams/{id}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    pub from_version: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+async fn stream_events<S: Storage>(
+    State(st): State<ApiState<S>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<EventView>>> {
+    let Path(id) = id?;
+    let Query(q) = q?;
+    let limit = page_size(q.limit)?;
+    let stream = StreamId::new(id)?;
+    let events = st
+        .store
+        .read_stream(&stream, q.from_version.unwrap_or(1).max(1), Direction::Forward)
+        .take(limit)
+        .map(|e| e.map(view))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(events))
+}
+
+/// Query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    pub from_position: Option<u64>,
+    /// RFC 3339.
+    pub from_time: Option<String>,
+    pub limit: Option<usize>,
+}
+
+async fn log_events<S: Storage>(
+    State(st): State<ApiState<S>>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<EventView>>> {
+    let Query(q) = q?;
+    let limit = page_size(q.limit)?;
+    let start = match (q.from_position, q.from_time) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give from_position or from_time, not both")),
+        (_, Some(t)) => {
+            let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::bad_request(format!("{t:?} is not an RFC 3339 time")))?;
+            st.store.seek_time(t)?
+        }
+        (p, None) => p.unwrap_or(1).max(1),
+    };
+    let events = st.store.read_all(start).take(limit).map(|e| e.map(view)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(events))
+}
