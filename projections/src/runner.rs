@@ -126,23 +126,31 @@ pub async fn run<S: Storage, P: Projection>(
     Ok(())
 }
 
+/// Folds the log into the next generation (first up to `restore_until`, then up to the head,
+/// in big chunks), makes it current, and drops the old one. Queries read the current generation
+/// until the switch.
+fn build_next_generation<S: Storage, P: Projection>(
+    m: &ReadModels<S>,
+    p: &P,
+    restore_until: u64,
+) -> Result<u32> {
+    let name = p.name().to_owned();
+    let current = m.generation(&name)?;
+    let next = current + 1;
+    m.drop_generation(&name, next)?;
+    catch_up_in_chunks(m, p, &name, next, restore_until, REBUILD_CHUNK)?;
+    // Then everything appended meanwhile.
+    catch_up_in_chunks(m, p, &name, next, m.store().head(), REBUILD_CHUNK)?;
+    m.switch(&name, next)?;
+    m.drop_generation(&name, current)?;
+    Ok(next)
+}
+
 /// Rebuilds `projection` from the whole log into a new generation, then makes it current.
-/// Queries read the current generation until the switch. Returns the new generation.
+/// Returns the new generation.
 pub async fn rebuild<S: Storage, P: Projection>(models: &ReadModels<S>, projection: Arc<P>) -> Result<u32> {
     let (m, p) = (models.clone(), projection);
-    blocking(move || {
-        let name = p.name().to_owned();
-        let current = m.generation(&name)?;
-        let next = current + 1;
-        m.drop_generation(&name, next)?;
-        catch_up_in_chunks(&m, p.as_ref(), &name, next, m.store().head(), REBUILD_CHUNK)?;
-        // Catch the events appended meanwhile, then switch.
-        catch_up(&m, p.as_ref(), &name, next, m.store().head())?;
-        m.switch(&name, next)?;
-        m.drop_generation(&name, current)?;
-        Ok(next)
-    })
-    .await
+    blocking(move || build_next_generation(&m, p.as_ref(), m.store().head())).await
 }
 
 /// The last position recorded at or before `t`.
@@ -153,26 +161,13 @@ fn position_at<S: Storage>(models: &ReadModels<S>, t: OffsetDateTime) -> Result<
 
 /// Replays `projection` from time `t`: restores the model to its state at `t` (folding the log up
 /// to `t` into a new generation), applies everything recorded after `t`, and switches to it.
-/// Queries read the current generation until the switch.
 pub async fn replay_from<S: Storage, P: Projection>(
     models: &ReadModels<S>,
     projection: Arc<P>,
     t: OffsetDateTime,
 ) -> Result<u32> {
     let (m, p) = (models.clone(), projection);
-    blocking(move || {
-        let name = p.name().to_owned();
-        let current = m.generation(&name)?;
-        let next = current + 1;
-        m.drop_generation(&name, next)?;
-        let at_t = position_at(&m, t)?;
-        catch_up_in_chunks(&m, p.as_ref(), &name, next, at_t, REBUILD_CHUNK)?;
-        catch_up_in_chunks(&m, p.as_ref(), &name, next, m.store().head(), REBUILD_CHUNK)?;
-        m.switch(&name, next)?;
-        m.drop_generation(&name, current)?;
-        Ok(next)
-    })
-    .await
+    blocking(move || build_next_generation(&m, p.as_ref(), position_at(&m, t)?)).await
 }
 
 /// Builds the state of `projection` as of time `t` (every event recorded at or before `t`) into a

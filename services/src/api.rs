@@ -287,51 +287,47 @@ async fn add_stock<S: Storage>(
     Ok(Json(json!({"sku": sku, "added": req.quantity, "position": r.last_position})))
 }
 
+fn document<S: Storage, T: serde::de::DeserializeOwned>(
+    st: &ApiState<S>,
+    model: &str,
+    key: &str,
+    missing: impl FnOnce() -> String,
+) -> ApiResult<Json<T>> {
+    st.models.get(model, key)?.map(Json).ok_or_else(|| ApiError::not_found(missing()))
+}
+
 async fn get_order<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<OrderSummary>> {
-    let Path(id) = id?;
-    let id = order_id(&id)?;
-    st.models
-        .get(OrderSummaries::NAME, &OrderSummaries::order_key(id))?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("order {id} not found")))
+    let id = order_id(&id?.0)?;
+    document(&st, OrderSummaries::NAME, &OrderSummaries::order_key(id), || format!("order {id} not found"))
 }
 
 async fn get_payments<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<OrderPayments>> {
-    let Path(id) = id?;
-    let id = order_id(&id)?;
-    st.models
-        .get(PaymentLedger::NAME, &PaymentLedger::order_key(id))?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no payments for order {id}")))
+    let id = order_id(&id?.0)?;
+    document(&st, PaymentLedger::NAME, &PaymentLedger::order_key(id), || {
+        format!("no payments for order {id}")
+    })
 }
 
 async fn get_saga<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<SagaTimeline>> {
-    let Path(id) = id?;
-    let id = order_id(&id)?;
-    st.models
-        .get(SagaTimelines::NAME, &SagaTimelines::key(id))?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no saga for order {id}")))
+    let id = order_id(&id?.0)?;
+    document(&st, SagaTimelines::NAME, &SagaTimelines::key(id), || format!("no saga for order {id}"))
 }
 
 async fn get_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     sku: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<StockLevel>> {
-    let Path(sku) = sku?;
-    st.models
-        .get(StockLevels::NAME, &StockLevels::key(&sku))?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no stock for SKU {sku}")))
+    let sku = sku?.0;
+    document(&st, StockLevels::NAME, &StockLevels::key(&sku), || format!("no stock for SKU {sku}"))
 }
 
 /// Query of `GET /api/customers/{id}/orders`.
