@@ -46,13 +46,27 @@ pub struct ApiState<S: Storage> {
     pub models: ReadModels<S>,
     /// Whether the node is ready to serve (consumers started).
     pub ready: Arc<AtomicBool>,
+    /// The Prometheus recorder's handle (`/metrics` answers 404 without one).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Turns true when the node stops: live feeds end so the server can shut down.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<S: Storage> Clone for ApiState<S> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), models: self.models.clone(), ready: self.ready.clone() }
+        Self {
+            store: self.store.clone(),
+            models: self.models.clone(),
+            ready: self.ready.clone(),
+            metrics: self.metrics.clone(),
+            stopping: self.stopping.clone(),
+        }
     }
 }
+
+/// The read models whose lag `/metrics` reports.
+const READ_MODELS: [&str; 5] =
+    [OrderSummaries::NAME, StockLevels::NAME, PaymentLedger::NAME, SagaTimelines::NAME, DeadLetters::NAME];
 
 /// An API error.
 #[derive(Debug)]
@@ -164,9 +178,73 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
         .route("/api/dead-letters", get(dead_letters::<S>))
         .route("/api/streams/{id}/events", get(stream_events::<S>))
         .route("/api/events", get(log_events::<S>))
+        .route("/api/events/live", get(live_events::<S>))
+        .route("/metrics", get(prometheus::<S>))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(http_metrics))
         .with_state(state)
+}
+
+/// Counts requests and their latency by method and status.
+async fn http_metrics(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("causeway_http_requests_total", "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("causeway_http_request_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn prometheus<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Response> {
+    let Some(handle) = &st.metrics else {
+        return Err(ApiError::not_found("metrics are not enabled on this node"));
+    };
+    metrics::gauge!("causeway_store_head_position").set(st.store.head() as f64);
+    for name in READ_MODELS {
+        let lag = st.models.lag(name)?;
+        metrics::gauge!("causeway_projection_lag_events", "projection" => name).set(lag as f64);
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
+}
+
+/// Query of `GET /api/events/live`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveQuery {
+    /// Start at this position (default: only new events).
+    pub from_position: Option<u64>,
+}
+
+/// Server-Sent Events: every event from a position on, then live (`id` = position, `event` =
+/// type, `data` = the event as JSON).
+async fn live_events<S: Storage>(
+    State(st): State<ApiState<S>>,
+    q: Result<Query<LiveQuery>, QueryRejection>,
+) -> ApiResult<
+    axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, axum::Error>>>,
+> {
+    use futures::StreamExt;
+    let Query(q) = q?;
+    let after = match q.from_position {
+        Some(p) => p.saturating_sub(1),
+        None => st.store.head(),
+    };
+    let mut stopping = st.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let stream = st.store.subscribe_all(after).into_stream().take_until(stopped).map(|r| match r {
+        Ok(e) => {
+            let (id, kind) = (e.position.to_string(), e.event_type.clone());
+            axum::response::sse::Event::default().id(id).event(kind).json_data(view(e))
+        }
+        Err(e) => Ok(axum::response::sse::Event::default().event("error").data(e.to_string())),
+    });
+    Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

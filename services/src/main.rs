@@ -325,12 +325,17 @@ async fn serve(store: StoreArgs, gateway: GatewayArgs, listen: std::net::SocketA
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let node = Runtime::start(store, gateway, RuntimeConfig::default())?;
     let ready = Arc::new(AtomicBool::new(false));
+    let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
     let state = services::api::ApiState {
         store: node.store().clone(),
         models: node.models().clone(),
         ready: ready.clone(),
+        metrics: Some(metrics),
+        stopping: http_stopped.clone(),
     };
-    let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(
         axum::serve(listener, services::api::app(state))
             .with_graceful_shutdown(async move {

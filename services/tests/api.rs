@@ -17,6 +17,17 @@ use tower::ServiceExt;
 
 type Rt = Runtime<MemoryStorage, SimulatedGateway>;
 
+/// One global Prometheus recorder for this test binary.
+fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("recorder")
+        })
+        .clone()
+}
+
 fn node() -> (Rt, axum::Router) {
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
     let rt = Runtime::start(
@@ -25,7 +36,13 @@ fn node() -> (Rt, axum::Router) {
         RuntimeConfig::default(),
     )
     .expect("start");
-    let state = ApiState { store, models: rt.models().clone(), ready: Arc::new(AtomicBool::new(true)) };
+    let state = ApiState {
+        store,
+        models: rt.models().clone(),
+        ready: Arc::new(AtomicBool::new(true)),
+        metrics: Some(recorder()),
+        stopping: tokio::sync::watch::channel(false).1,
+    };
     (rt, app(state))
 }
 
@@ -300,5 +317,54 @@ async fn bad_input_is_a_clear_4xx() {
         (code, err["error"]["code"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
     );
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_the_live_feed() {
+    let (rt, app) = node();
+    call(&app, "POST", "/api/products/SKU-9/stock", Some(json!({"quantity": 3})), None).await;
+    call(&app, "GET", "/api/orders/not-a-uuid", None, None).await;
+    // Prometheus text with HTTP, store and projection metrics.
+    let req = Request::builder().uri("/metrics").body(Body::empty()).expect("req");
+    let resp = app.clone().oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text =
+        String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8");
+    for needle in [
+        "causeway_http_requests_total",
+        "status=\"400\"",
+        "causeway_projection_lag_events",
+        "projection=\"order-summaries\"",
+        "causeway_store_events_appended_total",
+        "causeway_store_head_position",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
+    }
+    // The live feed: catch-up from position 1, then new events as they are appended.
+    let req = Request::builder().uri("/api/events/live?from_position=1").body(Body::empty()).expect("req");
+    let resp = app.clone().oneshot(req).await.expect("resp");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut appended = false;
+    while !(seen.contains("id: 1\n") && seen.contains("event: StockAdded") && seen.contains("SKU-10")) {
+        if !appended && seen.contains("id: 1\n") {
+            call(&app, "POST", "/api/products/SKU-10/stock", Some(json!({"quantity": 1})), None).await;
+            appended = true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, body.frame())
+            .await
+            .expect("feed kept up")
+            .expect("frame")
+            .expect("ok");
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    let (code, err) = call(&app, "GET", "/api/events/live?from_position=x", None, None).await;
+    assert_eq!((code, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
     rt.shutdown().await.expect("shutdown");
 }
