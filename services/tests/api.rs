@@ -17,6 +17,12 @@ use tower::ServiceExt;
 
 type Rt = Runtime<MemoryStorage, SimulatedGateway>;
 
+/// A stop signal that never fires (its sender lives as long as the test binary).
+fn never_stopping() -> tokio::sync::watch::Receiver<bool> {
+    static SENDER: std::sync::OnceLock<tokio::sync::watch::Sender<bool>> = std::sync::OnceLock::new();
+    SENDER.get_or_init(|| tokio::sync::watch::channel(false).0).subscribe()
+}
+
 /// One global Prometheus recorder for this test binary.
 fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
@@ -41,7 +47,7 @@ fn node() -> (Rt, axum::Router) {
         models: rt.models().clone(),
         ready: Arc::new(AtomicBool::new(true)),
         metrics: Some(recorder()),
-        stopping: tokio::sync::watch::channel(false).1,
+        stopping: never_stopping(),
     };
     (rt, app(state))
 }
