@@ -348,6 +348,16 @@ pub struct Pending<T> {
     pub deadline_ns: u64,
 }
 
+impl<T> Pending<T> {
+    /// The next attempt and its deadline, or `None` when the attempts are used up.
+    fn retry(&self, now_ns: u64, jitter: f64, policy: &RetryPolicy) -> Option<(u32, u64)> {
+        (self.attempt < policy.max_attempts).then(|| {
+            let delay = policy.step_timeout_ms + policy.backoff_ms(self.attempt, jitter);
+            (self.attempt + 1, now_ns.saturating_add(ms(delay)))
+        })
+    }
+}
+
 /// The saga's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Saga {
@@ -606,13 +616,12 @@ impl Decider for Saga {
             SagaInput::Tick { now_ns, jitter, policy } => {
                 let order_id = self.oid()?;
                 if let Some(p) = self.step.as_ref().filter(|p| p.deadline_ns <= now_ns) {
-                    if p.attempt < policy.max_attempts {
-                        let delay = policy.step_timeout_ms + policy.backoff_ms(p.attempt, jitter);
+                    if let Some((attempt, deadline_ns)) = p.retry(now_ns, jitter, &policy) {
                         return Ok(vec![SagaEvent::StepRequested(StepRequested {
                             step: p.what,
                             command_id: p.command_id,
-                            attempt: p.attempt + 1,
-                            deadline_ns: now_ns.saturating_add(ms(delay)),
+                            attempt,
+                            deadline_ns,
                         })]);
                     }
                     let failed = StepFailed {
@@ -624,13 +633,12 @@ impl Decider for Saga {
                     return Ok(self.fail(order_id, failed, now_ns, &policy));
                 }
                 if let Some(p) = self.compensation.as_ref().filter(|p| p.deadline_ns <= now_ns) {
-                    if p.attempt < policy.max_attempts {
-                        let delay = policy.step_timeout_ms + policy.backoff_ms(p.attempt, jitter);
+                    if let Some((attempt, deadline_ns)) = p.retry(now_ns, jitter, &policy) {
                         return Ok(vec![SagaEvent::CompensationRequested(CompensationRequested {
                             compensation: p.what,
                             command_id: p.command_id,
-                            attempt: p.attempt + 1,
-                            deadline_ns: now_ns.saturating_add(ms(delay)),
+                            attempt,
+                            deadline_ns,
                         })]);
                     }
                     return Ok(vec![SagaEvent::SagaFailed(SagaFailed {
