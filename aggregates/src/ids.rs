@@ -6,6 +6,7 @@ use uuid::Uuid;
 /// An order (and its saga, payment and shipment streams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderId(pub Uuid);
 
 impl std::fmt::Display for OrderId {
@@ -17,11 +18,13 @@ impl std::fmt::Display for OrderId {
 /// A customer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CustomerId(pub String);
 
 /// A stock-keeping unit: 1-64 characters of `A-Z a-z 0-9 - _ .`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sku(pub String);
 
 impl Sku {

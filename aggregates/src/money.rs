@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// An amount in minor units of some currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money(pub u64);
 
 impl Money {
@@ -36,6 +37,7 @@ impl std::fmt::Display for Money {
 /// An ISO 4217 currency code: three ASCII capital letters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Currency(pub String);
 
 impl Currency {

@@ -11,6 +11,7 @@ pub const MAX_LINES: usize = 100;
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LineItem {
     /// What.
     pub sku: Sku,
@@ -23,6 +24,7 @@ pub struct LineItem {
 /// Why an order was cancelled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CancelReason {
     /// Not enough stock for a line.
     OutOfStock,
@@ -126,6 +128,7 @@ pub enum OrderError {
 /// Lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OrderStatus {
     /// Not placed.
     #[default]

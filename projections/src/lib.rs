@@ -14,7 +14,9 @@ pub mod models;
 pub mod runner;
 
 pub use model::{ReadModels, Tx};
-pub use runner::{as_of, catch_up, rebuild, replay_from, run, verify, Projection};
+pub use runner::{
+    as_of, catch_up, rebuild, replay_from, run, run_with, verify, Projection, Rebuilt, RunOptions,
+};
 
 /// A read-side failure.
 #[derive(Debug, thiserror::Error)]

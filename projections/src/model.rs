@@ -6,9 +6,12 @@
 //! | `g` name | current generation (u32) |
 //! | `c` name gen | checkpoint: last position applied (u64) |
 //! | `d` name gen key | document (JSON) |
+//! | `b` name checkpoint | a complete backup: its document count (u64) |
+//! | `B` name checkpoint key | a backed-up document (JSON) |
 //!
 //! Queries read the current generation. A rebuild fills the next generation while queries keep
-//! reading the current one, then switches the pointer in one write.
+//! reading the current one, then switches the pointer in one write. Backups are copies of a
+//! model at a checkpoint; a replay from a time starts from the newest backup at or before it.
 
 use std::collections::BTreeMap;
 
@@ -48,22 +51,168 @@ fn u64_of(bytes: &[u8], what: &str) -> Result<u64> {
     Ok(u64::from_be_bytes(a))
 }
 
+fn backup_index_key(name: &str, checkpoint: u64) -> Vec<u8> {
+    let mut k = base(b'b', name);
+    k.extend_from_slice(&checkpoint.to_be_bytes());
+    k
+}
+
+fn backup_docs_prefix(name: &str, checkpoint: u64) -> Vec<u8> {
+    let mut k = base(b'B', name);
+    k.extend_from_slice(&checkpoint.to_be_bytes());
+    k
+}
+
+fn upper(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    end.push(0xff);
+    end
+}
+
+/// One writer at a time per read model: the live runner's commits and a rebuild's switch.
+type WriterLocks = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, WriterLock>>>;
+/// Held while writing the current generation of a read model or switching it.
+pub type WriterLock = std::sync::Arc<std::sync::Mutex<()>>;
+
 /// The read models of one node.
 #[derive(Debug)]
 pub struct ReadModels<S: Storage> {
     store: EventStore<S>,
+    writers: WriterLocks,
 }
 
 impl<S: Storage> Clone for ReadModels<S> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone() }
+        Self { store: self.store.clone(), writers: self.writers.clone() }
     }
 }
 
 impl<S: Storage> ReadModels<S> {
-    /// Read models kept in `store`'s database.
+    /// Read models kept in `store`'s database. Clones share the writer locks; make one per node.
     pub fn new(store: EventStore<S>) -> Self {
-        Self { store }
+        Self { store, writers: WriterLocks::default() }
+    }
+
+    /// The lock a writer of `name`'s current generation holds (the live runner per chunk, a
+    /// rebuild for its last catch-up and the switch), so a switch never races a commit.
+    pub fn writer(&self, name: &str) -> WriterLock {
+        let mut map = self.writers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Copies every key under `from` to the same suffix under `to`, in batches; returns the count.
+    fn copy_prefix(&self, from: &[u8], to: &[u8]) -> Result<u64> {
+        let end = upper(from);
+        let mut start = from.to_vec();
+        let mut copied = 0;
+        loop {
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+                .store
+                .storage()
+                .range(&start, &end, false)
+                .take(1024)
+                .map(|r| r.map(|(k, v)| (k.as_ref().to_vec(), v.as_ref().to_vec())))
+                .collect::<std::result::Result<_, _>>()?;
+            let Some((last, _)) = rows.last() else { break };
+            start = last.clone();
+            start.push(0);
+            let mut batch = WriteBatch::default();
+            for (k, v) in rows {
+                let mut target = to.to_vec();
+                target.extend_from_slice(&k[from.len()..]);
+                batch.put(target, v);
+                copied += 1;
+            }
+            self.store.storage().apply(batch)?;
+        }
+        Ok(copied)
+    }
+
+    /// Deletes every key under `prefix`, in batches.
+    fn delete_prefix(&self, prefix: &[u8]) -> Result<()> {
+        let end = upper(prefix);
+        loop {
+            let keys: Vec<Vec<u8>> = self
+                .store
+                .storage()
+                .range(prefix, &end, false)
+                .take(1024)
+                .map(|r| r.map(|(k, _)| k.as_ref().to_vec()))
+                .collect::<std::result::Result<_, _>>()?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut batch = WriteBatch::default();
+            for k in keys {
+                batch.delete(k);
+            }
+            self.store.storage().apply(batch)?;
+        }
+    }
+
+    /// Copies the current generation of `name` to a backup at its checkpoint and returns that
+    /// checkpoint. The caller must hold [`ReadModels::writer`] (the copy is not a snapshot). The
+    /// backup counts only once complete: its index entry is written last.
+    pub fn backup_locked(&self, name: &str) -> Result<u64> {
+        let gen = self.generation(name)?;
+        let checkpoint = self.checkpoint(name, gen)?;
+        let target = backup_docs_prefix(name, checkpoint);
+        self.delete_prefix(&target)?;
+        let docs = self.copy_prefix(&gen_key(b'd', name, gen), &target)?;
+        let mut batch = WriteBatch::default();
+        batch.put(backup_index_key(name, checkpoint), docs.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(checkpoint)
+    }
+
+    /// [`ReadModels::backup_locked`], taking the writer lock.
+    pub fn backup(&self, name: &str) -> Result<u64> {
+        let lock = self.writer(name);
+        let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.backup_locked(name)
+    }
+
+    /// The complete backups of `name`, by checkpoint, oldest first.
+    pub fn backups(&self, name: &str) -> Result<Vec<u64>> {
+        let prefix = base(b'b', name);
+        let mut out = Vec::new();
+        for item in self.store.storage().range(&prefix, &upper(&prefix), false) {
+            let (k, _) = item?;
+            out.push(u64_of(&k.as_ref()[prefix.len()..], &format!("backup index of {name}"))?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the backup of `name` at `checkpoint` (index first, so it never looks complete
+    /// while half deleted).
+    pub fn drop_backup(&self, name: &str, checkpoint: u64) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete(backup_index_key(name, checkpoint));
+        self.store.storage().apply(batch)?;
+        self.delete_prefix(&backup_docs_prefix(name, checkpoint))
+    }
+
+    /// Keeps the newest `keep` backups of `name`.
+    pub fn prune_backups(&self, name: &str, keep: usize) -> Result<()> {
+        let all = self.backups(name)?;
+        for cp in &all[..all.len().saturating_sub(keep)] {
+            self.drop_backup(name, *cp)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces generation `gen` of `name` with the backup at `checkpoint` (documents and
+    /// checkpoint).
+    pub fn restore_backup(&self, name: &str, checkpoint: u64, gen: u32) -> Result<()> {
+        if !self.backups(name)?.contains(&checkpoint) {
+            return Err(ProjectionError::Corrupt(format!("{name} has no backup at {checkpoint}")));
+        }
+        self.drop_generation(name, gen)?;
+        self.copy_prefix(&backup_docs_prefix(name, checkpoint), &gen_key(b'd', name, gen))?;
+        let mut batch = WriteBatch::default();
+        batch.put(gen_key(b'c', name, gen), checkpoint.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(())
     }
 
     /// The event store.
@@ -209,26 +358,7 @@ impl<S: Storage> ReadModels<S> {
 
     /// Deletes a generation's documents and checkpoint.
     pub fn drop_generation(&self, name: &str, gen: u32) -> Result<()> {
-        let prefix = gen_key(b'd', name, gen);
-        let mut end = prefix.clone();
-        end.push(0xff);
-        loop {
-            let keys: Vec<Vec<u8>> = self
-                .store
-                .storage()
-                .range(&prefix, &end, false)
-                .take(1024)
-                .map(|r| r.map(|(k, _)| k.as_ref().to_vec()))
-                .collect::<std::result::Result<_, _>>()?;
-            if keys.is_empty() {
-                break;
-            }
-            let mut batch = WriteBatch::default();
-            for k in keys {
-                batch.delete(k);
-            }
-            self.store.storage().apply(batch)?;
-        }
+        self.delete_prefix(&gen_key(b'd', name, gen))?;
         let mut batch = WriteBatch::default();
         batch.delete(gen_key(b'c', name, gen));
         self.store.storage().apply(batch)?;

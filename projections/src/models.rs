@@ -19,6 +19,7 @@ fn decode<E: DomainEvent>(e: &RecordedEvent) -> Result<E> {
 
 /// One entry of a timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelineEntry {
     /// Event type.
     pub event: String,
@@ -42,6 +43,7 @@ pub struct OrderSummaries;
 
 /// An order as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderSummary {
     pub order_id: OrderId,
     pub customer_id: String,
@@ -59,6 +61,7 @@ pub struct OrderSummary {
 
 /// An entry of a customer's order history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CustomerOrder {
     pub order_id: OrderId,
     pub status: OrderStatus,
@@ -166,6 +169,7 @@ pub struct StockLevels;
 
 /// A SKU's stock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockLevel {
     pub sku: String,
     pub available: u64,
@@ -238,6 +242,7 @@ pub struct SagaTimelines;
 
 /// A saga's progress as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SagaTimeline {
     pub order_id: OrderId,
     /// running, completed, compensated or failed.
@@ -320,6 +325,7 @@ pub struct LedgerEntry {
 
 /// An order's money.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderPayments {
     pub authorized: Money,
     pub captured: Money,
@@ -387,6 +393,7 @@ pub struct DeadLetters;
 
 /// A dead letter as the API shows it (the fields of the `DeadLettered` event, plus `resolved`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetterView {
     pub consumer: String,
     pub reason: String,

@@ -89,21 +89,58 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// fewer writes, at the price of trailing the log by up to this much.
 pub const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Keeps the current generation of `projection` up to date until `shutdown` turns true. After a
-/// rebuild switches generations it continues with the new one.
+/// How the live runner keeps backups (the starting points of replays from a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Take a backup each time the checkpoint passes this many more positions (0: never).
+    pub backup_every: u64,
+    /// Backups kept per read model (the oldest go first).
+    pub keep_backups: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { backup_every: 1_000_000, keep_backups: 2 }
+    }
+}
+
+/// Keeps the current generation of `projection` up to date until `shutdown` turns true, with the
+/// default [`RunOptions`].
 pub async fn run<S: Storage, P: Projection>(
     models: ReadModels<S>,
     projection: Arc<P>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    run_with(models, projection, shutdown, RunOptions::default()).await
+}
+
+/// Keeps the current generation of `projection` up to date until `shutdown` turns true, taking
+/// backups as `options` say. After a rebuild switches generations it continues with the new one.
+pub async fn run_with<S: Storage, P: Projection>(
+    models: ReadModels<S>,
+    projection: Arc<P>,
     mut shutdown: watch::Receiver<bool>,
+    options: RunOptions,
 ) -> Result<()> {
     let mut head = models.store().watch_head();
     let mut first = true;
     let catch_up_now = |models: ReadModels<S>, p: Arc<P>| {
         blocking(move || {
             let name = p.name().to_owned();
+            let lock = models.writer(&name);
+            let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let gen = models.generation(&name)?;
             let until = models.store().head();
-            catch_up(&models, p.as_ref(), &name, gen, until)
+            let cp = catch_up(&models, p.as_ref(), &name, gen, until)?;
+            if options.backup_every > 0 {
+                let last = models.backups(&name)?.last().copied().unwrap_or(0);
+                if cp >= last.saturating_add(options.backup_every) {
+                    let at = models.backup_locked(&name)?;
+                    models.prune_backups(&name, options.keep_backups.max(1))?;
+                    tracing::info!(projection = %name, checkpoint = at, "read model backed up");
+                }
+            }
+            Ok(cp)
         })
     };
     loop {
@@ -126,31 +163,59 @@ pub async fn run<S: Storage, P: Projection>(
     Ok(())
 }
 
-/// Folds the log into the next generation (first up to `restore_until`, then up to the head,
-/// in big chunks), makes it current, and drops the old one. Queries read the current generation
-/// until the switch.
+/// What a rebuild or replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The generation now current.
+    pub generation: u32,
+    /// The backup (its checkpoint) the new generation started from; `None`: from the start.
+    pub from_backup: Option<u64>,
+    /// Its checkpoint when it was switched in.
+    pub checkpoint: u64,
+}
+
+/// Builds the next generation: from the backup at `backup` (or empty), folds the log up to
+/// `restore_until`, then up to the head, in big chunks; then, holding the writer lock, folds what
+/// arrived meanwhile, makes it current and drops the old one. Queries read the current
+/// generation until the switch, and the live runner keeps it up to date meanwhile.
 fn build_next_generation<S: Storage, P: Projection>(
     m: &ReadModels<S>,
     p: &P,
+    backup: Option<u64>,
     restore_until: u64,
-) -> Result<u32> {
+) -> Result<Rebuilt> {
     let name = p.name().to_owned();
-    let current = m.generation(&name)?;
-    let next = current + 1;
-    m.drop_generation(&name, next)?;
+    let next = m.generation(&name)? + 1;
+    match backup {
+        Some(cp) => m.restore_backup(&name, cp, next)?,
+        None => m.drop_generation(&name, next)?,
+    }
     catch_up_in_chunks(m, p, &name, next, restore_until, REBUILD_CHUNK)?;
-    // Then everything appended meanwhile.
+    // Then everything appended meanwhile, most of it without blocking the live runner.
     catch_up_in_chunks(m, p, &name, next, m.store().head(), REBUILD_CHUNK)?;
-    m.switch(&name, next)?;
+    let (current, checkpoint) = {
+        let lock = m.writer(&name);
+        let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = m.generation(&name)?;
+        if current >= next {
+            return Err(ProjectionError::Task(format!("{name} was rebuilt concurrently; try again")));
+        }
+        let checkpoint = catch_up_in_chunks(m, p, &name, next, m.store().head(), REBUILD_CHUNK)?;
+        m.switch(&name, next)?;
+        (current, checkpoint)
+    };
+    // Nobody reads or writes the old generation any more.
     m.drop_generation(&name, current)?;
-    Ok(next)
+    Ok(Rebuilt { generation: next, from_backup: backup, checkpoint })
 }
 
 /// Rebuilds `projection` from the whole log into a new generation, then makes it current.
-/// Returns the new generation.
-pub async fn rebuild<S: Storage, P: Projection>(models: &ReadModels<S>, projection: Arc<P>) -> Result<u32> {
+pub async fn rebuild<S: Storage, P: Projection>(
+    models: &ReadModels<S>,
+    projection: Arc<P>,
+) -> Result<Rebuilt> {
     let (m, p) = (models.clone(), projection);
-    blocking(move || build_next_generation(&m, p.as_ref(), m.store().head())).await
+    blocking(move || build_next_generation(&m, p.as_ref(), None, m.store().head())).await
 }
 
 /// The last position recorded at or before `t`.
@@ -159,15 +224,21 @@ fn position_at<S: Storage>(models: &ReadModels<S>, t: OffsetDateTime) -> Result<
     Ok(models.store().seek_time(after)?.saturating_sub(1))
 }
 
-/// Replays `projection` from time `t`: restores the model to its state at `t` (folding the log up
+/// Replays `projection` from time `t`: restores the model to its state at `t` (from the newest
+/// backup at or before `t`, or from the start of the log when there is none, folding the log up
 /// to `t` into a new generation), applies everything recorded after `t`, and switches to it.
 pub async fn replay_from<S: Storage, P: Projection>(
     models: &ReadModels<S>,
     projection: Arc<P>,
     t: OffsetDateTime,
-) -> Result<u32> {
+) -> Result<Rebuilt> {
     let (m, p) = (models.clone(), projection);
-    blocking(move || build_next_generation(&m, p.as_ref(), position_at(&m, t)?)).await
+    blocking(move || {
+        let at = position_at(&m, t)?;
+        let backup = m.backups(p.name())?.into_iter().rfind(|cp| *cp <= at);
+        build_next_generation(&m, p.as_ref(), backup, at)
+    })
+    .await
 }
 
 /// Builds the state of `projection` as of time `t` (every event recorded at or before `t`) into a

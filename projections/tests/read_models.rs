@@ -12,7 +12,7 @@ use aggregates::order::{
 use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
 use event_store::{EventStore, ExpectedVersion, MemoryStorage, NewEvent, StoreConfig, StreamId};
 use projections::models::{CustomerOrder, OrderSummaries, OrderSummary, StockLevel, StockLevels};
-use projections::{as_of, rebuild, replay_from, run, Projection, ReadModels};
+use projections::{as_of, rebuild, replay_from, run, run_with, Projection, ReadModels, RunOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -174,7 +174,9 @@ async fn rebuild_and_replay_from_a_timestamp_equal_a_fresh_fold() {
     let live = models.dump(OrderSummaries::NAME, gen).expect("dump");
     assert!(!live.is_empty());
     // Full rebuild into a new generation; queries read the old one until the switch.
-    let rebuilt_gen = rebuild(&models, Arc::new(OrderSummaries)).await.expect("rebuild");
+    let rebuilt = rebuild(&models, Arc::new(OrderSummaries)).await.expect("rebuild");
+    assert_eq!(rebuilt.from_backup, None);
+    let rebuilt_gen = rebuilt.generation;
     assert_eq!(rebuilt_gen, gen + 1);
     assert_eq!(models.generation(OrderSummaries::NAME).expect("gen"), rebuilt_gen);
     assert_eq!(models.dump(OrderSummaries::NAME, rebuilt_gen).expect("dump"), live);
@@ -184,7 +186,7 @@ async fn rebuild_and_replay_from_a_timestamp_equal_a_fresh_fold() {
     );
     // Replay from T: state at T, then everything after T.
     let replayed = replay_from(&models, Arc::new(OrderSummaries), t).await.expect("replay");
-    assert_eq!(models.dump(OrderSummaries::NAME, replayed).expect("dump"), live);
+    assert_eq!(models.dump(OrderSummaries::NAME, replayed.generation).expect("dump"), live);
     // The live runner follows the new generation.
     let id = place(&store, "carol", 1).await;
     wait_caught_up(&models, OrderSummaries::NAME).await;
@@ -194,6 +196,81 @@ async fn rebuild_and_replay_from_a_timestamp_equal_a_fresh_fold() {
         .is_some());
     let _ = stop.send(true);
     task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_a_timestamp_starts_from_the_newest_backup_before_it() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, OrderSummaries);
+    history(&store, 10).await;
+    let before_any_backup = store.read_event(store.head()).expect("read").expect("present").recorded_at();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    history(&store, 10).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let first = models.backup(OrderSummaries::NAME).expect("backup");
+    assert_eq!(first, store.head());
+    history(&store, 10).await;
+    let t = store.read_event(store.head()).expect("read").expect("present").recorded_at();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    history(&store, 10).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let second = models.backup(OrderSummaries::NAME).expect("backup");
+    assert_eq!(models.backups(OrderSummaries::NAME).expect("list"), vec![first, second]);
+    history(&store, 5).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let live = models
+        .dump(OrderSummaries::NAME, models.generation(OrderSummaries::NAME).expect("gen"))
+        .expect("dump");
+
+    // T lies between the two backups: the replay starts from the first one.
+    let replayed = replay_from(&models, Arc::new(OrderSummaries), t).await.expect("replay");
+    assert_eq!(replayed.from_backup, Some(first));
+    assert_eq!(models.dump(OrderSummaries::NAME, replayed.generation).expect("dump"), live);
+    // Before every backup: from the start of the log.
+    let replayed = replay_from(&models, Arc::new(OrderSummaries), before_any_backup).await.expect("replay");
+    assert_eq!(replayed.from_backup, None);
+    assert_eq!(models.dump(OrderSummaries::NAME, replayed.generation).expect("dump"), live);
+    // The newest backups survive pruning.
+    models.prune_backups(OrderSummaries::NAME, 1).expect("prune");
+    assert_eq!(models.backups(OrderSummaries::NAME).expect("list"), vec![second]);
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_runner_takes_backups_and_a_rebuild_under_load_loses_nothing() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let options = RunOptions { backup_every: 40, keep_backups: 2 };
+    let task = tokio::spawn(run_with(models.clone(), Arc::new(OrderSummaries), stop_rx, options));
+    // Rebuild repeatedly while events keep arriving and the runner keeps committing.
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { history(&store, 60).await })
+    };
+    let mut rebuilds = 0;
+    while !writer.is_finished() {
+        rebuild(&models, Arc::new(OrderSummaries)).await.expect("rebuild");
+        rebuilds += 1;
+    }
+    writer.await.expect("writer");
+    assert!(rebuilds > 0);
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let _ = stop_tx.send(true);
+    task.await.expect("join").expect("run");
+    let backups = models.backups(OrderSummaries::NAME).expect("list");
+    assert!(!backups.is_empty() && backups.len() <= 2, "backups kept: {backups:?}");
+    let gen = models.generation(OrderSummaries::NAME).expect("gen");
+    assert!(projections::verify(&models, &OrderSummaries).expect("verify").is_empty());
+    // Only the current generation is left: no commit landed in a dropped one.
+    for old in 0..gen {
+        assert!(
+            models.dump(OrderSummaries::NAME, old).expect("dump").is_empty(),
+            "generation {old} left behind"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
