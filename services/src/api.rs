@@ -50,7 +50,34 @@ pub struct ApiState<S: Storage> {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Turns true when the node stops: live feeds end so the server can shut down.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The admin routes' token and hooks (`None`: the admin routes answer 403).
+    pub admin: Option<AdminApi>,
 }
+
+/// Re-drives a dead letter `(consumer, original event id)` on the running node.
+pub type RedriveFn = Arc<
+    dyn Fn(String, Uuid) -> futures::future::BoxFuture<'static, Result<(), crate::admin::AdminError>>
+        + Send
+        + Sync,
+>;
+
+/// What the admin routes need.
+#[derive(Clone)]
+pub struct AdminApi {
+    /// The bearer token (from configuration).
+    pub token: String,
+    /// Re-drive through the node's own consumers.
+    pub redrive: RedriveFn,
+}
+
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi").field("token", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+/// The least length of an admin token.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 impl<S: Storage> Clone for ApiState<S> {
     fn clone(&self) -> Self {
@@ -60,6 +87,7 @@ impl<S: Storage> Clone for ApiState<S> {
             ready: self.ready.clone(),
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
+            admin: self.admin.clone(),
         }
     }
 }
@@ -90,6 +118,23 @@ impl ApiError {
         tracing::error!(%cause, "internal error serving a request");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the node's log")
     }
+}
+
+/// The one error shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Inside [`ErrorBody`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
+    /// unsupported_media_type, rejected, not_ready, internal.
+    pub code: String,
+    /// For people.
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -145,6 +190,20 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<crate::admin::AdminError> for ApiError {
+    fn from(e: crate::admin::AdminError) -> Self {
+        use crate::admin::AdminError as A;
+        match e {
+            A::UnknownProjection(_) | A::UnknownConsumer(_) | A::NoSuchLetter { .. } => {
+                ApiError::not_found(e.to_string())
+            }
+            A::StillFailing(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e.to_string()),
+            A::Projection(e) => e.into(),
+            A::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<projections::ProjectionError> for ApiError {
     fn from(e: projections::ProjectionError) -> Self {
         ApiError::internal(e)
@@ -180,10 +239,125 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
         .route("/api/events", get(log_events::<S>))
         .route("/api/events/live", get(live_events::<S>))
         .route("/metrics", get(prometheus::<S>))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/admin/projections/{name}/replay", post(admin_replay::<S>))
+        .route("/api/admin/dead-letters/{consumer}/{event_id}/redrive", post(admin_redrive::<S>))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(http_metrics))
         .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <token>` against the configured admin token.
+fn authorize<S: Storage>(st: &ApiState<S>, headers: &HeaderMap) -> ApiResult<AdminApi> {
+    let Some(admin) = &st.admin else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the admin API is disabled on this node (start it with --admin-token or CAUSEWAY_ADMIN_TOKEN)",
+        ));
+    };
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin routes need Authorization: Bearer <token>",
+        )
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    // Compare in time independent of where the first difference is.
+    let (a, b) = (given.as_bytes(), admin.token.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(admin.clone())
+    } else {
+        Err(unauthorized())
+    }
+}
+
+/// `POST /api/admin/projections/{name}/replay` body: none of the fields for a full rebuild.
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Restore the state at this time (RFC 3339; from the newest backup before it when there is
+    /// one) and apply everything after it.
+    pub from: Option<String>,
+    /// Build the state as of this time (RFC 3339) into a separate read model.
+    pub as_of: Option<String>,
+    /// Back up the current model at its checkpoint.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn rfc3339(s: &str) -> ApiResult<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::bad_request(format!("{s:?} is not an RFC 3339 time")))
+}
+
+/// Rebuild, replay from a time, as-of or back up a read model (or `all`), on the running node.
+#[utoipa::path(post, path = "/api/admin/projections/{name}/replay", tag = "admin",
+    params(("name" = String, Path, description = "order-summaries, stock-levels, payment-ledger, saga-timelines, dead-letters, or all")),
+    request_body(content = ReplayRequest, description = "empty object: full rebuild"),
+    security(("bearer" = [])),
+    responses((status = 200, body = [crate::admin::ReplayOutcome]), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn admin_replay<S: Storage>(
+    State(st): State<ApiState<S>>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
+) -> ApiResult<Json<Vec<crate::admin::ReplayOutcome>>> {
+    authorize(&st, &headers)?;
+    let Path(name) = name?;
+    let Json(req) = body?;
+    use crate::admin::ReplayMode;
+    let mode = match (req.from.as_deref(), req.as_of.as_deref(), req.backup) {
+        (None, None, false) => ReplayMode::Rebuild,
+        (Some(t), None, false) => ReplayMode::From(rfc3339(t)?),
+        (None, Some(t), false) => ReplayMode::AsOf(rfc3339(t)?),
+        (None, None, true) => ReplayMode::Backup,
+        _ => return Err(ApiError::bad_request("give at most one of from, as_of, backup")),
+    };
+    crate::admin::projection_names(&name)?;
+    tracing::info!(read_model = %name, ?mode, "admin replay");
+    Ok(Json(crate::admin::replay(&st.models, &name, mode).await?))
+}
+
+/// The outcome of a re-drive.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Redriven {
+    /// The consumer.
+    pub consumer: String,
+    /// The original event, now handled.
+    pub event_id: Uuid,
+}
+
+/// Hands a dead-lettered message to its consumer again; on success the letter is resolved.
+#[utoipa::path(post, path = "/api/admin/dead-letters/{consumer}/{event_id}/redrive", tag = "admin",
+    params(("consumer" = String, Path, description = "order-service, inventory-service, payment-service, shipping-service or saga-manager"),
+        ("event_id" = Uuid, Path, description = "the original event's id")),
+    security(("bearer" = [])),
+    responses((status = 200, body = Redriven), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, description = "it failed again; the letter stays open", body = ErrorBody)))]
+async fn admin_redrive<S: Storage>(
+    State(st): State<ApiState<S>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Redriven>> {
+    let admin = authorize(&st, &headers)?;
+    let Path((consumer, event_id)) = path?;
+    let event_id: Uuid = event_id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{event_id:?} is not an event id (a UUID)")))?;
+    crate::admin::consumer_name(&consumer)?;
+    tracing::info!(%consumer, %event_id, "admin re-drive");
+    (admin.redrive)(consumer.clone(), event_id).await?;
+    Ok(Json(Redriven { consumer, event_id }))
 }
 
 /// Counts requests and their latency by method and status.
@@ -199,6 +373,9 @@ async fn http_metrics(req: axum::extract::Request, next: axum::middleware::Next)
     resp
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
 async fn prometheus<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Response> {
     let Some(handle) = &st.metrics else {
         return Err(ApiError::not_found("metrics are not enabled on this node"));
@@ -212,7 +389,8 @@ async fn prometheus<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Resp
 }
 
 /// Query of `GET /api/events/live`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
     /// Start at this position (default: only new events).
@@ -221,6 +399,8 @@ pub struct LiveQuery {
 
 /// Server-Sent Events: every event from a position on, then live (`id` = position, `event` =
 /// type, `data` = the event as JSON).
+#[utoipa::path(get, path = "/api/events/live", tag = "events", params(LiveQuery),
+    responses((status = 200, content_type = "text/event-stream", body = EventView), (status = 400, body = ErrorBody)))]
 async fn live_events<S: Storage>(
     State(st): State<ApiState<S>>,
     q: Result<Query<LiveQuery>, QueryRejection>,
@@ -247,13 +427,34 @@ async fn live_events<S: Storage>(
     Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
 }
 
-async fn readyz<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Json<serde_json::Value>> {
+/// Readiness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: String,
+    /// The log's head position.
+    pub head: u64,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// The node serves (its consumers are running).
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
+async fn readyz<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Json<Ready>> {
     if st.ready.load(Ordering::Acquire) {
-        Ok(Json(json!({"status": "ready", "head": st.store.head()})))
+        Ok(Json(Ready { status: "ready".into(), head: st.store.head() }))
     } else {
         Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting"))
     }
@@ -280,7 +481,7 @@ fn order_id(s: &str) -> ApiResult<OrderId> {
 }
 
 /// `POST /api/orders` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
     pub customer_id: String,
@@ -290,7 +491,7 @@ pub struct PlaceOrderRequest {
 }
 
 /// One line of [`PlaceOrderRequest`].
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub sku: String,
@@ -298,11 +499,25 @@ pub struct OrderLine {
     pub unit_price_minor: u64,
 }
 
+/// A placed order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlacedOrder {
+    /// Its id (derived from the Idempotency-Key when one is given).
+    pub order_id: OrderId,
+    /// The log position of OrderPlaced.
+    pub position: u64,
+}
+
+/// Places an order; its saga starts. With an `Idempotency-Key`, a retry returns the same order.
+#[utoipa::path(post, path = "/api/orders", tag = "commands", request_body = PlaceOrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-200 characters; a retry with the same key and body has no second effect")),
+    responses((status = 201, body = PlacedOrder), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn place_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
     body: Result<Json<PlaceOrderRequest>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
     let Json(req) = body?;
     if req.customer_id.trim().is_empty() || req.customer_id.len() > 200 {
         return Err(ApiError::bad_request("customer_id must be 1 to 200 characters"));
@@ -330,39 +545,71 @@ async fn place_order<S: Storage>(
         CommandError::Rejected(m) if m.contains("already exists") => ApiError::from(CommandError::KeyReused),
         other => other.into(),
     })?;
-    Ok((StatusCode::CREATED, Json(json!({"order_id": order_id, "position": r.last_position}))))
+    Ok((StatusCode::CREATED, Json(PlacedOrder { order_id, position: r.last_position })))
 }
 
+/// A cancelled order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CancelledOrder {
+    /// The order.
+    pub order_id: OrderId,
+    /// `cancelled`.
+    pub status: String,
+}
+
+/// Cancels an order (its saga compensates whatever was done).
+#[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "commands",
+    params(("id" = Uuid, Path, description = "the order id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
+    responses((status = 200, body = CancelledOrder), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn cancel_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<CancelledOrder>> {
     let Path(id) = id?;
     let id = order_id(&id)?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
     handlers::cancel_order(&st.store, key, id).await?;
-    Ok(Json(json!({"order_id": id, "status": "cancelled"})))
+    Ok(Json(CancelledOrder { order_id: id, status: "cancelled".into() }))
 }
 
 /// `POST /api/products/{sku}/stock` body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddStockRequest {
     pub quantity: u64,
 }
 
+/// Stock added.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StockAddedView {
+    /// The SKU.
+    pub sku: String,
+    /// Units added.
+    pub added: u64,
+    /// The log position of StockAdded.
+    pub position: u64,
+}
+
+/// Adds stock to a SKU (creating it).
+#[utoipa::path(post, path = "/api/products/{sku}/stock", tag = "commands", request_body = AddStockRequest,
+    params(("sku" = String, Path, description = "1-64 of A-Z a-z 0-9 - _ ."),
+        ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
+    responses((status = 200, body = StockAddedView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
 async fn add_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
     sku: Result<Path<String>, PathRejection>,
     body: Result<Json<AddStockRequest>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<StockAddedView>> {
     let Path(sku) = sku?;
     let Json(req) = body?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
     let r = handlers::add_stock(&st.store, key, Sku(sku.clone()), req.quantity).await?;
-    Ok(Json(json!({"sku": sku, "added": req.quantity, "position": r.last_position})))
+    Ok(Json(StockAddedView { sku, added: req.quantity, position: r.last_position }))
 }
 
 fn document<S: Storage, T: serde::de::DeserializeOwned>(
@@ -374,6 +621,9 @@ fn document<S: Storage, T: serde::de::DeserializeOwned>(
     st.models.get(model, key)?.map(Json).ok_or_else(|| ApiError::not_found(missing()))
 }
 
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "queries",
+    params(("id" = Uuid, Path, description = "the order id")),
+    responses((status = 200, body = OrderSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_order<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
@@ -382,6 +632,9 @@ async fn get_order<S: Storage>(
     document(&st, OrderSummaries::NAME, &OrderSummaries::order_key(id), || format!("order {id} not found"))
 }
 
+#[utoipa::path(get, path = "/api/orders/{id}/payments", tag = "queries",
+    params(("id" = Uuid, Path, description = "the order id")),
+    responses((status = 200, body = OrderPayments), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_payments<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
@@ -392,6 +645,9 @@ async fn get_payments<S: Storage>(
     })
 }
 
+#[utoipa::path(get, path = "/api/sagas/{id}", tag = "queries",
+    params(("id" = Uuid, Path, description = "the order id (a saga per order)")),
+    responses((status = 200, body = SagaTimeline), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_saga<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
@@ -400,6 +656,9 @@ async fn get_saga<S: Storage>(
     document(&st, SagaTimelines::NAME, &SagaTimelines::key(id), || format!("no saga for order {id}"))
 }
 
+#[utoipa::path(get, path = "/api/products/{sku}/stock", tag = "queries",
+    params(("sku" = String, Path, description = "the SKU")),
+    responses((status = 200, body = StockLevel), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     sku: Result<Path<String>, PathRejection>,
@@ -409,7 +668,8 @@ async fn get_stock<S: Storage>(
 }
 
 /// Query of `GET /api/customers/{id}/orders`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerOrdersQuery {
     /// Only orders in this status (pending, confirmed, cancelled).
@@ -428,11 +688,24 @@ fn page_size(limit: Option<usize>) -> ApiResult<usize> {
     }
 }
 
+/// A page of a customer's orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerOrdersPage {
+    /// Oldest first.
+    pub items: Vec<CustomerOrder>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next: Option<String>,
+}
+
+/// A customer's orders, optionally by status, with cursor pagination.
+#[utoipa::path(get, path = "/api/customers/{id}/orders", tag = "queries",
+    params(("id" = String, Path, description = "the customer id"), CustomerOrdersQuery),
+    responses((status = 200, body = CustomerOrdersPage), (status = 400, body = ErrorBody)))]
 async fn customer_orders<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<CustomerOrdersQuery>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<CustomerOrdersPage>> {
     let Path(customer) = id?;
     let Query(q) = q?;
     let limit = page_size(q.limit)?;
@@ -459,17 +732,21 @@ async fn customer_orders<S: Storage>(
             break;
         }
     }
-    Ok(Json(json!({"items": items, "next": next})))
+    Ok(Json(CustomerOrdersPage { items, next }))
 }
 
 /// Query of `GET /api/dead-letters`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLettersQuery {
     pub consumer: Option<String>,
     pub limit: Option<usize>,
 }
 
+/// Messages a consumer could not process, with the reason and the original.
+#[utoipa::path(get, path = "/api/dead-letters", tag = "queries", params(DeadLettersQuery),
+    responses((status = 200, body = [DeadLetterView]), (status = 400, body = ErrorBody)))]
 async fn dead_letters<S: Storage>(
     State(st): State<ApiState<S>>,
     q: Result<Query<DeadLettersQuery>, QueryRejection>,
@@ -486,7 +763,7 @@ async fn dead_letters<S: Storage>(
 }
 
 /// An event as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub position: u64,
     pub stream_id: String,
@@ -497,6 +774,7 @@ pub struct EventView {
     pub recorded_at: String,
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 
@@ -520,13 +798,18 @@ fn view(e: RecordedEvent) -> EventView {
 }
 
 /// Query of `GET /api/streams/{id}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     pub from_version: Option<u64>,
     pub limit: Option<usize>,
 }
 
+/// A stream's events, oldest first.
+#[utoipa::path(get, path = "/api/streams/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "the stream id, like order-<uuid>"), StreamQuery),
+    responses((status = 200, body = [EventView]), (status = 400, body = ErrorBody)))]
 async fn stream_events<S: Storage>(
     State(st): State<ApiState<S>>,
     id: Result<Path<String>, PathRejection>,
@@ -546,7 +829,8 @@ async fn stream_events<S: Storage>(
 }
 
 /// Query of `GET /api/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     pub from_position: Option<u64>,
@@ -555,6 +839,9 @@ pub struct LogQuery {
     pub limit: Option<usize>,
 }
 
+/// The global log from a position or from a time.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(LogQuery),
+    responses((status = 200, body = [EventView]), (status = 400, body = ErrorBody)))]
 async fn log_events<S: Storage>(
     State(st): State<ApiState<S>>,
     q: Result<Query<LogQuery>, QueryRejection>,
@@ -572,4 +859,37 @@ async fn log_events<S: Storage>(
     };
     let events = st.store.read_all(start).take(limit).map(|e| e.map(view)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(events))
+}
+
+/// Adds the admin routes' bearer scheme.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3 document of every route above.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "Causeway", description = "An event-sourced order platform: commands, queries over read models, the event log, and operations."),
+    paths(healthz, readyz, prometheus, openapi, place_order, cancel_order, add_stock, get_order, get_payments,
+        customer_orders, get_stock, get_saga, dead_letters, stream_events, log_events, live_events,
+        admin_replay, admin_redrive),
+    modifiers(&BearerAuth),
+    tags((name = "commands"), (name = "queries"), (name = "events"), (name = "admin"), (name = "health"))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "health", responses((status = 200, description = "OpenAPI 3")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    Json(ApiDoc::openapi())
 }

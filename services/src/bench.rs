@@ -553,7 +553,7 @@ pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
     macro_rules! row {
         ($p:expr, $name:expr) => {{
             let t = Instant::now();
-            let gen = projections::rebuild(&models, std::sync::Arc::new($p)).await?;
+            let gen = projections::rebuild(&models, std::sync::Arc::new($p)).await?.generation;
             let secs = t.elapsed().as_secs_f64();
             let docs = models.dump($name, gen)?.len();
             println!("| {} | {:.2} | {:.0} | {} |", $name, secs, events as f64 / secs, docs);

@@ -2,6 +2,7 @@
 //! behind the `causeway` binary.
 //!
 //! - [`api`]: the REST API (axum router, one JSON error shape).
+//! - [`admin`]: rebuild, replay, as-of, backup and re-drive, for the CLI and the admin routes.
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids.
 //! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
 //!   services, and the API's own commands (place, cancel, add stock).
@@ -13,6 +14,7 @@
 //! - [`load`]: `causeway load`, saga throughput and latency.
 //! - [`bench`]: `causeway bench store`.
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod consumer;

@@ -14,8 +14,7 @@ use services::gateway::{SimulatedGateway, SimulatedGatewayConfig};
 use services::runtime::{Runtime, RuntimeConfig};
 use services::{invariants, load};
 
-const PROJECTIONS: [&str; 5] =
-    [OrderSummaries::NAME, StockLevels::NAME, PaymentLedger::NAME, SagaTimelines::NAME, DeadLetters::NAME];
+use services::admin::{self, ReplayMode, PROJECTIONS};
 
 #[derive(Debug, Parser)]
 #[command(name = "causeway", version, about = "Causeway: an event-sourced order platform")]
@@ -122,6 +121,10 @@ enum Cmd {
         /// Address of the REST API.
         #[arg(long, env = "CAUSEWAY_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Bearer token of the admin routes (replay, re-drive), at least 16 characters. Without
+        /// one the admin routes are disabled. Prefer the environment variable to the flag.
+        #[arg(long, env = "CAUSEWAY_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Drive N orders through an in-process node and print sagas/s, completion latency and
     /// memory. NOT safe while a node runs on the same data directory (it takes the lock; by
@@ -198,8 +201,12 @@ enum Cmd {
         #[arg(long, conflicts_with = "as_of")]
         from: Option<String>,
         /// Build the state as of this time (RFC 3339) into `<name>@<unix ns>`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "backup")]
         as_of: Option<String>,
+        /// Back up the current model at its checkpoint (a later replay from a time after it
+        /// starts there instead of from the start of the log).
+        #[arg(long, conflicts_with = "from")]
+        backup: bool,
     },
     /// List dead letters (messages a consumer could not process, with the reason and the
     /// original), or re-drive one. NOT safe while the node runs: it needs the store's lock.
@@ -262,7 +269,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway, listen } => serve(store, gateway, listen).await,
+        Cmd::Serve { store, gateway, listen, admin_token } => {
+            serve(store, gateway, listen, admin_token).await
+        }
         Cmd::Load {
             orders,
             concurrency,
@@ -305,7 +314,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Events { store, stream, category, from_position, from_time, limit, json } => {
             events(store, stream, category, from_position, from_time, limit, json)
         }
-        Cmd::Replay { store, projection, from, as_of } => replay(store, projection, from, as_of).await,
+        Cmd::Replay { store, projection, from, as_of, backup } => {
+            replay(store, projection, from, as_of, backup).await
+        }
         Cmd::DeadLetters { store, consumer, redrive, json, gateway } => {
             dead_letters(store, consumer, redrive, json, gateway).await
         }
@@ -315,10 +326,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn serve(store: StoreArgs, gateway: GatewayArgs, listen: std::net::SocketAddr) -> Result<ExitCode> {
+async fn serve(
+    store: StoreArgs,
+    gateway: GatewayArgs,
+    listen: std::net::SocketAddr,
+    admin_token: Option<String>,
+) -> Result<ExitCode> {
     use std::future::IntoFuture;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    if let Some(t) = &admin_token {
+        if t.chars().count() < services::api::MIN_ADMIN_TOKEN
+            || t.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            bail!(
+                "the admin token must be at least {} characters with no spaces",
+                services::api::MIN_ADMIN_TOKEN
+            );
+        }
+    }
     let gateway = gateway.build()?;
     let store = store.open()?;
     let listener =
@@ -335,6 +361,7 @@ async fn serve(store: StoreArgs, gateway: GatewayArgs, listen: std::net::SocketA
         ready: ready.clone(),
         metrics: Some(metrics),
         stopping: http_stopped.clone(),
+        admin: admin_token.map(|token| services::api::AdminApi { token, redrive: node.redriver() }),
     };
     let server = tokio::spawn(
         axum::serve(listener, services::api::app(state))
@@ -427,9 +454,6 @@ fn verify(store: StoreArgs) -> Result<ExitCode> {
     }
 }
 
-const CONSUMERS: [&str; 5] =
-    ["order-service", "inventory-service", "payment-service", "shipping-service", "saga-manager"];
-
 async fn dead_letters(
     store: StoreArgs,
     consumer: Option<String>,
@@ -437,18 +461,13 @@ async fn dead_letters(
     json: bool,
     gateway: GatewayArgs,
 ) -> Result<ExitCode> {
-    use aggregates::saga::Service;
-    use services::consumer;
     use services::gateway::Breaker;
     use services::handlers::{Handlers, SimulatedCarrier};
-    use services::runtime::CommandConsumer;
     use services::saga_runner::SagaRunner;
     use std::sync::Arc;
 
     if let Some(c) = &consumer {
-        if !CONSUMERS.contains(&c.as_str()) {
-            bail!("unknown consumer {c:?}; one of {}", CONSUMERS.join(", "));
-        }
+        admin::consumer_name(c)?;
     }
     if !store.data_dir.join("db").exists() {
         bail!("no store at {} (expected a sled database there)", store.data_dir.display());
@@ -462,40 +481,27 @@ async fn dead_letters(
             Breaker::new(gateway, config.breaker),
             SimulatedCarrier::default(),
         ));
-        let outcome = match name {
-            "saga-manager" => {
-                let saga = SagaRunner::new(store.clone(), config.policy);
-                saga.recover()?;
-                consumer::redrive(&store, &saga, id).await?
-            }
-            other => {
-                let service = match other {
-                    "order-service" => Service::Order,
-                    "inventory-service" => Service::Inventory,
-                    "payment-service" => Service::Payment,
-                    _ => Service::Shipping,
-                };
-                consumer::redrive(&store, &CommandConsumer::new(handlers, service), id).await?
-            }
-        };
-        return match outcome {
+        let saga = SagaRunner::new(store.clone(), config.policy);
+        saga.recover()?;
+        return match admin::redrive(&store, &handlers, &saga, name, id).await {
             Ok(()) => {
                 println!("re-driven: {id}");
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                println!("still failing: {e}");
+            Err(e @ (admin::AdminError::StillFailing(_) | admin::AdminError::NoSuchLetter { .. })) => {
+                println!("{e}");
                 Ok(ExitCode::from(1))
             }
+            Err(e) => Err(e.into()),
         };
     }
     let names: Vec<&str> = match consumer.as_deref() {
         Some(c) => vec![c],
-        None => CONSUMERS.to_vec(),
+        None => admin::CONSUMERS.to_vec(),
     };
     let mut out = std::io::stdout().lock();
     for name in names {
-        for l in consumer::list_dead_letters(&store, name)? {
+        for l in services::consumer::list_dead_letters(&store, name)? {
             let line = if json {
                 serde_json::to_string(&l)?
             } else {
@@ -537,54 +543,39 @@ async fn replay(
     projection: String,
     from: Option<String>,
     as_of: Option<String>,
+    backup: bool,
 ) -> Result<ExitCode> {
-    use std::sync::Arc;
-    let names: Vec<&str> = if projection == "all" {
-        PROJECTIONS.to_vec()
-    } else if let Some(n) = PROJECTIONS.iter().find(|n| **n == projection) {
-        vec![*n]
-    } else {
-        bail!("unknown read model {projection:?}; one of {}, or all", PROJECTIONS.join(", "));
-    };
-    let from = from.as_deref().map(parse_time).transpose()?;
-    let as_of = as_of.as_deref().map(parse_time).transpose()?;
+    admin::projection_names(&projection)?;
+    let mode =
+        match (from.as_deref().map(parse_time).transpose()?, as_of.as_deref().map(parse_time).transpose()?) {
+            (Some(t), _) => ReplayMode::From(t),
+            (_, Some(t)) => ReplayMode::AsOf(t),
+            _ if backup => ReplayMode::Backup,
+            _ => ReplayMode::Rebuild,
+        };
     if !store.data_dir.join("db").exists() {
         bail!("no store at {} (expected a sled database there)", store.data_dir.display());
     }
     let store = store.open()?;
     let models = projections::ReadModels::new(store);
-    macro_rules! one {
-        ($p:expr) => {{
-            let p = Arc::new($p);
-            let started = std::time::Instant::now();
-            if let Some(t) = as_of {
-                let name = projections::as_of(&models, p, t).await?;
-                println!("{name}: built as of {t} in {:.2} s", started.elapsed().as_secs_f64());
-            } else if let Some(t) = from {
-                let gen = projections::replay_from(&models, p.clone(), t).await?;
+    for o in admin::replay(&models, &projection, mode).await? {
+        let secs = o.millis as f64 / 1000.0;
+        match (mode, o.generation) {
+            (ReplayMode::Backup, _) => {
+                println!("{}: backed up at position {} in {secs:.2} s", o.read_model, o.checkpoint)
+            }
+            (ReplayMode::AsOf(t), _) => println!("{}: built as of {t} in {secs:.2} s", o.read_model),
+            (_, Some(gen)) => {
+                let start = match o.from_backup {
+                    Some(cp) => format!("from the backup at position {cp}"),
+                    None => "from the start of the log".to_owned(),
+                };
                 println!(
-                    "{}: replayed from {t} into generation {gen} in {:.2} s",
-                    p.name(),
-                    started.elapsed().as_secs_f64()
-                );
-            } else {
-                let gen = projections::rebuild(&models, p.clone()).await?;
-                println!(
-                    "{}: rebuilt into generation {gen} in {:.2} s",
-                    p.name(),
-                    started.elapsed().as_secs_f64()
+                    "{}: generation {gen} built {start} up to position {} in {secs:.2} s",
+                    o.read_model, o.checkpoint
                 );
             }
-        }};
-    }
-    use projections::Projection;
-    for name in names {
-        match name {
-            n if n == OrderSummaries::NAME => one!(OrderSummaries),
-            n if n == StockLevels::NAME => one!(StockLevels),
-            n if n == PaymentLedger::NAME => one!(PaymentLedger),
-            n if n == SagaTimelines::NAME => one!(SagaTimelines),
-            _ => one!(DeadLetters),
+            (_, None) => println!("{}: done in {secs:.2} s", o.read_model),
         }
     }
     Ok(ExitCode::SUCCESS)

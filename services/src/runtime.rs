@@ -30,6 +30,8 @@ pub struct RuntimeConfig {
     pub timer_interval: Duration,
     /// Shipping carrier rules.
     pub carrier: SimulatedCarrier,
+    /// Read-model backups.
+    pub projections: projections::RunOptions,
 }
 
 impl Default for RuntimeConfig {
@@ -40,6 +42,7 @@ impl Default for RuntimeConfig {
             breaker: BreakerConfig::default(),
             timer_interval: Duration::from_millis(50),
             carrier: SimulatedCarrier::default(),
+            projections: projections::RunOptions::default(),
         }
     }
 }
@@ -116,11 +119,12 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
             tasks.spawn(async move { consumer::run(store, saga, cfg, rx).await.map_err(|e| e.to_string()) });
         }
         let models = ReadModels::new(store.clone());
-        spawn_projection(&mut tasks, &models, OrderSummaries, rx.clone());
-        spawn_projection(&mut tasks, &models, StockLevels, rx.clone());
-        spawn_projection(&mut tasks, &models, SagaTimelines, rx.clone());
-        spawn_projection(&mut tasks, &models, PaymentLedger, rx.clone());
-        spawn_projection(&mut tasks, &models, DeadLetters, rx.clone());
+        let opts = config.projections;
+        spawn_projection(&mut tasks, &models, OrderSummaries, opts, rx.clone());
+        spawn_projection(&mut tasks, &models, StockLevels, opts, rx.clone());
+        spawn_projection(&mut tasks, &models, SagaTimelines, opts, rx.clone());
+        spawn_projection(&mut tasks, &models, PaymentLedger, opts, rx.clone());
+        spawn_projection(&mut tasks, &models, DeadLetters, opts, rx.clone());
         {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {
@@ -149,6 +153,18 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     /// The saga manager.
     pub fn saga(&self) -> &Arc<SagaRunner<S>> {
         &self.saga
+    }
+
+    /// Re-drives dead letters through this node's own handlers and saga manager (for the admin
+    /// API).
+    pub fn redriver(&self) -> crate::api::RedriveFn {
+        let (store, handlers, saga) = (self.store.clone(), self.handlers.clone(), self.saga.clone());
+        Arc::new(move |consumer: String, event_id: uuid::Uuid| {
+            let (store, handlers, saga) = (store.clone(), handlers.clone(), saga.clone());
+            Box::pin(async move {
+                crate::admin::redrive(&store, &handlers, saga.as_ref(), &consumer, event_id).await
+            })
+        })
     }
 
     /// Runs until `stop` completes (then stops gracefully) or until a consumer fails (then stops
@@ -189,12 +205,13 @@ fn spawn_projection<S: Storage, P: Projection>(
     tasks: &mut JoinSet<Result<(), String>>,
     models: &ReadModels<S>,
     projection: P,
+    options: projections::RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let models = models.clone();
     tasks.spawn(async move {
         let name = projection.name().to_owned();
-        if let Err(e) = projections::run(models, Arc::new(projection), shutdown.clone()).await {
+        if let Err(e) = projections::run_with(models, Arc::new(projection), shutdown.clone(), options).await {
             tracing::error!(projection = %name, error = %e, "projection stopped; it will lag until fixed and rebuilt");
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {

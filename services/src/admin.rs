@@ -1,0 +1,194 @@
+//! Operations on a node's read models and dead letters, shared by the CLI (on a stopped node)
+//! and the admin routes of the REST API (on a running one): rebuild, replay from a time, as-of,
+//! backup, and re-drive.
+
+use std::sync::Arc;
+
+use aggregates::saga::Service;
+use event_store::{EventStore, Storage};
+use projections::models::{DeadLetters, OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
+use projections::{Projection, ReadModels};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::consumer;
+use crate::gateway::PaymentGateway;
+use crate::handlers::{HandlerError, Handlers};
+use crate::runtime::CommandConsumer;
+use crate::saga_runner::SagaRunner;
+
+/// The read models a node keeps.
+pub const PROJECTIONS: [&str; 5] =
+    [OrderSummaries::NAME, StockLevels::NAME, PaymentLedger::NAME, SagaTimelines::NAME, DeadLetters::NAME];
+
+/// The consumers that can dead-letter a message.
+pub const CONSUMERS: [&str; 5] =
+    ["order-service", "inventory-service", "payment-service", "shipping-service", "saga-manager"];
+
+/// What went wrong with an admin operation.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A read model name that does not exist.
+    #[error("unknown read model {0:?}; one of {list}", list = PROJECTIONS.join(", "))]
+    UnknownProjection(String),
+    /// A consumer name that does not exist.
+    #[error("unknown consumer {0:?}; one of {list}", list = CONSUMERS.join(", "))]
+    UnknownConsumer(String),
+    /// The dead letter to re-drive is not open.
+    #[error("no open dead letter of {consumer} for event {event_id}")]
+    NoSuchLetter {
+        /// The consumer.
+        consumer: String,
+        /// The event.
+        event_id: Uuid,
+    },
+    /// The re-driven message failed again (the letter stays open).
+    #[error("still failing: {0}")]
+    StillFailing(String),
+    /// The read side failed.
+    #[error(transparent)]
+    Projection(#[from] projections::ProjectionError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] event_store::Error),
+}
+
+/// What to do to a read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayMode {
+    /// Fold the whole log into a new generation.
+    Rebuild,
+    /// Restore the state at a time (from a backup when there is one), then apply what followed.
+    From(OffsetDateTime),
+    /// Build the state at a time into a separate read model.
+    AsOf(OffsetDateTime),
+    /// Back up the current generation.
+    Backup,
+}
+
+/// The outcome of an operation on one read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ReplayOutcome {
+    /// The read model written (for as-of, the separate model's name).
+    pub read_model: String,
+    /// The generation now current (rebuild, replay).
+    pub generation: Option<u32>,
+    /// The backup a replay started from (its checkpoint).
+    pub from_backup: Option<u64>,
+    /// The checkpoint reached (or backed up).
+    pub checkpoint: u64,
+    /// Time taken, in milliseconds.
+    pub millis: u64,
+}
+
+/// Resolves `name` (`all` for every read model).
+pub fn projection_names(name: &str) -> Result<Vec<&'static str>, AdminError> {
+    if name == "all" {
+        return Ok(PROJECTIONS.to_vec());
+    }
+    PROJECTIONS
+        .iter()
+        .find(|n| **n == name)
+        .map(|n| vec![*n])
+        .ok_or_else(|| AdminError::UnknownProjection(name.to_owned()))
+}
+
+async fn one<S: Storage, P: Projection>(
+    models: &ReadModels<S>,
+    p: P,
+    mode: ReplayMode,
+) -> Result<ReplayOutcome, AdminError> {
+    let started = std::time::Instant::now();
+    let name = p.name().to_owned();
+    let p = Arc::new(p);
+    let mut out = ReplayOutcome {
+        read_model: name.clone(),
+        generation: None,
+        from_backup: None,
+        checkpoint: 0,
+        millis: 0,
+    };
+    match mode {
+        ReplayMode::Rebuild | ReplayMode::From(_) => {
+            let r = match mode {
+                ReplayMode::From(t) => projections::replay_from(models, p, t).await?,
+                _ => projections::rebuild(models, p).await?,
+            };
+            (out.generation, out.from_backup, out.checkpoint) =
+                (Some(r.generation), r.from_backup, r.checkpoint);
+        }
+        ReplayMode::AsOf(t) => {
+            out.read_model = projections::as_of(models, p, t).await?;
+            out.checkpoint = models.checkpoint(&out.read_model, 0)?;
+        }
+        ReplayMode::Backup => {
+            let m = models.clone();
+            out.checkpoint = tokio::task::spawn_blocking(move || m.backup(&name))
+                .await
+                .map_err(|e| projections::ProjectionError::Task(e.to_string()))??;
+        }
+    }
+    out.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(out)
+}
+
+/// Runs `mode` on the read model `name` (or `all`). Safe on a running node: rebuilds and
+/// replays fill a new generation and switch to it under the model's writer lock.
+pub async fn replay<S: Storage>(
+    models: &ReadModels<S>,
+    name: &str,
+    mode: ReplayMode,
+) -> Result<Vec<ReplayOutcome>, AdminError> {
+    let mut out = Vec::new();
+    for n in projection_names(name)? {
+        out.push(match n {
+            n if n == OrderSummaries::NAME => one(models, OrderSummaries, mode).await?,
+            n if n == StockLevels::NAME => one(models, StockLevels, mode).await?,
+            n if n == PaymentLedger::NAME => one(models, PaymentLedger, mode).await?,
+            n if n == SagaTimelines::NAME => one(models, SagaTimelines, mode).await?,
+            _ => one(models, DeadLetters, mode).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks a consumer name.
+pub fn consumer_name(name: &str) -> Result<&'static str, AdminError> {
+    CONSUMERS
+        .iter()
+        .find(|c| **c == name)
+        .copied()
+        .ok_or_else(|| AdminError::UnknownConsumer(name.to_owned()))
+}
+
+/// Re-drives the open dead letter of `consumer` for `event_id` through the node's own handlers
+/// and saga manager. `Err(StillFailing)` leaves the letter open.
+pub async fn redrive<S: Storage, G: PaymentGateway>(
+    store: &EventStore<S>,
+    handlers: &Arc<Handlers<S, G>>,
+    saga: &SagaRunner<S>,
+    consumer_name_: &str,
+    event_id: Uuid,
+) -> Result<(), AdminError> {
+    let name = consumer_name(consumer_name_)?;
+    let open = consumer::list_dead_letters(store, name)?
+        .into_iter()
+        .any(|l| l.letter.event_id == event_id && !l.resolved);
+    if !open {
+        return Err(AdminError::NoSuchLetter { consumer: name.to_owned(), event_id });
+    }
+    let outcome: Result<(), HandlerError> = match name {
+        "saga-manager" => consumer::redrive(store, saga, event_id).await?,
+        other => {
+            let service = match other {
+                "order-service" => Service::Order,
+                "inventory-service" => Service::Inventory,
+                "payment-service" => Service::Payment,
+                _ => Service::Shipping,
+            };
+            consumer::redrive(store, &CommandConsumer::new(handlers.clone(), service), event_id).await?
+        }
+    };
+    outcome.map_err(|e| AdminError::StillFailing(e.to_string()))
+}
