@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -526,17 +527,23 @@ pub struct ProjectionBenchArgs {
     pub orders: u64,
 }
 
-/// Fills a store through the real saga path, then times a full rebuild of each read model.
-pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
-    use crate::gateway::SimulatedGateway;
+/// A running node in `dir` after `orders` orders went through the real saga path (100 SKUs, 5%
+/// compensated), and the load it ran.
+async fn filled_node(
+    dir: &Path,
+    durability: Durability,
+    orders: u64,
+) -> Result<(
+    EventStore<SledStorage>,
+    crate::runtime::Runtime<SledStorage, crate::gateway::SimulatedGateway>,
+    crate::load::LoadSpec,
+)> {
     use crate::runtime::{Runtime, RuntimeConfig};
-    use projections::models::{OrderSummaries, SagaTimelines, StockLevels};
-
-    let dir = tempfile::tempdir()?;
-    let store = open(dir.path(), 256, Durability::Periodic { interval: Duration::from_millis(5) })?;
-    let node = Runtime::start(store.clone(), SimulatedGateway::default(), RuntimeConfig::default())?;
+    let store = open(dir, 256, durability)?;
+    let node =
+        Runtime::start(store.clone(), crate::gateway::SimulatedGateway::default(), RuntimeConfig::default())?;
     let spec = crate::load::LoadSpec {
-        orders: args.orders,
+        orders,
         concurrency: 256,
         skus: 100,
         undeliverable: 0.05,
@@ -544,6 +551,16 @@ pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
         progress: false,
     };
     crate::load::run(&node, &spec).await?;
+    Ok((store, node, spec))
+}
+
+/// Fills a store through the real saga path, then times a full rebuild of each read model.
+pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
+    use projections::models::{OrderSummaries, SagaTimelines, StockLevels};
+
+    let dir = tempfile::tempdir()?;
+    let durability = Durability::Periodic { interval: Duration::from_millis(5) };
+    let (store, node, _) = filled_node(dir.path(), durability, args.orders).await?;
     node.shutdown().await.map_err(anyhow::Error::msg)?;
     let models = projections::ReadModels::new(store.clone());
     let events = store.head();
@@ -562,5 +579,175 @@ pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
     row!(OrderSummaries, OrderSummaries::NAME);
     row!(StockLevels, StockLevels::NAME);
     row!(SagaTimelines, SagaTimelines::NAME);
+    Ok(())
+}
+
+/// Options of `causeway bench api`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiBenchArgs {
+    /// Orders placed before measuring (the documents queried).
+    #[arg(long, default_value_t = 5_000)]
+    pub orders: u64,
+    /// Concurrent query clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds of queries on an idle node.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Orders placed through the API while the second round of queries runs.
+    #[arg(long, default_value_t = 3_000)]
+    pub load_orders: u64,
+}
+
+/// Latency per route.
+type RouteHistograms = std::collections::BTreeMap<&'static str, Histogram<u64>>;
+
+/// `clients` loops of GET queries over HTTP until `stop` turns true.
+async fn query_clients(
+    base: String,
+    orders: Arc<Vec<(String, String)>>,
+    clients: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(RouteHistograms, u64, Duration)> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (client, base, orders, stop) = (client.clone(), base.clone(), orders.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut hist = RouteHistograms::new();
+            let mut failed = 0u64;
+            let mut i = c;
+            while !*stop.borrow() {
+                let (order, customer) = &orders[i % orders.len()];
+                let (route, url) = match i % 4 {
+                    0 => ("GET /api/orders/{id}", format!("{base}/api/orders/{order}")),
+                    1 => (
+                        "GET /api/customers/{id}/orders",
+                        format!("{base}/api/customers/{customer}/orders?limit=20"),
+                    ),
+                    2 => (
+                        "GET /api/products/{sku}/stock",
+                        format!("{base}/api/products/SKU-{}/stock", i % 100),
+                    ),
+                    _ => ("GET /api/sagas/{id}", format!("{base}/api/sagas/{order}")),
+                };
+                i += clients + 1;
+                let t = Instant::now();
+                let ok = match client.get(url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    hist.entry(route).or_insert(Histogram::new(3)?).record(t.elapsed().as_micros() as u64)?;
+                } else {
+                    failed += 1;
+                }
+            }
+            anyhow::Ok((hist, failed))
+        });
+    }
+    let mut all = RouteHistograms::new();
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (hist, f) = r??;
+        failed += f;
+        for (route, h) in hist {
+            all.entry(route).or_insert(Histogram::new(3)?).add(h)?;
+        }
+    }
+    Ok((all, failed, started.elapsed()))
+}
+
+/// Serves a node over real HTTP, fills it, then times GET queries from concurrent clients: on an
+/// idle node, then while orders are placed through the API.
+pub async fn api(args: ApiBenchArgs) -> Result<()> {
+    use std::future::IntoFuture;
+
+    anyhow::ensure!(
+        args.orders > 0 && args.clients > 0 && args.seconds > 0.0,
+        "--orders, --clients and --seconds must be positive"
+    );
+    let dir = tempfile::tempdir()?;
+    let (store, node, spec) = filled_node(dir.path(), Durability::Fsync, args.orders).await?;
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let state = crate::api::ApiState {
+        store: store.clone(),
+        models: node.models().clone(),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        metrics: None,
+        stopping: http_stopped.clone(),
+        admin: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let mut stopped = http_stopped.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, crate::api::app(state))
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    // The orders to query, with their customers.
+    let orders: Vec<(String, String)> = store
+        .read_category("order", 1)
+        .filter_map(|e| e.ok())
+        .filter(|e| e.event_type == "OrderPlaced")
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).ok()?;
+            Some((v["order_id"].as_str()?.to_owned(), v["customer_id"].as_str()?.to_owned()))
+        })
+        .collect();
+    anyhow::ensure!(!orders.is_empty(), "no orders to query");
+    let orders = Arc::new(orders);
+
+    header(&format!(
+        "REST query latency, {} orders in the read models, {} clients over HTTP/1.1 on loopback",
+        orders.len(),
+        args.clients
+    ));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let idle = tokio::spawn(query_clients(base.clone(), orders.clone(), args.clients, rx));
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let _ = stop.send(true);
+    let (idle, idle_failed, idle_elapsed) = idle.await??;
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let busy = tokio::spawn(query_clients(base.clone(), orders.clone(), args.clients, rx));
+    let load_spec = crate::load::LoadSpec { orders: args.load_orders, concurrency: 64, ..spec };
+    let load = crate::load::run_remote(&base, &load_spec).await?;
+    let _ = stop.send(true);
+    let (busy, busy_failed, busy_elapsed) = busy.await??;
+
+    println!("| route | idle p50 ms | idle p99 ms | under load p50 ms | under load p99 ms |");
+    println!("|-------|------------:|------------:|------------------:|------------------:|");
+    let ms = |h: Option<&Histogram<u64>>, q: f64| h.map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0);
+    for route in idle.keys() {
+        let (i, b) = (idle.get(route), busy.get(route));
+        println!(
+            "| {route} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            ms(i, 0.5),
+            ms(i, 0.99),
+            ms(b, 0.5),
+            ms(b, 0.99)
+        );
+    }
+    let total = |m: &RouteHistograms| m.values().map(Histogram::len).sum::<u64>();
+    println!(
+        "\nqueries/s: idle {:.0}, under load {:.0} (failed: {idle_failed} idle, {busy_failed} under load)",
+        total(&idle) as f64 / idle_elapsed.as_secs_f64(),
+        total(&busy) as f64 / busy_elapsed.as_secs_f64(),
+    );
+    println!(
+        "the load meanwhile: {} orders through the API at {:.0} sagas/s, POST p99 {:.2} ms, completion p99 {:.2} ms",
+        load.orders,
+        load.sagas_per_sec(),
+        load.requests.as_ref().map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0),
+        load.latency_ms(0.99)
+    );
+    let _ = stop_http.send(true);
+    server.await??;
+    node.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(())
 }

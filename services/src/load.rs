@@ -1,5 +1,6 @@
-//! `causeway load`: drives N orders through the embedded runtime and measures saga throughput,
-//! completion latency (order placed → saga ended) and resident memory.
+//! `causeway load`: drives N orders through the embedded runtime ([`run`]) or through a running
+//! node's REST API ([`run_remote`]), and measures saga throughput, completion latency (order
+//! placed → saga ended), request latency (remote) and resident memory (in process).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,10 @@ pub struct LoadReport {
     pub latency: Histogram<u64>,
     /// (orders ended, resident MiB, sagas in flight in memory)
     pub memory: Vec<(u64, f64, usize)>,
+    /// Latency of `POST /api/orders` (remote runs only).
+    pub requests: Option<Histogram<u64>>,
+    /// Requests refused or failed (remote runs only), with the first reason.
+    pub errors: (u64, Option<String>),
 }
 
 impl LoadReport {
@@ -69,6 +74,18 @@ pub fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// A bar of ended sagas, when the spec asks for one.
+fn progress_bar(spec: &LoadSpec) -> Option<indicatif::ProgressBar> {
+    spec.progress.then(|| {
+        let b = indicatif::ProgressBar::new(spec.orders);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sagas ended  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    })
+}
+
 fn order_of(stream: &str) -> Option<OrderId> {
     stream.strip_prefix("saga-").and_then(|s| s.parse().ok()).map(OrderId)
 }
@@ -85,16 +102,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
     }
     let placed: Arc<Mutex<HashMap<OrderId, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let slots = Arc::new(Semaphore::new(spec.concurrency.max(1)));
-    let bar = if spec.progress {
-        let b = indicatif::ProgressBar::new(spec.orders);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sagas ended  {per_sec}  eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
+    let bar = progress_bar(spec);
 
     // Watch saga endings on the log.
     let mut sub = store.subscribe_category("saga", store.head());
@@ -182,6 +190,8 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         elapsed: started.elapsed(),
         latency,
         memory,
+        requests: None,
+        errors: (0, None),
     })
 }
 
@@ -198,7 +208,224 @@ pub fn print(report: &LoadReport) {
     println!("| sagas/s | {:.0} |", report.sagas_per_sec());
     println!("| p50 completion latency | {:.2} ms |", report.latency_ms(0.5));
     println!("| p99 completion latency | {:.2} ms |", report.latency_ms(0.99));
+    if let Some(h) = &report.requests {
+        println!("| p50 POST /api/orders | {:.2} ms |", h.value_at_quantile(0.5) as f64 / 1000.0);
+        println!("| p99 POST /api/orders | {:.2} ms |", h.value_at_quantile(0.99) as f64 / 1000.0);
+    }
+    if report.errors.0 > 0 {
+        println!(
+            "| failed requests | {} (first: {}) |",
+            report.errors.0,
+            report.errors.1.as_deref().unwrap_or("?")
+        );
+    }
     for (ended, rss, in_flight) in &report.memory {
         println!("| RSS after {ended} sagas ended | {rss:.0} MiB ({in_flight} sagas in memory) |");
     }
+}
+
+/// Timing of one order in a remote run.
+#[derive(Debug, Default)]
+struct Timings {
+    /// Sent, saga not seen ending yet.
+    placed: HashMap<OrderId, Instant>,
+    /// Saga ended before the POST's answer arrived.
+    ended_early: HashMap<OrderId, Instant>,
+    /// Completion latencies (µs) of those, recorded when the answer arrived.
+    early_latencies: Vec<u64>,
+}
+
+/// Request latency, failures and the first failure's reason.
+type RequestStats = (Histogram<u64>, u64, Option<String>);
+
+/// The complete Server-Sent Events in `buf` (removed from it): type and data of each.
+fn sse_frames(buf: &mut String) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.find("\n\n") {
+        let frame: String = buf.drain(..end + 2).collect();
+        let (mut kind, mut data) = (String::new(), String::new());
+        for line in frame.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                kind = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        out.push((kind, data));
+    }
+    out
+}
+
+/// Drives `spec.orders` orders through the REST API of the node at `base` (like
+/// `http://127.0.0.1:8080`): stocks `spec.skus` SKUs, places orders with at most
+/// `spec.concurrency` sagas in flight, and follows the live event feed to time each saga's end.
+pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+    use anyhow::Context;
+    use futures::StreamExt;
+    let base = base.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(spec.concurrency.max(1))
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .with_context(|| format!("no Causeway node answers at {base}"))?;
+    anyhow::ensure!(ready.status().is_success(), "the node at {base} is not ready ({})", ready.status());
+    let per_sku = spec.orders * 3 + 100;
+    for s in 0..spec.skus {
+        let r = client
+            .post(format!("{base}/api/products/SKU-{s}/stock"))
+            .json(&serde_json::json!({ "quantity": per_sku }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "stocking SKU-{s} failed: {}", r.text().await?);
+    }
+    // Follow the log from now on (the subscription exists once the headers arrive).
+    let feed = client
+        .get(format!("{base}/api/events/live"))
+        .timeout(Duration::from_secs(24 * 3600))
+        .send()
+        .await?
+        .error_for_status()?;
+    let timings: Arc<Mutex<Timings>> = Arc::default();
+    let slots = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let bar = progress_bar(spec);
+    // Requests that failed: no saga ends for them.
+    let failed_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = {
+        let (timings, slots, bar, total) = (timings.clone(), slots.clone(), bar.clone(), spec.orders);
+        let failed_requests = failed_requests.clone();
+        tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new(3)?;
+            let (mut completed, mut compensated, mut failed) = (0u64, 0u64, 0u64);
+            let mut body = feed.bytes_stream();
+            let mut buf = String::new();
+            while completed + compensated + failed
+                < total - failed_requests.load(std::sync::atomic::Ordering::Acquire)
+            {
+                let chunk = match tokio::time::timeout(Duration::from_millis(200), body.next()).await {
+                    Err(_) => continue, // look at the failed requests again
+                    Ok(None) => anyhow::bail!("the live feed ended early"),
+                    Ok(Some(chunk)) => chunk?,
+                };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                for (kind, data) in sse_frames(&mut buf) {
+                    let outcome = match kind.as_str() {
+                        "SagaCompleted" => &mut completed,
+                        "SagaCompensated" => &mut compensated,
+                        "SagaFailed" => &mut failed,
+                        _ => continue,
+                    };
+                    let event: serde_json::Value = serde_json::from_str(&data)?;
+                    let Some(order) = event["stream_id"].as_str().and_then(order_of) else { continue };
+                    *outcome += 1;
+                    let mut t = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                    match t.placed.remove(&order) {
+                        Some(sent) => latency.record(sent.elapsed().as_micros() as u64)?,
+                        None => {
+                            t.ended_early.insert(order, Instant::now());
+                        }
+                    }
+                    slots.add_permits(1);
+                    if let Some(b) = &bar {
+                        b.set_position(completed + compensated + failed);
+                    }
+                }
+            }
+            anyhow::Ok((completed, compensated, failed, latency))
+        })
+    };
+    let requests: Arc<Mutex<RequestStats>> = Arc::new(Mutex::new((Histogram::new(3)?, 0, None)));
+    let started = Instant::now();
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..spec.orders {
+        let permit = slots.acquire().await?;
+        permit.forget(); // returned by the watcher when the saga ends
+        let bad = spec.undeliverable > 0.0 && rand::random::<f64>() < spec.undeliverable;
+        let body = serde_json::json!({
+            "customer_id": format!("customer-{}", i % 1000),
+            "items": [{"sku": format!("SKU-{}", i % spec.skus.max(1)), "quantity": 1, "unit_price_minor": 1999}],
+            "currency": "EUR",
+            "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115",
+                "country": if bad { "XX" } else { "DE" }},
+        });
+        let (client, url, timings, requests, slots, failed_requests) = (
+            client.clone(),
+            format!("{base}/api/orders"),
+            timings.clone(),
+            requests.clone(),
+            slots.clone(),
+            failed_requests.clone(),
+        );
+        posts.spawn(async move {
+            let sent = Instant::now();
+            let outcome = async {
+                let r = client
+                    .post(url)
+                    .header("Idempotency-Key", Uuid::now_v7().to_string())
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = r.status();
+                let v: serde_json::Value = r.json().await?;
+                anyhow::ensure!(status.is_success(), "{status}: {v}");
+                v["order_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .map(OrderId)
+                    .context("no order_id in the answer")
+            }
+            .await;
+            let took = sent.elapsed().as_micros() as u64;
+            let mut req = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match outcome {
+                Ok(order) => {
+                    let _ = req.0.record(took);
+                    let mut t = timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match t.ended_early.remove(&order) {
+                        Some(ended) => {
+                            let us = ended.saturating_duration_since(sent).as_micros() as u64;
+                            t.early_latencies.push(us);
+                        }
+                        None => {
+                            t.placed.insert(order, sent);
+                        }
+                    }
+                }
+                Err(e) => {
+                    req.1 += 1;
+                    failed_requests.fetch_add(1, std::sync::atomic::Ordering::Release);
+                    req.2.get_or_insert_with(|| e.to_string());
+                    // No saga will end for it: free its slot.
+                    slots.add_permits(1);
+                }
+            }
+        });
+    }
+    while posts.join_next().await.is_some() {}
+    let errors = {
+        let r = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (r.1, r.2.clone())
+    };
+    let (completed, compensated, failed, mut latency) = watcher.await??;
+    for us in &timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.early_latencies {
+        latency.record(*us)?;
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let request_histogram = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0.clone();
+    Ok(LoadReport {
+        orders: spec.orders,
+        completed,
+        compensated,
+        failed,
+        elapsed: started.elapsed(),
+        latency,
+        memory: Vec::new(),
+        requests: Some(request_histogram),
+        errors,
+    })
 }

@@ -146,8 +146,12 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         memory_checkpoint: u64,
         /// Use this data directory instead of a temporary one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "target")]
         data_dir: Option<PathBuf>,
+        /// Drive a running node through its REST API (like http://127.0.0.1:8080) instead of an
+        /// in-process one; completion is timed from the node's live event feed.
+        #[arg(long, env = "CAUSEWAY_TARGET")]
+        target: Option<String>,
         /// Durability of appends.
         #[arg(long, value_enum, default_value = "fsync")]
         durability: DurabilityArg,
@@ -237,6 +241,8 @@ enum BenchCmd {
     Store(bench::StoreBenchArgs),
     /// Read models: full rebuild rate of each projection over a log filled by real sagas.
     Projections(bench::ProjectionBenchArgs),
+    /// REST query latency (p50/p99 per route) over real HTTP, idle and while orders are placed.
+    Api(bench::ApiBenchArgs),
     /// Internal: measures open time and memory of a big store in a fresh process.
     #[command(hide = true)]
     Probe(bench::ProbeArgs),
@@ -279,6 +285,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             undeliverable,
             memory_checkpoint,
             data_dir,
+            target,
             durability,
             gateway,
         } => {
@@ -287,6 +294,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             if !(0.0..=1.0).contains(&undeliverable) {
                 bail!("--undeliverable must be between 0 and 1");
+            }
+            let spec = load::LoadSpec {
+                orders,
+                concurrency,
+                skus,
+                undeliverable,
+                memory_checkpoint,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            if let Some(target) = target {
+                if !target.starts_with("http://") {
+                    bail!("--target must be an http:// URL, like http://127.0.0.1:8080 (got {target:?})");
+                }
+                let report = load::run_remote(&target, &spec).await?;
+                load::print(&report);
+                return Ok(if report.errors.0 == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) });
             }
             let tmp = tempfile::tempdir()?;
             let store_args = StoreArgs {
@@ -297,14 +320,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let store = store_args.open()?;
             let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;
-            let spec = load::LoadSpec {
-                orders,
-                concurrency,
-                skus,
-                undeliverable,
-                memory_checkpoint,
-                progress: true,
-            };
             let report = load::run(&node, &spec).await?;
             node.shutdown().await.map_err(anyhow::Error::msg)?;
             load::print(&report);
@@ -322,6 +337,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Bench(BenchCmd::Store(args)) => bench::store(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Projections(args)) => bench::projections(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Api(args)) => bench::api(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe(args)) => bench::probe(args).await.map(|_| ExitCode::SUCCESS),
     }
 }

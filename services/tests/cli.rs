@@ -26,6 +26,9 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (vec!["serve", "--data-dir", missing, "--cache-mib", "0"], "--cache-mib must be at least 1"),
         (vec!["dead-letters", "--data-dir", missing, "--consumer", "nope"], "unknown consumer"),
         (vec!["load", "--orders", "many"], "invalid value"),
+        (vec!["load", "--target", "ftp://example"], "--target must be an http:// URL"),
+        (vec!["load", "--target", "http://127.0.0.1:1", "--orders", "3"], "no Causeway node answers"),
+        (vec!["serve", "--data-dir", missing, "--admin-token", "short"], "at least 16 characters"),
         (vec!["dead-letters", "--redrive", "not-a-uuid", "--consumer", "order-service"], "invalid value"),
     ] {
         let out = run(&args);
@@ -188,4 +191,57 @@ fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(text(&out).contains(expect), "{}", text(&out));
     }
+}
+
+#[test]
+fn load_drives_a_running_node_over_http() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut node = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("spawn serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the node did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let target = format!("http://127.0.0.1:{port}");
+    let out = run(&[
+        "load",
+        "--target",
+        &target,
+        "--orders",
+        "60",
+        "--concurrency",
+        "8",
+        "--skus",
+        "3",
+        "--undeliverable",
+        "0.2",
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("| orders | 60 |"), "{report}");
+    let ended: u64 = report
+        .lines()
+        .find(|l| l.starts_with("| completed / compensated / failed"))
+        .and_then(|l| l.split('|').nth(2))
+        .map(|v| v.split('/').filter_map(|n| n.trim().parse::<u64>().ok()).sum())
+        .expect("outcome row");
+    assert_eq!(ended, 60, "{report}");
+    assert!(report.contains("p99 POST /api/orders"), "{report}");
+    let status = Command::new("kill").args(["-TERM", &node.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    assert!(node.wait().expect("wait").success(), "graceful stop");
+    let out = run(&["verify", "--data-dir", data.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("OK"), "{}", text(&out));
 }
