@@ -493,3 +493,47 @@ both_engines!(category_subscription_misses_nothing_under_interleaved_appends, |s
     writer.await.expect("join");
     assert_eq!(versions, (1..=500).collect::<Vec<_>>(), "no order event skipped or repeated");
 });
+
+#[tokio::test]
+async fn an_imported_log_is_the_same_log_byte_for_byte() {
+    let a = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("open");
+    for i in 0..50 {
+        let mut e = ev("Happened").with_metadata("k", i.to_string());
+        e.payload = format!("{{\"i\":{i}}}").into_bytes();
+        a.append_to(&sid(&format!("s-{}", i % 7)), ExpectedVersion::Any, vec![e]).await.expect("append");
+    }
+    let events: Vec<RecordedEvent> = a.read_all(1).collect::<Result<_>>().expect("read");
+    let b = MemoryStorage::new();
+    let mut importer = crate::raw::Importer::new(&b).expect("importer");
+    for e in &events {
+        importer.push(e).expect("push");
+    }
+    let digest = importer.finish().expect("finish");
+    assert_eq!(digest.count(), 50);
+    assert_eq!(digest.hex(), crate::raw::digest(a.storage()).expect("digest").hex());
+    let b = EventStore::open(b, StoreConfig::default()).expect("open restored");
+    assert!(b.verify().expect("verify").is_ok());
+    let again: Vec<RecordedEvent> = b.read_all(1).collect::<Result<_>>().expect("read");
+    assert_eq!(again, events);
+    assert_eq!(
+        b.stream_version(&sid("s-3")).expect("version"),
+        a.stream_version(&sid("s-3")).expect("version")
+    );
+    // It continues where the original stopped.
+    let r = b.append_to(&sid("s-0"), ExpectedVersion::Exact(8), vec![ev("Next")]).await.expect("append");
+    assert_eq!(r.last_position, 51);
+    assert!(b.find_event(events[10].event_id).expect("find").is_some());
+
+    // A non-empty storage, a gap, a version out of order, time going back: refused.
+    assert!(crate::raw::Importer::new(b.storage()).is_err());
+    let fresh = MemoryStorage::new();
+    let mut imp = crate::raw::Importer::new(&fresh).expect("importer");
+    assert!(imp.push(&events[1]).is_err(), "must start at position 1");
+    imp.push(&events[0]).expect("first");
+    let mut skipped_version = events[14].clone(); // s-0 version 3
+    skipped_version.position = 2;
+    assert!(imp.push(&skipped_version).is_err(), "s-0 version 3 right after version 1");
+    let mut back = events[1].clone();
+    back.recorded_at_ns = 0;
+    assert!(imp.push(&back).is_err(), "time going back");
+}
