@@ -26,6 +26,12 @@ pub fn entries(
     ])
 }
 
+/// The log record (value) of `e` exactly as the store keeps it.
+pub fn log_record(e: &RecordedEvent) -> Result<Vec<u8>> {
+    let body = codec::encode_body(&e.stream_id, &NewEvent::from(e))?;
+    Ok(codec::record(e.position, e.version, e.recorded_at_ns, &body))
+}
+
 /// The key of the log record at `position`.
 pub fn log_key(position: u64) -> [u8; 9] {
     keys::log(position)
@@ -127,16 +133,7 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
             return Err(bad(format!("{} version {} does not follow {}", e.stream_id, e.version, v)));
         }
         *v = e.version;
-        let event = NewEvent {
-            event_id: e.event_id,
-            event_type: e.event_type.clone(),
-            schema_version: e.schema_version,
-            correlation_id: e.correlation_id,
-            causation_id: e.causation_id,
-            metadata: e.metadata.clone(),
-            payload: e.payload.clone(),
-            content_type: e.content_type.clone(),
-        };
+        let event = NewEvent::from(e);
         for (k, v) in entries(e.position, e.version, e.recorded_at_ns, &e.stream_id, &event)? {
             if k[0] == keys::LOG {
                 self.digest.add(&v);

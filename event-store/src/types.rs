@@ -235,6 +235,22 @@ impl RecordedEvent {
     }
 }
 
+impl From<&RecordedEvent> for NewEvent {
+    /// The event as it was appended (for copying a log elsewhere).
+    fn from(e: &RecordedEvent) -> Self {
+        NewEvent {
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            schema_version: e.schema_version,
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+            metadata: e.metadata.clone(),
+            payload: e.payload.clone(),
+            content_type: e.content_type.clone(),
+        }
+    }
+}
+
 /// Converts a time to UTC nanoseconds since the epoch, clamped to `u64`.
 pub fn time_to_nanos(t: OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos().max(0)).unwrap_or(u64::MAX)

@@ -9,6 +9,7 @@
 //! - [`gateway`]: the payment gateway port, a simulated gateway, a circuit breaker.
 //! - [`consumer`]: checkpointed, partitioned consumers of the log, with dead letters.
 //! - [`saga_runner`]: the saga process manager and its deadline timer.
+//! - [`kafka`]: the relay to Kafka (CloudEvents records), topics, restore from Kafka.
 //! - [`invariants`]: the whole-system invariants, checked from the log.
 //! - [`runtime`]: everything above in one process on one store.
 //! - [`load`]: `causeway load`, saga throughput and latency.
@@ -21,6 +22,7 @@ pub mod consumer;
 pub mod gateway;
 pub mod handlers;
 pub mod invariants;
+pub mod kafka;
 pub mod load;
 pub mod messages;
 pub mod runtime;

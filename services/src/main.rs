@@ -108,6 +108,54 @@ impl GatewayArgs {
     }
 }
 
+/// Kafka: the relay that mirrors the log, restore, re-publish.
+#[derive(Debug, Clone, clap::Args)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers (host:port,...). Serve mirrors the log there when set.
+    #[arg(long = "kafka-bootstrap", env = "KAFKA_BOOTSTRAP_SERVERS")]
+    bootstrap: Option<String>,
+    /// This node's name: the source of its records in Kafka (and what a restore takes back).
+    #[arg(long, env = "CAUSEWAY_NODE_ID", default_value = "causeway-0")]
+    node_id: String,
+    /// Partitions of the topics the relay creates.
+    #[arg(long, env = "CAUSEWAY_KAFKA_PARTITIONS", default_value_t = 4)]
+    kafka_partitions: i32,
+    /// Replication factor of the topics the relay creates.
+    #[arg(long, env = "CAUSEWAY_KAFKA_REPLICATION", default_value_t = 1)]
+    kafka_replication: i32,
+    /// Producer compression: none, gzip, snappy, lz4, zstd.
+    #[arg(long, env = "CAUSEWAY_KAFKA_COMPRESSION", default_value = "lz4")]
+    kafka_compression: String,
+    /// Producer linger (batching), in ms.
+    #[arg(long, env = "CAUSEWAY_KAFKA_LINGER_MS", default_value_t = 5)]
+    kafka_linger_ms: u32,
+    /// Producer batch size in bytes.
+    #[arg(long, env = "CAUSEWAY_KAFKA_BATCH_BYTES", default_value_t = 262_144)]
+    kafka_batch_bytes: u32,
+}
+
+impl KafkaArgs {
+    /// The Kafka settings, or `None` when no bootstrap servers are configured.
+    fn config(&self) -> Result<Option<services::kafka::KafkaConfig>> {
+        let Some(bootstrap) = &self.bootstrap else { return Ok(None) };
+        let c = services::kafka::KafkaConfig {
+            partitions: self.kafka_partitions,
+            replication: self.kafka_replication,
+            compression: self.kafka_compression.clone(),
+            linger_ms: self.kafka_linger_ms,
+            batch_bytes: self.kafka_batch_bytes,
+            ..services::kafka::KafkaConfig::new(bootstrap.clone(), self.node_id.clone())
+        };
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(c))
+    }
+
+    fn required(&self) -> Result<services::kafka::KafkaConfig> {
+        self.config()?
+            .context("Kafka is not configured: pass --kafka-bootstrap or set KAFKA_BOOTSTRAP_SERVERS")
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the node: every service, the saga manager and its timer on the local log, in one
@@ -125,6 +173,25 @@ enum Cmd {
         /// one the admin routes are disabled. Prefer the environment variable to the flag.
         #[arg(long, env = "CAUSEWAY_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// Rebuild a lost log from Kafka, byte for byte, and verify it (counts and digest). Refuses a
+    /// data directory that holds a store unless --force (which moves the old one aside). NOT safe
+    /// while a node runs on the directory. The restored node re-runs its consumers from the start
+    /// (idempotent) and rebuilds its read models when it next starts.
+    Restore {
+        /// Required: restore from the Kafka topics.
+        #[arg(long, required = true)]
+        from_kafka: bool,
+        /// The data directory to restore into.
+        #[arg(long, env = "CAUSEWAY_DATA_DIR", default_value = "./causeway-data")]
+        data_dir: PathBuf,
+        /// Move an existing store aside instead of refusing.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// Drive N orders through an in-process node and print sagas/s, completion latency and
     /// memory. NOT safe while a node runs on the same data directory (it takes the lock; by
@@ -199,8 +266,8 @@ enum Cmd {
         store: StoreArgs,
         /// The read model: order-summaries, stock-levels, payment-ledger, saga-timelines,
         /// dead-letters, or all.
-        #[arg(long)]
-        projection: String,
+        #[arg(long, required_unless_present = "republish", conflicts_with = "republish")]
+        projection: Option<String>,
         /// Restore the state at this time (RFC 3339) and apply everything after it.
         #[arg(long, conflicts_with = "as_of")]
         from: Option<String>,
@@ -211,6 +278,12 @@ enum Cmd {
         /// starts there instead of from the start of the log).
         #[arg(long, conflicts_with = "from")]
         backup: bool,
+        /// Instead of a read model: produce the events from --from on to Kafka again (up to what
+        /// the relay delivered), for a downstream consumer that lost data.
+        #[arg(long, requires = "from", conflicts_with_all = ["as_of", "backup"])]
+        republish: bool,
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// List dead letters (messages a consumer could not process, with the reason and the
     /// original), or re-drive one. NOT safe while the node runs: it needs the store's lock.
@@ -275,8 +348,24 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway, listen, admin_token } => {
-            serve(store, gateway, listen, admin_token).await
+        Cmd::Serve { store, gateway, listen, admin_token, kafka } => {
+            serve(store, gateway, listen, admin_token, kafka.config()?).await
+        }
+        Cmd::Restore { from_kafka: _, data_dir, force, kafka } => {
+            let config = kafka.required()?;
+            let report = tokio::task::spawn_blocking(move || {
+                services::kafka::restore::restore(&config, &data_dir, force)
+            })
+            .await??;
+            if let Some(aside) = &report.moved_aside {
+                println!("the old store was moved to {}", aside.display());
+            }
+            println!(
+                "restored {} events in {} streams from {} records ({} repeats dropped); digest {}",
+                report.events, report.streams, report.records, report.duplicates, report.digest
+            );
+            println!("OK");
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Load {
             orders,
@@ -329,9 +418,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Events { store, stream, category, from_position, from_time, limit, json } => {
             events(store, stream, category, from_position, from_time, limit, json)
         }
-        Cmd::Replay { store, projection, from, as_of, backup } => {
-            replay(store, projection, from, as_of, backup).await
-        }
+        Cmd::Replay { store, projection, from, as_of, backup, republish, kafka } => match projection {
+            Some(projection) if !republish => replay(store, projection, from, as_of, backup).await,
+            _ => {
+                let config = kafka.required()?;
+                let t = parse_time(from.as_deref().unwrap_or_default())?;
+                if !store.data_dir.join("db").exists() {
+                    bail!("no store at {} (expected a sled database there)", store.data_dir.display());
+                }
+                let store = store.open()?;
+                let from_position = store.seek_time(t)?;
+                let sent = services::kafka::relay::republish(&store, &config, from_position).await?;
+                println!("re-published {sent} events from position {from_position} ({t})");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Cmd::DeadLetters { store, consumer, redrive, json, gateway } => {
             dead_letters(store, consumer, redrive, json, gateway).await
         }
@@ -347,6 +448,7 @@ async fn serve(
     gateway: GatewayArgs,
     listen: std::net::SocketAddr,
     admin_token: Option<String>,
+    kafka: Option<services::kafka::KafkaConfig>,
 ) -> Result<ExitCode> {
     use std::future::IntoFuture;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -365,7 +467,8 @@ async fn serve(
     let store = store.open()?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let node = Runtime::start(store, gateway, RuntimeConfig::default())?;
+    let mirrored = kafka.is_some();
+    let node = Runtime::start(store, gateway, RuntimeConfig { kafka, ..RuntimeConfig::default() })?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -388,6 +491,9 @@ async fn serve(
     );
     ready.store(true, Ordering::Release);
     tracing::info!(head = node.store().head(), %listen, "causeway node running (embedded mode)");
+    if mirrored {
+        tracing::info!("mirroring the log to Kafka");
+    }
     let stop = async {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight work");

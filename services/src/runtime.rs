@@ -32,6 +32,8 @@ pub struct RuntimeConfig {
     pub carrier: SimulatedCarrier,
     /// Read-model backups.
     pub projections: projections::RunOptions,
+    /// Mirror the log to Kafka (the relay runs when set).
+    pub kafka: Option<crate::kafka::KafkaConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -43,6 +45,7 @@ impl Default for RuntimeConfig {
             timer_interval: Duration::from_millis(50),
             carrier: SimulatedCarrier::default(),
             projections: projections::RunOptions::default(),
+            kafka: None,
         }
     }
 }
@@ -125,6 +128,12 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         spawn_projection(&mut tasks, &models, SagaTimelines, opts, rx.clone());
         spawn_projection(&mut tasks, &models, PaymentLedger, opts, rx.clone());
         spawn_projection(&mut tasks, &models, DeadLetters, opts, rx.clone());
+        if let Some(kafka) = config.kafka.clone() {
+            let (store, rx) = (store.clone(), rx.clone());
+            tasks.spawn(async move {
+                crate::kafka::relay::run(store, kafka, rx).await.map_err(|e| e.to_string())
+            });
+        }
         {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing Causeway needs, skipping whatever is already there:
+# a C toolchain (librdkafka and sled's C parts), and Nisshi, the Kafka-protocol broker the tests
+# start (see ../shared/kafka-for-tests.md). Sourced by scripts/test.sh and .ci/run.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is required (Rust stable toolchain)" >&2
+  exit 1
+fi
+
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+NISSHI_VERSION=0.8.1
+if ! { command -v nisshi >/dev/null 2>&1 && nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; }; then
+  echo "installing the test broker (nisshi $NISSHI_VERSION; about 15 minutes on 2 cores, once)" >&2
+  # nisshi declares a newer rustc than it needs; it builds and runs on this toolchain.
+  cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version --quiet
+fi

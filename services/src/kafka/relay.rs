@@ -1,0 +1,300 @@
+//! The relay: tails the node's log from its checkpoint and produces every event to Kafka. The
+//! checkpoint (in the node's own store) advances only over events whose delivery the broker
+//! confirmed, in log order.
+//!
+//! Exactly once in normal operation: the producer is idempotent (no duplicate or reordering on
+//! its own retries), and after a restart or a failed delivery the relay first reads, for each
+//! partition it writes, the last position of its own records already there (the fence), and skips
+//! the events at or below it. When the broker is unreachable the node keeps appending; the relay
+//! backs off, retries, and catches up when the broker returns. Its lag is the gauge
+//! `causeway_relay_lag_events`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use event_store::{EventStore, RecordedEvent, Storage};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::{cloudevents, partition_for, topic_for, KafkaConfig, KafkaError};
+
+/// The checkpoint the relay keeps in the store.
+pub const CHECKPOINT: &str = "kafka-relay";
+
+/// Saves the checkpoint at most this often while events flow.
+const SAVE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the relay knows about the topics it writes.
+#[derive(Debug, Default)]
+struct Topics {
+    partitions: HashMap<String, i32>,
+    /// (topic, partition) → the highest position of this node's records already there.
+    fence: HashMap<(String, i32), u64>,
+}
+
+/// Reads the last position of `source`'s records in each partition of `topics` (blocking). Walks
+/// back from the end in steps, since other nodes' records may follow ours (dead letters).
+fn read_fence(
+    config: &KafkaConfig,
+    topics: &HashMap<String, i32>,
+) -> Result<HashMap<(String, i32), u64>, KafkaError> {
+    let source = config.source();
+    let consumer: BaseConsumer = config.reader("relay-fence").set("enable.partition.eof", "true").create()?;
+    let mut fence = HashMap::new();
+    for (topic, &count) in topics {
+        for p in 0..count {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            let mut end = high;
+            const STEP: i64 = 256;
+            'walk: while end > low {
+                let start = (end - STEP).max(low);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+                consumer.assign(&tpl)?;
+                let mut best: Option<u64> = None;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match consumer.poll(Duration::from_millis(500)) {
+                        Some(Ok(m)) => {
+                            if m.offset() >= end {
+                                break;
+                            }
+                            let h = cloudevents::header_map(m.headers());
+                            if h.get("ce_source").map(String::as_str) == Some(source.as_str()) {
+                                if let Some(pos) = h.get("ce_position").and_then(|v| v.parse::<u64>().ok()) {
+                                    best = Some(best.map_or(pos, |b| b.max(pos)));
+                                }
+                            }
+                            if m.offset() + 1 >= end {
+                                break;
+                            }
+                        }
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                        Some(Err(e)) => return Err(e.into()),
+                        None if Instant::now() > deadline => {
+                            return Err(KafkaError::Other(format!(
+                                "reading the end of {topic}/{p} timed out"
+                            )))
+                        }
+                        None => {}
+                    }
+                }
+                if let Some(b) = best {
+                    fence.insert((topic.clone(), p), b);
+                    break 'walk;
+                }
+                end = start;
+            }
+        }
+    }
+    Ok(fence)
+}
+
+/// One event sent, its delivery not yet confirmed.
+enum InFlight {
+    Sent(u64, rdkafka::producer::DeliveryFuture),
+    /// Already in Kafka (below the fence).
+    Skipped(u64),
+}
+
+/// Runs the relay until `shutdown` turns true. Errors from Kafka are retried with backoff (the
+/// relay never gives up); only a failing local store ends it.
+pub async fn run<S: Storage>(
+    store: EventStore<S>,
+    config: KafkaConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), KafkaError> {
+    let producer: FutureProducer = config.producer().create()?;
+    let mut topics = Topics::default();
+    let mut fenced = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut head = store.watch_head();
+    let mut saved = store.checkpoint(CHECKPOINT)?.unwrap_or(0);
+    let mut cp = saved;
+    let mut last_save = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        metrics::gauge!("causeway_relay_lag_events").set(store.head().saturating_sub(cp) as f64);
+        if !fenced {
+            // The topics this node wrote before, and the fence in each of their partitions.
+            let result = async {
+                let known = {
+                    let c = config.clone();
+                    tokio::task::spawn_blocking(move || super::list_topics(&c))
+                        .await
+                        .map_err(|e| KafkaError::Other(e.to_string()))??
+                };
+                topics.partitions = known.into_iter().collect();
+                let (c, t) = (config.clone(), topics.partitions.clone());
+                topics.fence = tokio::task::spawn_blocking(move || read_fence(&c, &t))
+                    .await
+                    .map_err(|e| KafkaError::Other(e.to_string()))??;
+                Ok::<_, KafkaError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, retry_in = ?backoff, "the relay cannot reach Kafka");
+                metrics::counter!("causeway_relay_errors_total").increment(1);
+                if sleep_or_stop(backoff, &mut shutdown).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            fenced = true;
+        }
+        let batch: Vec<RecordedEvent> =
+            store.read_all(cp + 1).take(config.window).collect::<Result<_, _>>()?;
+        if batch.is_empty() {
+            if cp != saved {
+                store.save_checkpoint(CHECKPOINT, cp).await?;
+                saved = cp;
+            }
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() { break },
+                changed = head.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        match send_window(&producer, &config, &mut topics, &batch, &mut cp).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(error = %e, checkpoint = cp, retry_in = ?backoff, "relay delivery failed; resending after the fence");
+                metrics::counter!("causeway_relay_errors_total").increment(1);
+                fenced = false;
+                if sleep_or_stop(backoff, &mut shutdown).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if cp != saved && (last_save.elapsed() >= SAVE_INTERVAL || cp - saved >= config.window as u64) {
+            store.save_checkpoint(CHECKPOINT, cp).await?;
+            saved = cp;
+            last_save = Instant::now();
+        }
+    }
+    if cp != saved {
+        store.save_checkpoint(CHECKPOINT, cp).await?;
+    }
+    Ok(())
+}
+
+/// Sleeps, or returns true early when the node stops.
+async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+    }
+}
+
+/// Sends `batch` and waits for every delivery in order, advancing `cp` over each confirmed one.
+async fn send_window(
+    producer: &FutureProducer,
+    config: &KafkaConfig,
+    topics: &mut Topics,
+    batch: &[RecordedEvent],
+    cp: &mut u64,
+) -> Result<(), KafkaError> {
+    // Topics seen for the first time are created first.
+    let mut missing: Vec<String> = batch
+        .iter()
+        .map(|e| topic_for(&e.stream_id))
+        .filter(|t| !topics.partitions.contains_key(t))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        for (t, n) in super::ensure_topics(config, &missing).await? {
+            topics.partitions.insert(t, n);
+        }
+    }
+    let source = config.source();
+    let mut in_flight = Vec::with_capacity(batch.len());
+    for e in batch {
+        let topic = topic_for(&e.stream_id);
+        let partitions = topics.partitions.get(&topic).copied().unwrap_or(1);
+        let partition = partition_for(e.stream_id.as_bytes(), partitions);
+        if topics.fence.get(&(topic.clone(), partition)).is_some_and(|f| *f >= e.position) {
+            in_flight.push(InFlight::Skipped(e.position));
+            continue;
+        }
+        let record = FutureRecord::to(&topic)
+            .key(e.stream_id.as_bytes())
+            .payload(&e.payload)
+            .partition(partition)
+            .timestamp((e.recorded_at_ns / 1_000_000) as i64)
+            .headers(cloudevents::headers(e, &source));
+        match producer.send_result(record) {
+            Ok(f) => in_flight.push(InFlight::Sent(e.position, f)),
+            Err((err, _)) => {
+                // The queue is full or the producer failed: confirm what was sent, then retry.
+                settle(in_flight, cp).await?;
+                return Err(err.into());
+            }
+        }
+    }
+    settle(in_flight, cp).await
+}
+
+/// Waits for deliveries in log order; stops at the first failure.
+async fn settle(in_flight: Vec<InFlight>, cp: &mut u64) -> Result<(), KafkaError> {
+    let mut delivered = 0u64;
+    let mut result = Ok(());
+    for f in in_flight {
+        match f {
+            InFlight::Skipped(p) => *cp = p,
+            InFlight::Sent(p, fut) => match fut.await {
+                Ok(Ok(_)) => {
+                    *cp = p;
+                    delivered += 1;
+                }
+                Ok(Err((e, _))) => {
+                    result = Err(e.into());
+                    break;
+                }
+                Err(_) => {
+                    result = Err(KafkaError::Other("the producer dropped a delivery".into()));
+                    break;
+                }
+            },
+        }
+    }
+    metrics::counter!("causeway_relay_events_total").increment(delivered);
+    result
+}
+
+/// Produces every event from `from_position` on again, up to what the relay has delivered, for a
+/// downstream consumer that lost data (consumers drop repeats by `ce_position`); the relay's
+/// checkpoint is not touched. Returns the count.
+pub async fn republish<S: Storage>(
+    store: &EventStore<S>,
+    config: &KafkaConfig,
+    from_position: u64,
+) -> Result<u64, KafkaError> {
+    let producer: FutureProducer = config.producer().create()?;
+    let mut topics = Topics::default();
+    // Only what the relay already delivered: sending events ahead of it would move its fence.
+    let until = store.checkpoint(CHECKPOINT)?.unwrap_or(0).min(store.head());
+    let mut cp = from_position.saturating_sub(1);
+    let mut sent = 0;
+    while cp < until {
+        let batch: Vec<RecordedEvent> = store
+            .read_all(cp + 1)
+            .take_while(|e| e.as_ref().map_or(true, |e| e.position <= until))
+            .take(config.window)
+            .collect::<Result<_, _>>()?;
+        if batch.is_empty() {
+            break;
+        }
+        let before = cp;
+        send_window(&producer, config, &mut topics, &batch, &mut cp).await?;
+        sent += cp - before;
+    }
+    Ok(sent)
+}

@@ -1,0 +1,318 @@
+//! The Kafka mirror against a real Kafka-protocol broker (Nisshi, started here): every event
+//! arrives once, in its stream's order, as a CloudEvents record any client can read; a relay
+//! that restarts behind its checkpoint sends nothing twice; a broker outage loses nothing; and a
+//! lost store is restored from the topics byte for byte.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use aggregates::order::{LineItem, OrderCommand};
+use aggregates::saga::Saga;
+use aggregates::shipping::Address;
+use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
+use event_store::{EventStore, RecordedEvent, SledConfig, SledStorage, Storage, StoreConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use services::gateway::SimulatedGateway;
+use services::handlers::{self, load};
+use services::kafka::relay::CHECKPOINT;
+use services::kafka::KafkaConfig;
+use services::runtime::{Runtime, RuntimeConfig};
+use services::{invariants, messages};
+use support::broker::Broker;
+use uuid::Uuid;
+
+fn kafka(broker: &Broker) -> KafkaConfig {
+    KafkaConfig {
+        partitions: 3,
+        delivery_timeout: Duration::from_secs(3),
+        ..KafkaConfig::new(broker.bootstrap(), "node-a")
+    }
+}
+
+fn start<S: Storage>(store: EventStore<S>, kafka: KafkaConfig) -> Runtime<S, SimulatedGateway> {
+    let config = RuntimeConfig { kafka: Some(kafka), ..RuntimeConfig::default() };
+    Runtime::start(store, SimulatedGateway::default(), config).expect("start")
+}
+
+async fn orders<S: Storage>(rt: &Runtime<S, SimulatedGateway>, n: usize) -> Vec<OrderId> {
+    handlers::add_stock(rt.store(), Uuid::now_v7(), Sku::from("A"), 1000).await.expect("stock");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let order_id = OrderId(Uuid::now_v7());
+        let cmd = OrderCommand::Place {
+            order_id,
+            customer_id: CustomerId(format!("c{}", i % 3)),
+            items: vec![LineItem { sku: Sku::from("A"), quantity: 1, unit_price: Money(500) }],
+            currency: Currency::from("EUR"),
+            shipping_address: Some(Address {
+                line1: "1 Main St".into(),
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
+                // Every fifth is undeliverable: its saga compensates.
+                country: if i % 5 == 4 { "XX".into() } else { "DE".into() },
+            }),
+        };
+        handlers::place_order(rt.store(), Uuid::now_v7(), cmd).await.expect("place");
+        ids.push(order_id);
+    }
+    ids
+}
+
+async fn sagas_end<S: Storage>(rt: &Runtime<S, SimulatedGateway>, ids: &[OrderId]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        while !load::<_, Saga>(rt.store(), &messages::saga_stream(*id)).expect("saga").0.status.is_terminal()
+        {
+            assert!(Instant::now() < deadline, "saga {id} did not end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Waits until the relay's checkpoint reaches the head (and the head stays put).
+async fn relayed<S: Storage>(store: &EventStore<S>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let head = store.head();
+        if store.checkpoint(CHECKPOINT).expect("checkpoint") == Some(head) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if store.head() == head {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not catch up: {:?} of {head}",
+            store.checkpoint(CHECKPOINT)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A record as a plain Kafka client sees it.
+#[derive(Debug, Clone)]
+struct Record {
+    topic: String,
+    partition: i32,
+    key: String,
+    headers: BTreeMap<String, String>,
+    value: Vec<u8>,
+}
+
+/// Reads every partition of every topic on the broker up to its high watermark, with a plain
+/// rdkafka consumer and no Causeway code (blocking).
+fn read_everything(bootstrap: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("independent-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in md.topics().iter().filter(|t| !t.name().starts_with("__")) {
+        for p in t.partitions() {
+            let (low, high) =
+                consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10)).expect("wm");
+            if high > low {
+                tpl.add_partition_offset(t.name(), p.id(), Offset::Offset(low)).expect("tpl");
+                ends.insert((t.name().to_owned(), p.id()), high);
+            }
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading the topics timed out");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.expect("record");
+        if ends.get(&(m.topic().to_owned(), m.partition())).is_some_and(|e| m.offset() + 1 >= *e) {
+            ends.remove(&(m.topic().to_owned(), m.partition()));
+        }
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                headers.insert(
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            headers,
+            value: m.payload().unwrap_or_default().to_vec(),
+        });
+    }
+    out
+}
+
+/// Every event of `log` is in Kafka exactly once, in stream order per key, with its attributes.
+fn assert_mirrored(log: &[RecordedEvent], records: &[Record]) {
+    let ours: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.headers.get("ce_source").map(String::as_str) == Some("causeway://node-a"))
+        .collect();
+    let mut by_position: HashMap<u64, &Record> = HashMap::new();
+    for r in &ours {
+        let pos: u64 = r.headers["ce_position"].parse().expect("position");
+        assert!(by_position.insert(pos, r).is_none(), "position {pos} arrived twice");
+    }
+    assert_eq!(by_position.len(), log.len(), "every event arrives");
+    for e in log {
+        let r = by_position[&e.position];
+        let category = e.stream_id.split_once('-').map_or("", |(c, _)| c);
+        let topic = match category {
+            "deadletters" => "dead_letters".to_owned(),
+            c if c.ends_with("_commands") => c.to_owned(),
+            c => format!("{c}_domain_events"),
+        };
+        assert_eq!(r.topic, topic);
+        assert_eq!(r.key, e.stream_id);
+        assert_eq!(r.headers["ce_specversion"], "1.0");
+        assert_eq!(r.headers["ce_id"], e.event_id.to_string());
+        assert_eq!(r.headers["ce_type"], e.event_type);
+        assert_eq!(r.headers["ce_subject"], e.stream_id);
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.headers["ce_streamversion"], e.version.to_string());
+        assert_eq!(r.headers["ce_correlationid"], e.correlation_id.to_string());
+        assert_eq!(r.headers["ce_causationid"], e.causation_id.to_string());
+        assert_eq!(r.headers["ce_schemaversion"], e.schema_version.to_string());
+        let t = time::OffsetDateTime::parse(
+            &r.headers["ce_time"],
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("ce_time is RFC 3339");
+        assert_eq!(t, e.recorded_at());
+        assert_eq!(r.value, e.payload);
+        serde_json::from_slice::<serde_json::Value>(&r.value).expect("the value is JSON");
+    }
+    // Per key, in one partition, versions in order.
+    let mut last: HashMap<&str, (i32, u64)> = HashMap::new();
+    for r in ours {
+        let v: u64 = r.headers["ce_streamversion"].parse().expect("version");
+        if let Some((p, prev)) = last.insert(&r.key, (r.partition, v)) {
+            assert_eq!(p, r.partition, "{} spans partitions", r.key);
+            assert_eq!(v, prev + 1, "{} out of order", r.key);
+        }
+    }
+}
+
+/// Kafka holds exactly `store`'s log (read with a plain consumer).
+async fn assert_kafka_holds<S: Storage>(broker: &Broker, store: &EventStore<S>) {
+    let bootstrap = broker.bootstrap();
+    let records = tokio::task::spawn_blocking(move || read_everything(&bootstrap)).await.expect("read");
+    assert_mirrored(&log_of(store), &records);
+}
+
+fn log_of<S: Storage>(store: &EventStore<S>) -> Vec<RecordedEvent> {
+    store.read_all(1).collect::<Result<_, _>>().expect("log")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_once_in_order_as_a_cloudevent_and_a_relay_restart_sends_nothing_twice() {
+    let broker = Broker::start();
+    let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start(store.clone(), kafka(&broker));
+    let ids = orders(&rt, 20).await;
+    sagas_end(&rt, &ids).await;
+    relayed(&store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
+    let log = log_of(&store);
+    assert_kafka_holds(&broker, &store).await;
+
+    // A relay that lost its last checkpoints (a crash before saving) resumes behind what Kafka
+    // holds: the fence keeps it from sending those events again.
+    store.save_checkpoint(CHECKPOINT, log.len() as u64 / 3).await.expect("rewind");
+    let rt = start(store.clone(), kafka(&broker));
+    let more = orders(&rt, 5).await;
+    sagas_end(&rt, &more).await;
+    relayed(&store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
+    assert_kafka_holds(&broker, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_loses_nothing_and_the_node_keeps_working() {
+    let mut broker = Broker::start();
+    let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start(store.clone(), kafka(&broker));
+    let first = orders(&rt, 10).await;
+    sagas_end(&rt, &first).await;
+    relayed(&store, Duration::from_secs(60)).await;
+
+    broker.kill9();
+    // The node keeps taking orders and finishing sagas; the relay falls behind.
+    let during = orders(&rt, 10).await;
+    sagas_end(&rt, &during).await;
+    // Longer than the delivery timeout: the relay's sends fail and it backs off.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let behind = store.checkpoint(CHECKPOINT).expect("checkpoint").unwrap_or(0);
+    assert!(behind < store.head(), "the relay cannot have delivered during the outage");
+
+    broker.restart();
+    relayed(&store, Duration::from_secs(90)).await;
+    rt.shutdown().await.expect("shutdown");
+    assert_kafka_holds(&broker, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let open = || {
+        let storage = SledStorage::open(&SledConfig::new(data.join("db"))).expect("sled");
+        EventStore::open(storage, StoreConfig::default()).expect("store")
+    };
+    let store = open();
+    let rt = start(store.clone(), kafka(&broker));
+    let ids = orders(&rt, 15).await;
+    sagas_end(&rt, &ids).await;
+    relayed(&store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
+    let log = log_of(&store);
+    let digest = event_store::raw::digest(store.storage()).expect("digest").hex();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await; // the store's threads let go of the files
+
+    // The store is lost.
+    std::fs::remove_dir_all(&data).expect("delete the store");
+    let config = kafka(&broker);
+    let (c, d) = (config.clone(), data.clone());
+    let report = tokio::task::spawn_blocking(move || services::kafka::restore::restore(&c, &d, false))
+        .await
+        .expect("join")
+        .expect("restore");
+    assert_eq!(report.events, log.len() as u64);
+    assert_eq!(report.digest, digest, "the restored log is the same, byte for byte");
+
+    // A second restore refuses to overwrite it.
+    let (c, d) = (config.clone(), data.clone());
+    let err = tokio::task::spawn_blocking(move || services::kafka::restore::restore(&c, &d, false))
+        .await
+        .expect("join")
+        .expect_err("refuses");
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+
+    let store = open();
+    assert_eq!(log_of(&store), log);
+    assert!(store.verify().expect("verify").is_ok());
+    let inv = invariants::check(&store).expect("invariants");
+    assert!(inv.problems.is_empty() && inv.unfinished.is_empty(), "{inv:?}");
+    // The node resumes: new orders complete and the relay continues without repeating.
+    let rt = start(store.clone(), kafka(&broker));
+    let more = orders(&rt, 3).await;
+    sagas_end(&rt, &more).await;
+    relayed(&store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
+    assert_kafka_holds(&broker, &store).await;
+}
