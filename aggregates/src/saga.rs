@@ -96,15 +96,45 @@ pub struct SagaLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum SagaCommand {
-    ReserveStock { order_id: OrderId, lines: Vec<SagaLine> },
-    TakePayment { order_id: OrderId, amount: Money },
-    CreateShipment { order_id: OrderId, address: Option<Address> },
-    CommitStock { order_id: OrderId, lines: Vec<SagaLine> },
-    ConfirmOrder { order_id: OrderId },
-    CancelShipment { order_id: OrderId, reason: String },
-    RefundPayment { order_id: OrderId, reason: String },
-    ReleaseStock { order_id: OrderId, lines: Vec<SagaLine> },
-    CancelOrder { order_id: OrderId, reason: CancelReason },
+    ReserveStock {
+        order_id: OrderId,
+        lines: Vec<SagaLine>,
+    },
+    TakePayment {
+        order_id: OrderId,
+        amount: Money,
+    },
+    CreateShipment {
+        order_id: OrderId,
+        address: Option<Address>,
+    },
+    CommitStock {
+        order_id: OrderId,
+        lines: Vec<SagaLine>,
+    },
+    ConfirmOrder {
+        order_id: OrderId,
+        /// The shipment's tracking number, from the shipping service's reply (absent in commands
+        /// recorded before it was carried).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tracking_number: Option<String>,
+    },
+    CancelShipment {
+        order_id: OrderId,
+        reason: String,
+    },
+    RefundPayment {
+        order_id: OrderId,
+        reason: String,
+    },
+    ReleaseStock {
+        order_id: OrderId,
+        lines: Vec<SagaLine>,
+    },
+    CancelOrder {
+        order_id: OrderId,
+        reason: CancelReason,
+    },
 }
 
 impl SagaCommand {
@@ -142,7 +172,7 @@ impl SagaCommand {
             | SagaCommand::TakePayment { order_id, .. }
             | SagaCommand::CreateShipment { order_id, .. }
             | SagaCommand::CommitStock { order_id, .. }
-            | SagaCommand::ConfirmOrder { order_id }
+            | SagaCommand::ConfirmOrder { order_id, .. }
             | SagaCommand::CancelShipment { order_id, .. }
             | SagaCommand::RefundPayment { order_id, .. }
             | SagaCommand::ReleaseStock { order_id, .. }
@@ -204,7 +234,7 @@ pub enum SagaInput {
         policy: RetryPolicy,
     },
     /// A service answered a command.
-    Reply { command_id: Uuid, outcome: Outcome, now_ns: u64, policy: RetryPolicy },
+    Reply { command_id: Uuid, outcome: Outcome, detail: Option<String>, now_ns: u64, policy: RetryPolicy },
     /// The customer cancelled the order (the order is already cancelled).
     CustomerCancelled { now_ns: u64, policy: RetryPolicy },
     /// Time passed: retry or give up on overdue commands.
@@ -237,6 +267,9 @@ impl Upcast for StepRequested {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSucceeded {
     pub step: Step,
+    /// What the service answered with (the tracking number of a shipment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 impl Upcast for StepSucceeded {}
 
@@ -382,6 +415,8 @@ pub struct Saga {
     pub timed_out: bool,
     /// The customer cancelled (the order is already cancelled).
     pub cancelled_by_customer: bool,
+    /// The shipment's tracking number, once created.
+    pub tracking_number: Option<String>,
 }
 
 /// The deterministic id of a command: the same for every retry of the same step, different for
@@ -426,7 +461,9 @@ impl Saga {
             Step::TakePayment => SagaCommand::TakePayment { order_id, amount: self.amount },
             Step::CreateShipment => SagaCommand::CreateShipment { order_id, address: self.address.clone() },
             Step::CommitStock => SagaCommand::CommitStock { order_id, lines: self.lines.clone() },
-            Step::ConfirmOrder => SagaCommand::ConfirmOrder { order_id },
+            Step::ConfirmOrder => {
+                SagaCommand::ConfirmOrder { order_id, tracking_number: self.tracking_number.clone() }
+            }
         })
     }
 
@@ -540,7 +577,7 @@ impl Decider for Saga {
                 let started = SagaEvent::SagaStarted(SagaStarted { order_id, lines, amount, address });
                 Ok(vec![started, self.request_step(order_id, Step::ReserveStock, now_ns, &policy)])
             }
-            SagaInput::Reply { command_id, outcome, now_ns, policy } => {
+            SagaInput::Reply { command_id, outcome, detail, now_ns, policy } => {
                 let order_id = self.oid()?;
                 if self.status.is_terminal() {
                     return Ok(vec![]);
@@ -550,7 +587,7 @@ impl Decider for Saga {
                     let step = p.what;
                     return Ok(match outcome {
                         Outcome::Succeeded => {
-                            let mut out = vec![SagaEvent::StepSucceeded(StepSucceeded { step })];
+                            let mut out = vec![SagaEvent::StepSucceeded(StepSucceeded { step, detail })];
                             match step.next() {
                                 Some(next) => out.push(self.request_step(order_id, next, now_ns, &policy)),
                                 None => out.push(SagaEvent::SagaCompleted(SagaCompleted { order_id })),
@@ -673,6 +710,9 @@ impl Decider for Saga {
                 });
             }
             SagaEvent::StepSucceeded(e) => {
+                if e.step == Step::CreateShipment {
+                    self.tracking_number.clone_from(&e.detail);
+                }
                 self.done.push(e.step);
                 self.step = None;
             }

@@ -44,7 +44,7 @@ fn req(step: Step) -> SagaEvent {
 }
 
 fn succeeded(step: Step) -> SagaEvent {
-    SagaEvent::StepSucceeded(StepSucceeded { step })
+    SagaEvent::StepSucceeded(StepSucceeded { step, detail: None })
 }
 
 fn comp(c: Compensation) -> SagaEvent {
@@ -61,13 +61,14 @@ fn comp_done(c: Compensation) -> SagaEvent {
 }
 
 fn ok(command_id: Uuid) -> SagaInput {
-    SagaInput::Reply { command_id, outcome: Outcome::Succeeded, now_ns: NOW, policy: policy() }
+    SagaInput::Reply { command_id, outcome: Outcome::Succeeded, detail: None, now_ns: NOW, policy: policy() }
 }
 
 fn rejected(command_id: Uuid, reason: &str) -> SagaInput {
     SagaInput::Reply {
         command_id,
         outcome: Outcome::Rejected { reason: reason.into() },
+        detail: None,
         now_ns: NOW,
         policy: policy(),
     }

@@ -52,6 +52,9 @@ pub struct ApiState<S: Storage> {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The admin routes' token and hooks (`None`: the admin routes answer 403).
     pub admin: Option<AdminApi>,
+    /// Commands go to the roles that own their streams, through Kafka (202 Accepted), instead of
+    /// being decided here (the query role of a distributed deployment).
+    pub forward_commands: bool,
 }
 
 /// Re-drives a dead letter `(consumer, original event id)` on the running node.
@@ -88,6 +91,7 @@ impl<S: Storage> Clone for ApiState<S> {
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
             admin: self.admin.clone(),
+            forward_commands: self.forward_commands,
         }
     }
 }
@@ -511,7 +515,8 @@ pub struct PlacedOrder {
 /// Places an order; its saga starts. With an `Idempotency-Key`, a retry returns the same order.
 #[utoipa::path(post, path = "/api/orders", tag = "commands", request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "1-200 characters; a retry with the same key and body has no second effect")),
-    responses((status = 201, body = PlacedOrder), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 201, body = PlacedOrder),
+        (status = 202, description = "forwarded to the order role (distributed query node)", body = PlacedOrder), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn place_order<S: Storage>(
     State(st): State<ApiState<S>>,
@@ -540,6 +545,27 @@ async fn place_order<S: Storage>(
         currency: Currency(req.currency),
         shipping_address: req.shipping_address,
     };
+    if st.forward_commands {
+        // Check what can be checked here (the decider is pure), then hand it to the order role.
+        aggregates::Decider::decide(&aggregates::order::Order::default(), cmd.clone())
+            .map_err(|e| ApiError::from(CommandError::Rejected(e.to_string())))?;
+        let OrderCommand::Place { customer_id, items, currency, shipping_address, .. } = cmd else {
+            return Err(ApiError::internal("not a place command"));
+        };
+        let position = forward(
+            &st,
+            crate::messages::ApiCommand::PlaceOrder {
+                key,
+                order_id,
+                customer_id: customer_id.0,
+                items,
+                currency: currency.0,
+                shipping_address,
+            },
+        )
+        .await?;
+        return Ok((StatusCode::ACCEPTED, Json(PlacedOrder { order_id, position })));
+    }
     let (_, r) = handlers::place_order(&st.store, key, cmd).await.map_err(|e| match e {
         // The same key again after the order exists with other content.
         CommandError::Rejected(m) if m.contains("already exists") => ApiError::from(CommandError::KeyReused),
@@ -561,18 +587,25 @@ pub struct CancelledOrder {
 #[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "commands",
     params(("id" = Uuid, Path, description = "the order id"),
         ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
-    responses((status = 200, body = CancelledOrder), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = CancelledOrder), (status = 202, description = "forwarded to the order role", body = CancelledOrder), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn cancel_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<CancelledOrder>> {
+) -> ApiResult<(StatusCode, Json<CancelledOrder>)> {
     let Path(id) = id?;
     let id = order_id(&id)?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    if st.forward_commands {
+        forward(&st, crate::messages::ApiCommand::CancelOrder { key, order_id: id }).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(CancelledOrder { order_id: id, status: "cancel_requested".into() }),
+        ));
+    }
     handlers::cancel_order(&st.store, key, id).await?;
-    Ok(Json(CancelledOrder { order_id: id, status: "cancelled".into() }))
+    Ok((StatusCode::OK, Json(CancelledOrder { order_id: id, status: "cancelled".into() })))
 }
 
 /// `POST /api/products/{sku}/stock` body.
@@ -597,19 +630,46 @@ pub struct StockAddedView {
 #[utoipa::path(post, path = "/api/products/{sku}/stock", tag = "commands", request_body = AddStockRequest,
     params(("sku" = String, Path, description = "1-64 of A-Z a-z 0-9 - _ ."),
         ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
-    responses((status = 200, body = StockAddedView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 200, body = StockAddedView), (status = 202, description = "forwarded to the inventory role", body = StockAddedView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 async fn add_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
     sku: Result<Path<String>, PathRejection>,
     body: Result<Json<AddStockRequest>, JsonRejection>,
-) -> ApiResult<Json<StockAddedView>> {
+) -> ApiResult<(StatusCode, Json<StockAddedView>)> {
     let Path(sku) = sku?;
     let Json(req) = body?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    if st.forward_commands {
+        let command = aggregates::inventory::InventoryCommand::AddStock {
+            sku: Sku(sku.clone()),
+            quantity: req.quantity,
+        };
+        aggregates::Decider::decide(&aggregates::inventory::Inventory::default(), command)
+            .map_err(|e| ApiError::from(CommandError::Rejected(e.to_string())))?;
+        if !Sku(sku.clone()).is_valid() {
+            return Err(CommandError::Rejected(format!("invalid SKU {sku:?}")).into());
+        }
+        let position = forward(
+            &st,
+            crate::messages::ApiCommand::AddStock { key, sku: Sku(sku.clone()), quantity: req.quantity },
+        )
+        .await?;
+        return Ok((StatusCode::ACCEPTED, Json(StockAddedView { sku, added: req.quantity, position })));
+    }
     let r = handlers::add_stock(&st.store, key, Sku(sku.clone()), req.quantity).await?;
-    Ok(Json(StockAddedView { sku, added: req.quantity, position: r.last_position }))
+    Ok((StatusCode::OK, Json(StockAddedView { sku, added: req.quantity, position: r.last_position })))
+}
+
+/// Appends a command for the role that owns its streams; the relay carries it there.
+async fn forward<S: Storage>(st: &ApiState<S>, command: crate::messages::ApiCommand) -> ApiResult<u64> {
+    let stream = command.stream().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    match st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![command.to_event()]).await {
+        Ok(r) => Ok(r.last_position),
+        Err(event_store::Error::EventIdReused { .. }) => Err(CommandError::KeyReused.into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn document<S: Storage, T: serde::de::DeserializeOwned>(

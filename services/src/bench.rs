@@ -678,6 +678,7 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
         metrics: None,
         stopping: http_stopped.clone(),
         admin: None,
+        forward_commands: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -1,6 +1,8 @@
-//! A checkpointed, partitioned consumer of the local log.
+//! A checkpointed, partitioned consumer of the local log or of a Kafka partition (the same
+//! handlers on either transport).
 //!
-//! One subscription reads events after the consumer's checkpoint. Events the handler wants are
+//! One feed (a subscription to the local log, or one Kafka partition) reads events after the
+//! consumer's checkpoint. Events the handler wants are
 //! routed by a partition key to one of N workers (so events of one order stay in order, and
 //! different orders proceed in parallel). The checkpoint is a watermark: every position at or
 //! below it is done. Handlers write it in the same atomic append as their outputs, and the
@@ -85,37 +87,79 @@ fn checkpoint_name(consumer: &str) -> String {
     format!("consumer.{consumer}")
 }
 
-/// Runs `handler` until `shutdown` turns true; then stops reading, finishes what was dispatched,
-/// saves the checkpoint and returns.
+/// One item of a consumer's feed: an event with its sequence number in the feed (its log
+/// position locally, offset + 1 in a Kafka partition), or a record that could not be read.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// An event.
+    Event(u64, RecordedEvent),
+    /// A record that is not an event: dead-lettered as it is (`event` carries its raw bytes).
+    Malformed(u64, RecordedEvent, String),
+}
+
+/// Runs `handler` on the local log until `shutdown` turns true; then stops reading, finishes what
+/// was dispatched, saves the checkpoint and returns.
 pub async fn run<S: Storage, H: Handler>(
     store: EventStore<S>,
     handler: Arc<H>,
     config: ConsumerConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), event_store::Error> {
-    let name = handler.name().to_owned();
-    let cp_name = checkpoint_name(&name);
+    let cp_name = checkpoint_name(handler.name());
     let start = store.checkpoint(&cp_name)?.unwrap_or(0);
-    let tracker = Arc::new(Mutex::new(Tracker { in_flight: BTreeSet::new(), seen: start }));
-    let mut sub = match handler.source() {
+    let sub = match handler.source() {
         Source::All => store.subscribe_all(start),
         Source::Category(c) => store.subscribe_category(&c, start),
     };
+    let feed = futures::stream::unfold(sub, |mut sub| async move {
+        let item = sub.next().await?;
+        Some((item.map(|e| FeedItem::Event(e.position, e)), sub))
+    });
+    run_feed(store, handler, config, shutdown, cp_name, start, Box::pin(feed)).await
+}
+
+/// The checkpoint of `consumer` over one Kafka partition.
+pub fn kafka_checkpoint_name(consumer: &str, topic: &str, partition: i32) -> String {
+    format!("consumer.{consumer}@{topic}/{partition}")
+}
+
+/// Where a consumer of a Kafka partition resumes: the offset after the last one done.
+pub fn kafka_resume_offset<S: Storage>(
+    store: &EventStore<S>,
+    consumer: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<u64, event_store::Error> {
+    Ok(store.checkpoint(&kafka_checkpoint_name(consumer, topic, partition))?.unwrap_or(0))
+}
+
+/// Runs `handler` on `feed` (whose sequence numbers start after `start`), with checkpoint
+/// `cp_name`, until `shutdown` turns true or the feed ends.
+pub async fn run_feed<S: Storage, H: Handler>(
+    store: EventStore<S>,
+    handler: Arc<H>,
+    config: ConsumerConfig,
+    mut shutdown: watch::Receiver<bool>,
+    cp_name: String,
+    start: u64,
+    mut feed: std::pin::Pin<Box<dyn futures::Stream<Item = Result<FeedItem, event_store::Error>> + Send>>,
+) -> Result<(), event_store::Error> {
+    use futures::StreamExt;
+    let tracker = Arc::new(Mutex::new(Tracker { in_flight: BTreeSet::new(), seen: start }));
     let workers = config.workers.max(1);
     let mut senders = Vec::with_capacity(workers);
     let mut tasks = JoinSet::new();
     for _ in 0..workers {
-        let (tx, mut rx) = mpsc::channel::<RecordedEvent>(1024);
+        let (tx, mut rx) = mpsc::channel::<(u64, RecordedEvent)>(1024);
         senders.push(tx);
         let handler = handler.clone();
         let tracker = tracker.clone();
         let store = store.clone();
         let cp_name = cp_name.clone();
         tasks.spawn(async move {
-            while let Some(event) = rx.recv().await {
-                let position = event.position;
+            while let Some((seq, event)) = rx.recv().await {
                 process(&store, handler.as_ref(), &event, &cp_name, &tracker, config).await;
-                lock(&tracker).in_flight.remove(&position);
+                lock(&tracker).in_flight.remove(&seq);
             }
         });
     }
@@ -134,22 +178,28 @@ pub async fn run<S: Storage, H: Handler>(
                     saved = w;
                 }
             }
-            next = sub.next() => {
-                let Some(event) = next else { break };
-                let event = event?;
-                let position = event.position;
-                if handler.accepts(&event) {
-                    let worker = (handler.partition_key(&event) % workers as u64) as usize;
-                    {
-                        let mut t = lock(&tracker);
-                        t.in_flight.insert(position);
-                        t.seen = position;
+            next = feed.next() => {
+                let Some(item) = next else { break };
+                match item? {
+                    FeedItem::Event(seq, event) if handler.accepts(&event) => {
+                        let worker = (handler.partition_key(&event) % workers as u64) as usize;
+                        {
+                            let mut t = lock(&tracker);
+                            t.in_flight.insert(seq);
+                            t.seen = seq;
+                        }
+                        if senders[worker].send((seq, event)).await.is_err() {
+                            break;
+                        }
                     }
-                    if senders[worker].send(event).await.is_err() {
-                        break;
+                    FeedItem::Event(seq, _) => lock(&tracker).seen = seq,
+                    FeedItem::Malformed(seq, raw, reason) => {
+                        tracing::warn!(consumer = handler.name(), seq, %reason, "dead-lettering a malformed record");
+                        metrics::counter!("causeway_dead_letters_total", "consumer" => handler.name().to_owned())
+                            .increment(1);
+                        dead_letter(&store, handler.name(), &raw, &reason).await?;
+                        lock(&tracker).seen = seq;
                     }
-                } else {
-                    lock(&tracker).seen = position;
                 }
             }
         }

@@ -238,6 +238,38 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         &self.gateway
     }
 
+    /// Handles a REST command forwarded from another node (idempotent by its key). A command
+    /// the domain refuses is a poison message: it goes to the dead letters with the reason.
+    pub async fn handle_forwarded(&self, command: messages::ApiCommand) -> Result<(), HandlerError> {
+        use messages::ApiCommand as A;
+        let outcome = match command {
+            A::PlaceOrder { key, order_id, customer_id, items, currency, shipping_address } => {
+                let cmd = OrderCommand::Place {
+                    order_id,
+                    customer_id: aggregates::CustomerId(customer_id),
+                    items,
+                    currency: aggregates::Currency(currency),
+                    shipping_address,
+                };
+                match place_order(&self.store, key, cmd).await {
+                    // Placed by an earlier delivery of the same command.
+                    Err(CommandError::Rejected(m)) if m.contains("already exists") => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            }
+            A::CancelOrder { key, order_id } => cancel_order(&self.store, key, order_id).await.map(|_| ()),
+            A::AddStock { key, sku, quantity } => {
+                add_stock(&self.store, key, sku, quantity).await.map(|_| ())
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(CommandError::Contention(m)) => Err(HandlerError::Transient(format!("{m} is busy"))),
+            Err(CommandError::Store(e)) if !e.is_client_error() => Err(e.into()),
+            Err(e) => Err(HandlerError::Poison(e.to_string())),
+        }
+    }
+
     /// Handles one command event; appends the outcome with `checkpoint` in the same write.
     pub async fn handle_command(
         &self,
@@ -283,6 +315,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         let cause = e.event_id;
         let mut request = AppendRequest::default();
         let mut after = Vec::new();
+        let mut detail = None;
         let outcome = match command {
             SagaCommand::ReserveStock { lines, .. }
             | SagaCommand::CommitStock { lines, .. }
@@ -411,14 +444,13 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                 match address {
                     None => Outcome::Rejected { reason: "the order has no shipping address".into() },
                     Some(address) => {
+                        let tracking_number =
+                            format!("TRK-{}", &command_id.simple().to_string()[..12].to_uppercase());
                         let cmd = ShippingCommand::Create {
                             order_id,
                             address: address.clone(),
                             deliverable: self.carrier.check(address),
-                            tracking_number: format!(
-                                "TRK-{}",
-                                &command_id.simple().to_string()[..12].to_uppercase()
-                            ),
+                            tracking_number: tracking_number.clone(),
                         };
                         let decided = state.decide(cmd);
                         let failed = decided.as_ref().ok().and_then(|evs| {
@@ -431,7 +463,13 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                             self.apply(&mut request, &stream, version, decided, command_id, corr, cause);
                         match failed {
                             Some(reason) => Outcome::Rejected { reason },
-                            None => outcome,
+                            None => {
+                                if outcome == Outcome::Succeeded {
+                                    // The saga hands it on to the order (on another node, maybe).
+                                    detail = Some(tracking_number);
+                                }
+                                outcome
+                            }
                         }
                     }
                 }
@@ -449,11 +487,18 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                     cause,
                 )
             }
-            SagaCommand::ConfirmOrder { .. } => {
+            SagaCommand::ConfirmOrder { tracking_number, .. } => {
                 let stream = messages::order_stream(order_id);
                 let (state, version) = load::<S, Order>(&self.store, &stream)?;
-                let (shipment, _) = load::<S, Shipment>(&self.store, &messages::shipment_stream(order_id))?;
-                let tracking_number = shipment.tracking_number.unwrap_or_default();
+                let tracking_number = match tracking_number {
+                    Some(t) => t.clone(),
+                    // A command from before the saga carried it: the shipment is local then.
+                    None => {
+                        let (shipment, _) =
+                            load::<S, Shipment>(&self.store, &messages::shipment_stream(order_id))?;
+                        shipment.tracking_number.unwrap_or_default()
+                    }
+                };
                 self.apply(
                     &mut request,
                     &stream,
@@ -481,7 +526,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         request = request.and(
             messages::replies_stream(order_id),
             ExpectedVersion::Any,
-            vec![messages::reply_event(command_id, command, outcome, cause)],
+            vec![messages::reply_event(command_id, command, outcome, detail, cause)],
         );
         Ok(Decision { request, after })
     }

@@ -175,6 +175,11 @@ enum Cmd {
         admin_token: Option<String>,
         #[command(flatten)]
         kafka: KafkaArgs,
+        /// What this node runs: all (everything in one process, the default) or one role of a
+        /// distributed deployment (order, inventory, payment, shipping, saga, query), which needs
+        /// Kafka.
+        #[arg(long, env = "CAUSEWAY_ROLE", value_enum, default_value = "all")]
+        role: services::runtime::Role,
     },
     /// Rebuild a lost log from Kafka, byte for byte, and verify it (counts and digest). Refuses a
     /// data directory that holds a store unless --force (which moves the old one aside). NOT safe
@@ -348,8 +353,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway, listen, admin_token, kafka } => {
-            serve(store, gateway, listen, admin_token, kafka.config()?).await
+        Cmd::Serve { store, gateway, listen, admin_token, kafka, role } => {
+            let kafka = kafka.config()?;
+            if role != services::runtime::Role::All && kafka.is_none() {
+                bail!(
+                    "the {} role talks to the other roles through Kafka: pass --kafka-bootstrap or set \
+                     KAFKA_BOOTSTRAP_SERVERS (or run --role all)",
+                    role.name()
+                );
+            }
+            serve(store, gateway, listen, admin_token, kafka, role).await
         }
         Cmd::Restore { from_kafka: _, data_dir, force, kafka } => {
             let config = kafka.required()?;
@@ -449,6 +462,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     admin_token: Option<String>,
     kafka: Option<services::kafka::KafkaConfig>,
+    role: services::runtime::Role,
 ) -> Result<ExitCode> {
     use std::future::IntoFuture;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -468,7 +482,8 @@ async fn serve(
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let mirrored = kafka.is_some();
-    let node = Runtime::start(store, gateway, RuntimeConfig { kafka, ..RuntimeConfig::default() })?;
+    let node =
+        Runtime::start_role(store, gateway, RuntimeConfig { kafka, ..RuntimeConfig::default() }, role)?;
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -481,6 +496,7 @@ async fn serve(
         metrics: Some(metrics),
         stopping: http_stopped.clone(),
         admin: admin_token.map(|token| services::api::AdminApi { token, redrive: node.redriver() }),
+        forward_commands: role == services::runtime::Role::Query,
     };
     let server = tokio::spawn(
         axum::serve(listener, services::api::app(state))
@@ -490,7 +506,7 @@ async fn serve(
             .into_future(),
     );
     ready.store(true, Ordering::Release);
-    tracing::info!(head = node.store().head(), %listen, "causeway node running (embedded mode)");
+    tracing::info!(head = node.store().head(), %listen, role = role.name(), "causeway node running");
     if mirrored {
         tracing::info!("mirroring the log to Kafka");
     }

@@ -125,15 +125,29 @@ pub struct CommandReplied {
     pub order_id: OrderId,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// What the service answers with besides the outcome (a shipment's tracking number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The event type of a reply.
 pub const REPLY_TYPE: &str = "CommandReplied";
 
 /// The reply event for a command (deterministic id: one reply per command id).
-pub fn reply_event(command_id: Uuid, command: &SagaCommand, outcome: Outcome, causation: Uuid) -> NewEvent {
-    let reply =
-        CommandReplied { command_id, command: command.name().into(), order_id: command.order_id(), outcome };
+pub fn reply_event(
+    command_id: Uuid,
+    command: &SagaCommand,
+    outcome: Outcome,
+    detail: Option<String>,
+    causation: Uuid,
+) -> NewEvent {
+    let reply = CommandReplied {
+        command_id,
+        command: command.name().into(),
+        order_id: command.order_id(),
+        outcome,
+        detail,
+    };
     NewEvent::json(REPLY_TYPE, serde_json::to_vec(&reply).unwrap_or_default())
         .with_id(derived_id(command_id, "reply", 0))
         .caused_by(command.order_id().0, causation)
@@ -165,7 +179,7 @@ mod tests {
     #[test]
     fn commands_round_trip_through_the_log_envelope() {
         let order = OrderId(Uuid::from_u128(5));
-        let cmd = SagaCommand::ConfirmOrder { order_id: order };
+        let cmd = SagaCommand::ConfirmOrder { order_id: order, tracking_number: None };
         let e = command_event(Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3), &cmd);
         let rec = RecordedEvent {
             position: 1,
@@ -197,5 +211,82 @@ mod tests {
         assert_eq!(derived_id(c, "a", 0), derived_id(c, "a", 0));
         assert_ne!(derived_id(c, "a", 0), derived_id(c, "a", 1));
         assert_ne!(derived_id(c, "a", 0), derived_id(c, "b", 0));
+    }
+}
+
+/// A REST command a node forwards to the role that owns its streams (through Kafka): appended to
+/// `order_commands-<order>` or `inventory_commands-<sku>` on the forwarding node, handled by the
+/// owner's command consumer. Its `key` is the client's idempotency key, so a repeat is a no-op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ApiCommand {
+    /// Place an order.
+    PlaceOrder {
+        key: Uuid,
+        order_id: OrderId,
+        customer_id: String,
+        items: Vec<aggregates::order::LineItem>,
+        currency: String,
+        shipping_address: Option<aggregates::shipping::Address>,
+    },
+    /// Cancel an order on the customer's request.
+    CancelOrder { key: Uuid, order_id: OrderId },
+    /// Add stock to a SKU.
+    AddStock { key: Uuid, sku: Sku, quantity: u64 },
+}
+
+/// Event types of forwarded REST commands.
+pub const API_COMMAND_TYPES: [&str; 3] = ["ApiPlaceOrder", "ApiCancelOrder", "ApiAddStock"];
+
+impl ApiCommand {
+    /// The event type.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            ApiCommand::PlaceOrder { .. } => API_COMMAND_TYPES[0],
+            ApiCommand::CancelOrder { .. } => API_COMMAND_TYPES[1],
+            ApiCommand::AddStock { .. } => API_COMMAND_TYPES[2],
+        }
+    }
+
+    /// The stream it is appended to on the forwarding node.
+    pub fn stream(&self) -> Result<StreamId, event_store::Error> {
+        match self {
+            ApiCommand::PlaceOrder { order_id, .. } | ApiCommand::CancelOrder { order_id, .. } => {
+                Ok(commands_stream(Service::Order, *order_id))
+            }
+            ApiCommand::AddStock { sku, .. } => {
+                StreamId::compose(&commands_category(Service::Inventory), sku)
+            }
+        }
+    }
+
+    /// The event to append (its id follows from the key, so a repeated request adds nothing).
+    pub fn to_event(&self) -> NewEvent {
+        let key = match self {
+            ApiCommand::PlaceOrder { key, .. }
+            | ApiCommand::CancelOrder { key, .. }
+            | ApiCommand::AddStock { key, .. } => *key,
+        };
+        let correlation = match self {
+            ApiCommand::PlaceOrder { order_id, .. } | ApiCommand::CancelOrder { order_id, .. } => order_id.0,
+            ApiCommand::AddStock { .. } => key,
+        };
+        NewEvent::json(self.event_type(), serde_json::to_vec(self).unwrap_or_default())
+            .with_id(derived_id(key, "forwarded", 0))
+            .with_metadata(COMMAND_ID, key.to_string())
+            .caused_by(correlation, key)
+    }
+
+    /// Reads a forwarded command; `Ok(None)` for any other event.
+    pub fn decode(e: &RecordedEvent) -> Result<Option<ApiCommand>, String> {
+        if !API_COMMAND_TYPES.contains(&e.event_type.as_str()) {
+            return Ok(None);
+        }
+        let cmd: ApiCommand =
+            serde_json::from_slice(&e.payload).map_err(|err| format!("bad forwarded command: {err}"))?;
+        if cmd.event_type() != e.event_type {
+            return Err(format!("event type {} does not match payload {}", e.event_type, cmd.event_type()));
+        }
+        Ok(Some(cmd))
     }
 }

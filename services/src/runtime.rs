@@ -50,6 +50,68 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// What a node runs. `All` is the embedded default: everything on one local log, Kafka optional
+/// (a mirror). The others are the roles of a distributed deployment: each owns the streams of
+/// its part, and events and commands cross nodes only through Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Role {
+    /// Everything in one process.
+    All,
+    /// Orders: `order-*`; handles `order_commands` (saga commands and forwarded REST commands).
+    Order,
+    /// Stock: `inventory-*`; handles `inventory_commands`.
+    Inventory,
+    /// Payments: `payment-*`; handles `payment_commands`.
+    Payment,
+    /// Shipments: `shipment-*`; handles `shipping_commands`.
+    Shipping,
+    /// The saga manager: `saga-*` and the commands it sends; reads order events and replies.
+    Saga,
+    /// Read models from every topic, the REST queries; forwards REST commands to their owners.
+    Query,
+}
+
+impl Role {
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Order => "order",
+            Role::Inventory => "inventory",
+            Role::Payment => "payment",
+            Role::Shipping => "shipping",
+            Role::Saga => "saga",
+            Role::Query => "query",
+        }
+    }
+
+    /// The service whose commands it handles.
+    fn service(self) -> Option<Service> {
+        match self {
+            Role::Order => Some(Service::Order),
+            Role::Inventory => Some(Service::Inventory),
+            Role::Payment => Some(Service::Payment),
+            Role::Shipping => Some(Service::Shipping),
+            _ => None,
+        }
+    }
+}
+
+/// Every topic of a distributed deployment (the query role reads them all).
+pub fn all_topics() -> Vec<String> {
+    let mut t: Vec<String> = ["order", "inventory", "payment", "shipment", "saga", "replies"]
+        .iter()
+        .map(|c| format!("{c}_domain_events"))
+        .collect();
+    t.extend(
+        [Service::Order, Service::Inventory, Service::Payment, Service::Shipping]
+            .into_iter()
+            .map(messages::commands_category),
+    );
+    t.push("dead_letters".into());
+    t
+}
+
 /// A service's command consumer.
 #[derive(Debug)]
 pub struct CommandConsumer<S: Storage, G: PaymentGateway> {
@@ -82,7 +144,10 @@ impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
         h.finish()
     }
     async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
-        self.handlers.handle_command(e, Some(checkpoint)).await
+        match messages::ApiCommand::decode(e).map_err(HandlerError::Poison)? {
+            Some(forwarded) => self.handlers.handle_forwarded(forwarded).await,
+            None => self.handlers.handle_command(e, Some(checkpoint)).await,
+        }
     }
 }
 
@@ -98,8 +163,26 @@ pub struct Runtime<S: Storage, G: PaymentGateway> {
 }
 
 impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
-    /// Starts every consumer and the saga timer on `store`.
+    /// Starts every consumer and the saga timer on `store` (the embedded default).
     pub fn start(store: EventStore<S>, gateway: G, config: RuntimeConfig) -> Result<Self, HandlerError> {
+        Self::start_role(store, gateway, config, Role::All)
+    }
+
+    /// Starts what `role` runs. Every role but `All` needs `config.kafka`: it reads its inputs
+    /// from Kafka and its relay publishes its log there.
+    pub fn start_role(
+        store: EventStore<S>,
+        gateway: G,
+        config: RuntimeConfig,
+        role: Role,
+    ) -> Result<Self, HandlerError> {
+        let kafka = match (role, &config.kafka) {
+            (Role::All, _) => None,
+            (_, Some(k)) => Some(k.clone()),
+            (_, None) => {
+                return Err(HandlerError::Poison(format!("the {} role needs Kafka", role.name())));
+            }
+        };
         let handlers = Arc::new(Handlers::new(
             store.clone(),
             Breaker::new(gateway, config.breaker),
@@ -112,14 +195,52 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         }
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        for service in [Service::Order, Service::Inventory, Service::Payment, Service::Shipping] {
+        let services = match (role, role.service()) {
+            (Role::All, _) => vec![Service::Order, Service::Inventory, Service::Payment, Service::Shipping],
+            (_, Some(s)) => vec![s],
+            _ => vec![],
+        };
+        for service in services {
             let c = Arc::new(CommandConsumer::new(handlers.clone(), service));
             let (store, rx, cfg) = (store.clone(), rx.clone(), config.consumer);
-            tasks.spawn(async move { consumer::run(store, c, cfg, rx).await.map_err(|e| e.to_string()) });
+            match &kafka {
+                None => tasks
+                    .spawn(async move { consumer::run(store, c, cfg, rx).await.map_err(|e| e.to_string()) }),
+                Some(k) => {
+                    let (k, topics) = (k.clone(), vec![messages::commands_category(service)]);
+                    tasks.spawn(async move {
+                        crate::kafka::consume::run(store, c, cfg, k, topics, rx)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+            };
         }
-        {
+        if matches!(role, Role::All | Role::Saga) {
             let (store, rx, cfg, saga) = (store.clone(), rx.clone(), config.consumer, saga.clone());
-            tasks.spawn(async move { consumer::run(store, saga, cfg, rx).await.map_err(|e| e.to_string()) });
+            match &kafka {
+                None => tasks.spawn(async move {
+                    consumer::run(store, saga, cfg, rx).await.map_err(|e| e.to_string())
+                }),
+                Some(k) => {
+                    let topics = vec!["order_domain_events".to_owned(), "replies_domain_events".to_owned()];
+                    let k = k.clone();
+                    tasks.spawn(async move {
+                        crate::kafka::consume::run(store, saga, cfg, k, topics, rx)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+            };
+        }
+        if let (Role::Query, Some(k)) = (role, &kafka) {
+            let replica = Arc::new(crate::kafka::consume::Replica::new(store.clone(), k.source()));
+            let (store, rx, cfg, k) = (store.clone(), rx.clone(), config.consumer, k.clone());
+            tasks.spawn(async move {
+                crate::kafka::consume::run(store, replica, cfg, k, all_topics(), rx)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
         }
         let models = ReadModels::new(store.clone());
         let opts = config.projections;
@@ -134,7 +255,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 crate::kafka::relay::run(store, kafka, rx).await.map_err(|e| e.to_string())
             });
         }
-        {
+        if matches!(role, Role::All | Role::Saga) {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {
                 saga.run_timer(interval, rx).await;

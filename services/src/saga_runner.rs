@@ -286,6 +286,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
                 Some(SagaInput::Reply {
                     command_id: reply.command_id,
                     outcome: reply.outcome.clone(),
+                    detail: reply.detail.clone(),
                     now_ns: now,
                     policy,
                 })

@@ -55,6 +55,7 @@ fn node_with_admin(admin: bool) -> (Rt, axum::Router) {
         metrics: Some(recorder()),
         stopping: never_stopping(),
         admin: admin.then(|| services::api::AdminApi { token: TOKEN.into(), redrive: rt.redriver() }),
+        forward_commands: false,
     };
     (rt, app(state))
 }

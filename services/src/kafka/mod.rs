@@ -9,6 +9,7 @@
 //! and any client finds it where it expects.
 
 pub mod cloudevents;
+pub mod consume;
 pub mod relay;
 pub mod restore;
 

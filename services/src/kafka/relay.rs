@@ -220,7 +220,11 @@ async fn send_window(
         let topic = topic_for(&e.stream_id);
         let partitions = topics.partitions.get(&topic).copied().unwrap_or(1);
         let partition = partition_for(e.stream_id.as_bytes(), partitions);
-        if topics.fence.get(&(topic.clone(), partition)).is_some_and(|f| *f >= e.position) {
+        // Copies of other nodes' events (the query role's) are theirs to publish; and what the
+        // fence says is in Kafka already is not sent again.
+        if e.metadata.contains_key(super::consume::REPLICA_OF)
+            || topics.fence.get(&(topic.clone(), partition)).is_some_and(|f| *f >= e.position)
+        {
             in_flight.push(InFlight::Skipped(e.position));
             continue;
         }

@@ -1,0 +1,165 @@
+//! Consumers fed from Kafka: the same handlers as on the local log, one feed per partition, with
+//! the partition's offset kept in the node's own store and written in the same atomic append as
+//! the handler's outputs (so a crash or a redelivery never applies a record twice or skips one).
+//! A record that is not a Causeway event goes to the consumer's dead letters and the consumer
+//! keeps going.
+//!
+//! [`Replica`] is the query role's handler: it copies every other node's events into the local
+//! log, where the projections fold them exactly as in one process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Storage, StreamId};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::{cloudevents, KafkaConfig, KafkaError};
+use crate::consumer::{self, ConsumerConfig, FeedItem, Handler, Source};
+use crate::handlers::HandlerError;
+
+/// Metadata key added to an event read from Kafka: the CloudEvents source it came from.
+pub const SOURCE_KEY: &str = "kafka.source";
+/// Metadata key of an event copied into the query role's log: the node it came from.
+pub const REPLICA_OF: &str = "replica_of";
+
+fn item(m: &BorrowedMessage<'_>) -> FeedItem {
+    let seq = m.offset().max(0) as u64 + 1;
+    let headers = cloudevents::header_map(m.headers());
+    match cloudevents::decode(&headers, m.payload()) {
+        Ok(mut e) => {
+            if let Some(source) = headers.get("ce_source") {
+                e.metadata.insert(SOURCE_KEY.to_owned(), source.clone());
+            }
+            FeedItem::Event(seq, e)
+        }
+        Err(reason) => {
+            let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+            let raw = RecordedEvent {
+                position: seq,
+                stream_id: m
+                    .key()
+                    .map_or_else(|| format!("kafka:{at}"), |k| String::from_utf8_lossy(k).into_owned()),
+                version: 0,
+                // The same record always gets the same id, so a redelivery adds no second letter.
+                event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("causeway:kafka:{at}").as_bytes()),
+                event_type: headers.get("ce_type").cloned().unwrap_or_else(|| "(not a CloudEvent)".into()),
+                schema_version: 0,
+                recorded_at_ns: 0,
+                correlation_id: Uuid::nil(),
+                causation_id: Uuid::nil(),
+                metadata: BTreeMap::new(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                content_type: headers.get("content-type").cloned().unwrap_or_default(),
+            };
+            FeedItem::Malformed(seq, raw, format!("malformed record {at}: {reason}"))
+        }
+    }
+}
+
+/// Runs `handler` on every partition of `topics` (created when missing) until `shutdown`.
+pub async fn run<S: Storage, H: Handler>(
+    store: EventStore<S>,
+    handler: Arc<H>,
+    config: ConsumerConfig,
+    kafka: KafkaConfig,
+    topics: Vec<String>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), KafkaError> {
+    let partitions = super::ensure_topics(&kafka, &topics).await?;
+    let total: i32 = partitions.iter().map(|(_, n)| *n).sum();
+    // The workers are shared out over the partitions.
+    let per_partition = ConsumerConfig { workers: (config.workers / total.max(1) as usize).max(2), ..config };
+    let mut tasks = JoinSet::new();
+    for (topic, count) in partitions {
+        for p in 0..count {
+            let name = handler.name().to_owned();
+            let start = consumer::kafka_resume_offset(&store, &name, &topic, p)?;
+            let c: StreamConsumer = kafka.reader(&format!("consumer-{name}")).create()?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, p, Offset::Offset(start as i64))?;
+            c.assign(&tpl)?;
+            let feed = futures::stream::unfold(Arc::new(c), move |c| async move {
+                loop {
+                    match c.recv().await {
+                        Ok(m) => {
+                            let it = item(&m);
+                            drop(m);
+                            return Some((Ok(it), c));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading Kafka failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            });
+            let cp_name = consumer::kafka_checkpoint_name(&name, &topic, p);
+            let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                consumer::run_feed(store, handler, per_partition, shutdown, cp_name, start, Box::pin(feed))
+                    .await
+            });
+        }
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        let r = r.map_err(|e| KafkaError::Other(e.to_string())).and_then(|r| r.map_err(KafkaError::from));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
+/// The query role's handler: copies other nodes' events into the local log.
+#[derive(Debug)]
+pub struct Replica<S: Storage> {
+    store: EventStore<S>,
+    own_source: String,
+}
+
+impl<S: Storage> Replica<S> {
+    /// A replica into `store`; records of `own_source` (this node's) are skipped.
+    pub fn new(store: EventStore<S>, own_source: String) -> Self {
+        Self { store, own_source }
+    }
+}
+
+impl<S: Storage> Handler for Replica<S> {
+    fn name(&self) -> &str {
+        "replica"
+    }
+    fn source(&self) -> Source {
+        Source::All
+    }
+    fn accepts(&self, e: &RecordedEvent) -> bool {
+        e.metadata.get(SOURCE_KEY).is_some_and(|s| *s != self.own_source)
+    }
+    fn partition_key(&self, e: &RecordedEvent) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        e.stream_id.hash(&mut h);
+        h.finish()
+    }
+    async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
+        let stream =
+            StreamId::new(e.stream_id.clone()).map_err(|err| HandlerError::Poison(err.to_string()))?;
+        let mut copy = NewEvent::from(e);
+        if let Some(source) = copy.metadata.remove(SOURCE_KEY) {
+            copy.metadata.insert(REPLICA_OF.to_owned(), source);
+        }
+        let request = AppendRequest::default()
+            .and(stream, ExpectedVersion::Any, vec![copy])
+            .with_checkpoint(checkpoint.0, checkpoint.1);
+        match self.store.append(request).await {
+            Ok(_) | Err(event_store::Error::EventIdReused { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
