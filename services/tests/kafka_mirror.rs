@@ -270,7 +270,7 @@ async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes(
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
     let open = || {
-        let storage = SledStorage::open(&SledConfig::new(data.join("db"))).expect("sled");
+        let storage = SledStorage::open(&SledConfig::new(&data)).expect("sled");
         EventStore::open(storage, StoreConfig::default()).expect("store")
     };
     let store = open();

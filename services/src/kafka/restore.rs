@@ -44,9 +44,9 @@ fn other(e: impl std::fmt::Display) -> KafkaError {
 /// Refuses a directory that holds a store unless `force`, which moves the old store aside.
 /// Blocking.
 pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<RestoreReport, KafkaError> {
-    let db = data_dir.join("db");
+    // `serve` opens a sled database in the data directory itself (its `db` file marks it).
     let mut moved_aside = None;
-    if db.exists() {
+    if data_dir.join("db").exists() {
         if !force {
             return Err(KafkaError::Other(format!(
                 "{} already holds a store; refusing to overwrite it (pass --force to move it aside)",
@@ -54,16 +54,21 @@ pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<Res
             )));
         }
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let aside = data_dir.join(format!("db.replaced-{stamp}"));
-        std::fs::rename(&db, &aside).map_err(other)?;
+        let mut aside = data_dir.as_os_str().to_owned();
+        aside.push(format!(".replaced-{stamp}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(data_dir, &aside).map_err(other)?;
         moved_aside = Some(aside);
     }
     std::fs::create_dir_all(data_dir).map_err(other)?;
-    let staging =
-        sled::Config::new().temporary(true).path(data_dir.join("restore-staging")).open().map_err(other)?;
+    // Staged next to the data directory (same disk), removed afterwards.
+    let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging_dir =
+        tempfile::Builder::new().prefix(".causeway-restore-").tempdir_in(parent).map_err(other)?;
+    let staging = sled::Config::new().path(staging_dir.path()).open().map_err(other)?;
     let (records, duplicates) = stage(config, &staging)?;
 
-    let storage = SledStorage::open(&SledConfig::new(&db)).map_err(other)?;
+    let storage = SledStorage::open(&SledConfig::new(data_dir)).map_err(other)?;
     let mut importer = raw::Importer::new(&storage)?;
     for item in staging.iter() {
         let (k, v) = item.map_err(other)?;
@@ -72,7 +77,7 @@ pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<Res
     }
     let digest = importer.finish()?;
     drop(staging);
-    let _ = std::fs::remove_dir_all(data_dir.join("restore-staging"));
+    drop(staging_dir);
 
     let store = EventStore::open(storage, StoreConfig::default())?;
     let check = store.verify()?;
