@@ -752,3 +752,111 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
     node.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+/// Options of `causeway bench kafka`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaBenchArgs {
+    /// The broker (host:port).
+    #[arg(long = "kafka-bootstrap", env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap: String,
+    /// Events in the log to mirror.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+}
+
+/// Relay throughput against raw rdkafka producing the same records to the same broker, in one
+/// run: the relay mirrors a filled log from its checkpoint to the head (reads, CloudEvents
+/// headers, ordered delivery confirmation, checkpoints); the raw producer sends the very same
+/// records (same topics, keys, partitions, headers, payloads) and waits for every delivery.
+pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
+    use crate::kafka::{cloudevents, partition_for, relay, topic_for, KafkaConfig};
+    use event_store::{ExpectedVersion, NewEvent, StreamId};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    anyhow::ensure!(args.events > 0, "--events must be at least 1");
+    let dir = tempfile::tempdir()?;
+    let store = open(dir.path(), 256, Durability::Periodic { interval: Duration::from_millis(5) })?;
+    // 1,000 streams over four categories, 100 events per append.
+    let categories = ["order", "payment", "shipment", "saga"];
+    let streams: Vec<StreamId> = (0..1000)
+        .map(|i| StreamId::compose(categories[i % 4], uuid::Uuid::now_v7()))
+        .collect::<Result<_, _>>()?;
+    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(args.payload.saturating_sub(11)));
+    let mut appended = 0;
+    while appended < args.events {
+        let n = (args.events - appended).min(100);
+        let stream = &streams[(appended / 100) as usize % streams.len()];
+        let events = (0..n).map(|_| NewEvent::json("Happened", body.clone().into_bytes())).collect();
+        store.append_to(stream, ExpectedVersion::Any, events).await?;
+        appended += n;
+    }
+    let head = store.head();
+    let node = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let config = KafkaConfig { partitions: 4, ..KafkaConfig::new(args.bootstrap.clone(), node.clone()) };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let topics: Vec<String> = categories.iter().map(|c| format!("{c}_domain_events")).collect();
+    crate::kafka::ensure_topics(&config, &topics).await?;
+    header(&format!(
+        "Kafka relay vs raw rdkafka, {head} events of {} bytes, 4 partitions per topic, lz4, acks=all, idempotent",
+        args.payload
+    ));
+
+    // The relay, from an empty checkpoint to the head.
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(relay::run(store.clone(), config.clone(), rx));
+    loop {
+        if store.checkpoint(relay::CHECKPOINT)?.unwrap_or(0) >= head {
+            break;
+        }
+        anyhow::ensure!(!task.is_finished(), "the relay stopped early");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let relay_secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    task.await??;
+
+    // Raw rdkafka: the same records, every delivery awaited.
+    let raw_config = KafkaConfig { node_id: format!("{node}-raw"), ..config.clone() };
+    let producer: FutureProducer = raw_config.producer().create()?;
+    let source = raw_config.source();
+    let events: Vec<event_store::RecordedEvent> = store.read_all(1).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for e in &events {
+        let topic = topic_for(&e.stream_id);
+        let record = FutureRecord::to(&topic)
+            .key(e.stream_id.as_bytes())
+            .payload(&e.payload)
+            .partition(partition_for(e.stream_id.as_bytes(), 4))
+            .timestamp((e.recorded_at_ns / 1_000_000) as i64)
+            .headers(cloudevents::headers(e, &source));
+        pending.push_back(producer.send_result(record).map_err(|(err, _)| err)?);
+        // The same number in flight as the relay's window.
+        if pending.len() >= raw_config.window {
+            if let Some(f) = pending.pop_front() {
+                f.await?.map_err(|(err, _)| err)?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(err, _)| err)?;
+    }
+    let raw_secs = started.elapsed().as_secs_f64();
+
+    println!("| producer | seconds | events/s | vs raw |");
+    println!("|----------|--------:|---------:|-------:|");
+    println!(
+        "| raw rdkafka (same records, same window) | {raw_secs:.2} | {:.0} | 100% |",
+        head as f64 / raw_secs
+    );
+    println!(
+        "| Causeway relay (log read, headers, ordered checkpoints) | {relay_secs:.2} | {:.0} | {:.0}% |",
+        head as f64 / relay_secs,
+        100.0 * raw_secs / relay_secs
+    );
+    Ok(())
+}

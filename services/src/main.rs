@@ -321,6 +321,8 @@ enum BenchCmd {
     Projections(bench::ProjectionBenchArgs),
     /// REST query latency (p50/p99 per route) over real HTTP, idle and while orders are placed.
     Api(bench::ApiBenchArgs),
+    /// Kafka relay throughput against raw rdkafka producing the same records (needs a broker).
+    Kafka(bench::KafkaBenchArgs),
     /// Internal: measures open time and memory of a big store in a fresh process.
     #[command(hide = true)]
     Probe(bench::ProbeArgs),
@@ -452,6 +454,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench(BenchCmd::Store(args)) => bench::store(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Projections(args)) => bench::projections(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Api(args)) => bench::api(args).await.map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Kafka(args)) => bench::kafka(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe(args)) => bench::probe(args).await.map(|_| ExitCode::SUCCESS),
     }
 }
