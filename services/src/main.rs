@@ -132,6 +132,13 @@ struct KafkaArgs {
     /// Producer batch size in bytes.
     #[arg(long, env = "CAUSEWAY_KAFKA_BATCH_BYTES", default_value_t = 262_144)]
     kafka_batch_bytes: u32,
+    /// Pods of this role: each takes the input partitions p with p % count == index.
+    #[arg(long, env = "CAUSEWAY_SHARD_COUNT", default_value_t = 1)]
+    shard_count: i32,
+    /// This pod's index among them, or `auto`: the ordinal at the end of the host name (a
+    /// StatefulSet pod `causeway-order-2` is 2).
+    #[arg(long, env = "CAUSEWAY_SHARD_INDEX", default_value = "0")]
+    shard_index: String,
 }
 
 impl KafkaArgs {
@@ -144,10 +151,27 @@ impl KafkaArgs {
             compression: self.kafka_compression.clone(),
             linger_ms: self.kafka_linger_ms,
             batch_bytes: self.kafka_batch_bytes,
+            shard: (self.shard_index()?, self.shard_count),
             ..services::kafka::KafkaConfig::new(bootstrap.clone(), self.node_id.clone())
         };
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(Some(c))
+    }
+
+    fn shard_index(&self) -> Result<i32> {
+        let raw = if self.shard_index == "auto" {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_default();
+            let host = host.trim().to_owned();
+            host.rsplit_once('-').map(|(_, n)| n.to_owned()).with_context(|| {
+                format!("--shard-index auto needs a host name ending in -<ordinal>, got {host:?}")
+            })?
+        } else {
+            self.shard_index.clone()
+        };
+        raw.parse().with_context(|| format!("shard index {raw:?} is not a number"))
     }
 
     fn required(&self) -> Result<services::kafka::KafkaConfig> {

@@ -29,6 +29,34 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (vec!["load", "--target", "ftp://example"], "--target must be an http:// URL"),
         (vec!["load", "--target", "http://127.0.0.1:1", "--orders", "3"], "no Causeway node answers"),
         (vec!["serve", "--data-dir", missing, "--admin-token", "short"], "at least 16 characters"),
+        (vec!["serve", "--data-dir", missing, "--role", "saga"], "talks to the other roles through Kafka"),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                missing,
+                "--kafka-bootstrap",
+                "127.0.0.1:1",
+                "--shard-count",
+                "2",
+                "--shard-index",
+                "2",
+            ],
+            "the index must be 0 to count - 1",
+        ),
+        (
+            vec![
+                "serve",
+                "--data-dir",
+                missing,
+                "--kafka-bootstrap",
+                "127.0.0.1:1",
+                "--kafka-compression",
+                "brotli",
+            ],
+            "compression",
+        ),
+        (vec!["restore", "--from-kafka", "--data-dir", missing], "Kafka is not configured"),
         (vec!["dead-letters", "--redrive", "not-a-uuid", "--consumer", "order-service"], "invalid value"),
     ] {
         let out = run(&args);

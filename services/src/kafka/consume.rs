@@ -71,13 +71,18 @@ pub async fn run<S: Storage, H: Handler>(
     topics: Vec<String>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
-    let partitions = super::ensure_topics(&kafka, &topics).await?;
-    let total: i32 = partitions.iter().map(|(_, n)| *n).sum();
+    let (index, count) = kafka.shard;
+    let partitions: Vec<(String, Vec<i32>)> = super::ensure_topics(&kafka, &topics)
+        .await?
+        .into_iter()
+        .map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect()))
+        .collect();
+    let total: i32 = partitions.iter().map(|(_, ps)| ps.len() as i32).sum();
     // The workers are shared out over the partitions.
     let per_partition = ConsumerConfig { workers: (config.workers / total.max(1) as usize).max(2), ..config };
     let mut tasks = JoinSet::new();
-    for (topic, count) in partitions {
-        for p in 0..count {
+    for (topic, mine) in partitions {
+        for p in mine {
             let name = handler.name().to_owned();
             let start = consumer::kafka_resume_offset(&store, &name, &topic, p)?;
             let c: StreamConsumer = kafka.reader(&format!("consumer-{name}")).create()?;

@@ -43,6 +43,9 @@ pub struct KafkaConfig {
     pub delivery_timeout: Duration,
     /// Events in flight (sent, delivery not yet confirmed) at most.
     pub window: usize,
+    /// This node's share of its role's input partitions: `(index, count)` takes the partitions
+    /// `p` with `p % count == index` (one pod of a scaled-out role); `(0, 1)` takes all.
+    pub shard: (i32, i32),
 }
 
 impl KafkaConfig {
@@ -58,6 +61,7 @@ impl KafkaConfig {
             batch_bytes: 256 * 1024,
             delivery_timeout: Duration::from_secs(30),
             window: 8192,
+            shard: (0, 1),
         }
     }
 
@@ -79,6 +83,13 @@ impl KafkaConfig {
         }
         if self.partitions < 1 || self.replication < 1 || self.window == 0 {
             return Err("partitions, replication and the window must be at least 1".into());
+        }
+        let (index, count) = self.shard;
+        if count < 1 || !(0..count).contains(&index) {
+            return Err(format!("shard {index} of {count}: the index must be 0 to count - 1"));
+        }
+        if count > self.partitions {
+            return Err(format!("{count} shards need at least {count} partitions per topic"));
         }
         Ok(())
     }
@@ -295,6 +306,9 @@ mod tests {
         assert!(KafkaConfig { compression: "brotli".into(), ..ok.clone() }.validate().is_err());
         assert!(KafkaConfig { node_id: "a b".into(), ..ok.clone() }.validate().is_err());
         assert!(KafkaConfig { bootstrap: " ".into(), ..ok.clone() }.validate().is_err());
-        assert!(KafkaConfig { partitions: 0, ..ok }.validate().is_err());
+        assert!(KafkaConfig { partitions: 0, ..ok.clone() }.validate().is_err());
+        assert!(KafkaConfig { shard: (1, 2), ..ok.clone() }.validate().is_ok());
+        assert!(KafkaConfig { shard: (2, 2), ..ok.clone() }.validate().is_err());
+        assert!(KafkaConfig { shard: (0, 8), ..ok }.validate().is_err(), "more shards than partitions");
     }
 }
