@@ -8,7 +8,8 @@
 #
 # Settings (environment): CLUSTER_DIR (./causeway-cluster), BASE_PORT (8081: order, then
 # inventory, payment, shipping, saga, query = BASE_PORT+5), KAFKA_PORT (19092), CAUSEWAY_BIN
-# (default: a release build of this checkout), CAUSEWAY_ADMIN_TOKEN (passed to the query node).
+# (default: a release build of this checkout), BROKER_STORAGE (sqlite://broker.db; memory://nisshi/
+# is faster and forgets everything when the broker stops).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROLES=(order inventory payment shipping saga query)
@@ -42,7 +43,7 @@ start() {
   fi
   local url="tcp://127.0.0.1:$KAFKA_PORT"
   (cd "$DIR/broker" && NO_COLOR=1 exec nisshi broker --listener-url "$url" --advertised-listener-url "$url" \
-      --storage-engine sqlite://broker.db --group-initial-rebalance-delay 0s >../logs/broker.log 2>&1) &
+      --storage-engine "${BROKER_STORAGE:-sqlite://broker.db}" --group-initial-rebalance-delay 0s >../logs/broker.log 2>&1) &
   echo $! >"$DIR/pids/broker"
   local deadline=$((SECONDS + 60))
   until nisshi topic list --broker "$url" >/dev/null 2>&1; do

@@ -549,6 +549,7 @@ async fn filled_node(
         undeliverable: 0.05,
         memory_checkpoint: 0,
         progress: false,
+        rate: None,
     };
     crate::load::run(&node, &spec).await?;
     Ok((store, node, spec))

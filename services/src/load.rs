@@ -33,6 +33,9 @@ pub struct LoadSpec {
     pub memory_checkpoint: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Orders placed per second at most (open loop: the pace does not wait for sagas to end,
+    /// up to `concurrency` in flight); `None` places as fast as `concurrency` allows.
+    pub rate: Option<f64>,
 }
 
 /// What happened.
@@ -207,6 +210,7 @@ pub fn print(report: &LoadReport) {
     println!("| elapsed | {:.2} s |", report.elapsed.as_secs_f64());
     println!("| sagas/s | {:.0} |", report.sagas_per_sec());
     println!("| p50 completion latency | {:.2} ms |", report.latency_ms(0.5));
+    println!("| p95 completion latency | {:.2} ms |", report.latency_ms(0.95));
     println!("| p99 completion latency | {:.2} ms |", report.latency_ms(0.99));
     if let Some(h) = &report.requests {
         println!("| p50 POST /api/orders | {:.2} ms |", h.value_at_quantile(0.5) as f64 / 1000.0);
@@ -340,7 +344,15 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
     let requests: Arc<Mutex<RequestStats>> = Arc::new(Mutex::new((Histogram::new(3)?, 0, None)));
     let started = Instant::now();
     let mut posts = tokio::task::JoinSet::new();
+    let mut pace = spec.rate.map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001)));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
     for i in 0..spec.orders {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
         let permit = slots.acquire().await?;
         permit.forget(); // returned by the watcher when the saga ends
         let bad = spec.undeliverable > 0.0 && rand::random::<f64>() < spec.undeliverable;

@@ -248,6 +248,10 @@ enum Cmd {
         /// in-process one; completion is timed from the node's live event feed.
         #[arg(long, env = "CAUSEWAY_TARGET")]
         target: Option<String>,
+        /// With --target: place orders at this many per second (open loop), at most
+        /// --concurrency in flight.
+        #[arg(long, requires = "target")]
+        rate: Option<f64>,
         /// Durability of appends.
         #[arg(long, value_enum, default_value = "fsync")]
         durability: DurabilityArg,
@@ -414,9 +418,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             memory_checkpoint,
             data_dir,
             target,
+            rate,
             durability,
             gateway,
         } => {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                bail!("--rate must be a positive number of orders per second");
+            }
             if orders == 0 || concurrency == 0 || skus == 0 {
                 bail!("--orders, --concurrency and --skus must be at least 1");
             }
@@ -430,6 +438,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 undeliverable,
                 memory_checkpoint,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                rate,
             };
             if let Some(target) = target {
                 if !target.starts_with("http://") {

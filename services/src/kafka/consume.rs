@@ -80,38 +80,65 @@ pub async fn run<S: Storage, H: Handler>(
     let total: i32 = partitions.iter().map(|(_, ps)| ps.len() as i32).sum();
     // The workers are shared out over the partitions.
     let per_partition = ConsumerConfig { workers: (config.workers / total.max(1) as usize).max(2), ..config };
-    let mut tasks = JoinSet::new();
-    for (topic, mine) in partitions {
+    // One client per handler; each partition gets its own queue (and feed), so partitions
+    // proceed independently while sharing connections and fetch requests.
+    let name = handler.name().to_owned();
+    let client: StreamConsumer =
+        kafka.reader(&format!("consumer-{name}")).set("fetch.wait.max.ms", "20").create()?;
+    let client = Arc::new(client);
+    let mut tpl = TopicPartitionList::new();
+    let mut starts = Vec::new();
+    for (topic, mine) in &partitions {
         for p in mine {
-            let name = handler.name().to_owned();
-            let start = consumer::kafka_resume_offset(&store, &name, &topic, p)?;
-            let c: StreamConsumer = kafka.reader(&format!("consumer-{name}")).create()?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, p, Offset::Offset(start as i64))?;
-            c.assign(&tpl)?;
-            let feed = futures::stream::unfold(Arc::new(c), move |c| async move {
-                loop {
-                    match c.recv().await {
-                        Ok(m) => {
-                            let it = item(&m);
-                            drop(m);
-                            return Some((Ok(it), c));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reading Kafka failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-            });
-            let cp_name = consumer::kafka_checkpoint_name(&name, &topic, p);
-            let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                consumer::run_feed(store, handler, per_partition, shutdown, cp_name, start, Box::pin(feed))
-                    .await
-            });
+            let start = consumer::kafka_resume_offset(&store, &name, topic, *p)?;
+            tpl.add_partition_offset(topic, *p, Offset::Offset(start as i64))?;
+            starts.push((topic.clone(), *p, start));
         }
     }
+    client.assign(&tpl)?;
+    let mut tasks = JoinSet::new();
+    for (topic, p, start) in starts {
+        let queue = client
+            .split_partition_queue(&topic, p)
+            .ok_or_else(|| KafkaError::Other(format!("cannot read {topic}/{p} on its own")))?;
+        let feed = futures::stream::unfold(queue, move |q| async move {
+            loop {
+                match q.recv().await {
+                    Ok(m) => {
+                        let it = item(&m);
+                        drop(m);
+                        return Some((Ok(it), q));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading Kafka failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        let cp_name = consumer::kafka_checkpoint_name(&name, &topic, p);
+        let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            consumer::run_feed(store, handler, per_partition, shutdown, cp_name, start, Box::pin(feed)).await
+        });
+    }
+    // The client's own queue must be served (events, errors); no messages arrive on it.
+    let events = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.recv().await {
+                    Ok(m) => {
+                        tracing::warn!(topic = m.topic(), "a record arrived outside its partition queue")
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Kafka client event");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    };
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
         let r = r.map_err(|e| KafkaError::Other(e.to_string())).and_then(|r| r.map_err(KafkaError::from));
@@ -119,6 +146,7 @@ pub async fn run<S: Storage, H: Handler>(
             result = r;
         }
     }
+    events.abort();
     result
 }
 
