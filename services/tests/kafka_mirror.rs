@@ -316,3 +316,29 @@ async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes(
     rt.shutdown().await.expect("shutdown");
     assert_kafka_holds(&broker, &store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republishing_from_a_position_sends_those_events_again_for_a_downstream_consumer() {
+    let broker = Broker::start();
+    let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start(store.clone(), kafka(&broker));
+    let ids = orders(&rt, 4).await;
+    sagas_end(&rt, &ids).await;
+    relayed(&store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
+    let head = store.head();
+    let from = head / 2;
+    let sent = services::kafka::relay::republish(&store, &kafka(&broker), from).await.expect("republish");
+    assert_eq!(sent, head - from + 1);
+    // The relay's checkpoint is untouched.
+    assert_eq!(store.checkpoint(CHECKPOINT).expect("checkpoint"), Some(head));
+    let bootstrap = broker.bootstrap();
+    let records = tokio::task::spawn_blocking(move || read_everything(&bootstrap)).await.expect("read");
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for r in &records {
+        *seen.entry(r.headers["ce_position"].parse().expect("position")).or_default() += 1;
+    }
+    for p in 1..=head {
+        assert_eq!(seen.get(&p).copied(), Some(if p >= from { 2 } else { 1 }), "position {p}");
+    }
+}
