@@ -16,6 +16,11 @@ use services::{invariants, load};
 
 use services::admin::{self, ReplayMode, PROJECTIONS};
 
+/// sled allocates and frees a node per copy-on-write update; mimalloc halves what the system
+/// allocator costs there (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "causeway", version, about = "Causeway: an event-sourced order platform")]
 struct Cli {
