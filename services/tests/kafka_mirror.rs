@@ -342,3 +342,28 @@ async fn republishing_from_a_position_sends_those_events_again_for_a_downstream_
         assert_eq!(seen.get(&p).copied(), Some(if p >= from { 2 } else { 1 }), "position {p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_promptly_while_the_broker_is_down() {
+    let mut broker = Broker::start();
+    let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
+    // Deliveries would be retried for a minute.
+    let config = KafkaConfig { delivery_timeout: Duration::from_secs(60), ..kafka(&broker) };
+    let rt = start(store.clone(), config);
+    let first = orders(&rt, 2).await;
+    sagas_end(&rt, &first).await;
+    relayed(&store, Duration::from_secs(60)).await;
+    broker.kill9();
+    let during = orders(&rt, 2).await;
+    sagas_end(&rt, &during).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    rt.shutdown().await.expect("shutdown");
+    assert!(started.elapsed() < Duration::from_secs(15), "stopping took {:?}", started.elapsed());
+    // The next start delivers what was left, once.
+    broker.restart();
+    let rt = start(store.clone(), kafka(&broker));
+    relayed(&store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
+    assert_kafka_holds(&broker, &store).await;
+}

@@ -161,7 +161,13 @@ pub async fn run<S: Storage>(
             }
             continue;
         }
-        match send_window(&producer, &config, &mut topics, &batch, &mut cp).await {
+        // A stop does not wait for deliveries the broker may never confirm (it is down): what
+        // was confirmed is kept, and the fence keeps a restart from sending the rest twice.
+        let sent = tokio::select! {
+            r = send_window(&producer, &config, &mut topics, &batch, &mut cp) => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        match sent {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, checkpoint = cp, retry_in = ?backoff, "relay delivery failed; resending after the fence");
