@@ -391,3 +391,39 @@ fn saga_events_round_trip() {
     let json = serde_json::to_vec(&cmd).expect("json");
     assert_eq!(serde_json::from_slice::<SagaCommand>(&json).expect("back"), cmd);
 }
+
+#[test]
+fn the_tracking_number_from_the_shipment_reply_goes_to_the_order_confirmation() {
+    // When the shipping service answers with a tracking number, the saga records it...
+    let state = given::<Saga>(running_at(Step::CreateShipment))
+        .when(SagaInput::Reply {
+            command_id: cid(Step::CreateShipment),
+            outcome: Outcome::Succeeded,
+            detail: Some("TRK-42".into()),
+            now_ns: NOW,
+            policy: policy(),
+        })
+        .then([
+            SagaEvent::StepSucceeded(StepSucceeded {
+                step: Step::CreateShipment,
+                detail: Some("TRK-42".into()),
+            }),
+            req(Step::CommitStock),
+        ]);
+    assert_eq!(state.tracking_number.as_deref(), Some("TRK-42"));
+    // ...and the confirmation carries it to the order service, on whichever node that runs.
+    let mut history = running_at(Step::CreateShipment);
+    history.push(SagaEvent::StepSucceeded(StepSucceeded {
+        step: Step::CreateShipment,
+        detail: Some("TRK-42".into()),
+    }));
+    history.push(req(Step::CommitStock));
+    history.push(succeeded(Step::CommitStock));
+    history.push(req(Step::ConfirmOrder));
+    let given = given::<Saga>(history);
+    let (_, cmd) = given.state().command_of(&req(Step::ConfirmOrder)).expect("a command");
+    assert_eq!(cmd, SagaCommand::ConfirmOrder { order_id: oid(), tracking_number: Some("TRK-42".into()) });
+    // A StepSucceeded recorded before the detail existed reads as none.
+    let old: StepSucceeded = serde_json::from_str(r#"{"step":"create_shipment"}"#).expect("old event");
+    assert_eq!(old.detail, None);
+}
