@@ -134,6 +134,9 @@ struct KafkaArgs {
     /// Producer linger (batching), in ms.
     #[arg(long, env = "CAUSEWAY_KAFKA_LINGER_MS", default_value_t = 5)]
     kafka_linger_ms: u32,
+    /// Consumer fetch wait (how long an idle fetch waits at the broker), in ms.
+    #[arg(long, env = "CAUSEWAY_KAFKA_FETCH_WAIT_MS", default_value_t = 20)]
+    kafka_fetch_wait_ms: u32,
     /// Producer batch size in bytes.
     #[arg(long, env = "CAUSEWAY_KAFKA_BATCH_BYTES", default_value_t = 262_144)]
     kafka_batch_bytes: u32,
@@ -155,6 +158,7 @@ impl KafkaArgs {
             replication: self.kafka_replication,
             compression: self.kafka_compression.clone(),
             linger_ms: self.kafka_linger_ms,
+            fetch_wait_ms: self.kafka_fetch_wait_ms,
             batch_bytes: self.kafka_batch_bytes,
             shard: (self.shard_index()?, self.shard_count),
             ..services::kafka::KafkaConfig::new(bootstrap.clone(), self.node_id.clone())

@@ -83,8 +83,10 @@ pub async fn run<S: Storage, H: Handler>(
     // One client per handler; each partition gets its own queue (and feed), so partitions
     // proceed independently while sharing connections and fetch requests.
     let name = handler.name().to_owned();
-    let client: StreamConsumer =
-        kafka.reader(&format!("consumer-{name}")).set("fetch.wait.max.ms", "20").create()?;
+    let client: StreamConsumer = kafka
+        .reader(&format!("consumer-{name}"))
+        .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
+        .create()?;
     let client = Arc::new(client);
     let mut tpl = TopicPartitionList::new();
     let mut starts = Vec::new();

@@ -37,6 +37,9 @@ pub struct KafkaConfig {
     pub compression: String,
     /// Producer `linger.ms`.
     pub linger_ms: u32,
+    /// Consumer `fetch.wait.max.ms`: how long an idle fetch waits at the broker. Each Kafka
+    /// crossing of a saga can wait this long.
+    pub fetch_wait_ms: u32,
     /// Producer `batch.size` (bytes).
     pub batch_bytes: u32,
     /// How long the producer keeps retrying a record before the relay backs off and resends.
@@ -58,6 +61,7 @@ impl KafkaConfig {
             replication: 1,
             compression: "lz4".into(),
             linger_ms: 5,
+            fetch_wait_ms: 20,
             batch_bytes: 256 * 1024,
             delivery_timeout: Duration::from_secs(30),
             window: 8192,
