@@ -3,7 +3,8 @@
 
 1. the generated base is current (deploy/k8s/generate.py --check);
 2. every overlay, rendered with `kubectl kustomize`, validates against the Kubernetes schemas with
-   strict field checking (`kubernetes-validate --strict`, bundled schemas, no network);
+   strict field checking (`kubernetes-validate --strict`, bundled schemas, no network), and with
+   npm `kubernetes-models`, which also rejects bad enum values;
 3. what schemas cannot see: each StatefulSet's serviceName names a headless Service; selectors
    match pod labels; ports named in probes exist; PDBs leave a quorum; every role gets
    KAFKA_BOOTSTRAP_SERVERS and the admin token from a Secret; grace periods exceed the drain time;
@@ -49,6 +50,16 @@ def schema_check(overlay):
     return [f"{overlay}: {line}" for line in (r.stdout + r.stderr).splitlines() if line.strip()] or (
         [f"{overlay}: kubernetes-validate failed"] if r.returncode else []
     )
+
+
+MODELS = DEPLOY / "models-check"
+
+
+def models_check(paths):
+    """kubernetes-models validation (enum values the JSON schemas let through)."""
+    r = subprocess.run(["node", str(MODELS / "validate.mjs"), *map(str, paths)], capture_output=True, text=True, cwd=MODELS)
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    return lines or (["kubernetes-models validation failed"] if r.returncode else [])
 
 
 def matches(selector, labels):
@@ -246,7 +257,13 @@ def self_test():
         broken = copy.deepcopy(docs)
         breakit(broken)
         assert semantic(broken, "broken"), f"the checks missed a broken {what}"
-    print(f"self-test: {len(breakages)} kinds of breakage caught")
+    # An enum value the schemas accept but Kubernetes rejects.
+    broken = copy.deepcopy(docs)
+    sts(broken, "causeway-order")["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Sometimes"
+    path = pathlib.Path("/tmp/causeway-selftest-enum.yaml")
+    path.write_text(yaml.safe_dump_all(broken))
+    assert models_check([path]), "kubernetes-models missed a bad imagePullPolicy"
+    print(f"self-test: {len(breakages) + 1} kinds of breakage caught")
 
 
 def main():
@@ -260,13 +277,17 @@ def main():
     for overlay in OVERLAYS:
         problems += schema_check(overlay)
         problems += semantic(render(overlay), overlay)
+    problems += models_check([pathlib.Path(f"/tmp/causeway-{o}.yaml") for o in OVERLAYS])
     problems += dashboard_check()
     problems += dockerfile_check()
     for p in problems:
         print("problem:", p)
     if problems:
         sys.exit(1)
-    print(f"deploy: {len(OVERLAYS)} overlays valid against Kubernetes {KUBERNETES_VERSION} (strict), checks passed")
+    print(
+        f"deploy: {len(OVERLAYS)} overlays valid against Kubernetes {KUBERNETES_VERSION} (strict) and "
+        "kubernetes-models, checks passed"
+    )
 
 
 if __name__ == "__main__":
