@@ -304,6 +304,13 @@ async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes(
     assert!(err.to_string().contains("refusing to overwrite"), "{err}");
 
     let store = open();
+    // Not even --force moves a store a node has open.
+    let (c, d) = (config.clone(), data.clone());
+    let err = tokio::task::spawn_blocking(move || services::kafka::restore::restore(&c, &d, true))
+        .await
+        .expect("join")
+        .expect_err("refuses a store in use");
+    assert!(err.to_string().contains("is a node running"), "{err}");
     assert_eq!(log_of(&store), log);
     assert!(store.verify().expect("verify").is_ok());
     let inv = invariants::check(&store).expect("invariants");

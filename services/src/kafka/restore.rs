@@ -53,6 +53,17 @@ pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<Res
                 data_dir.display()
             )));
         }
+        // Never move a store from under a running node: opening it takes its lock.
+        let probe = SledConfig { lock_wait: Duration::from_secs(2), ..SledConfig::new(data_dir) };
+        match SledStorage::open(&probe) {
+            Ok(storage) => drop(storage),
+            Err(e) => {
+                return Err(KafkaError::Other(format!(
+                    "{} cannot be opened (is a node running on it?): {e}",
+                    data_dir.display()
+                )))
+            }
+        }
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut aside = data_dir.as_os_str().to_owned();
         aside.push(format!(".replaced-{stamp}"));
