@@ -4,8 +4,10 @@
 //!   generation, written atomically with the projection's checkpoint (so an event is never
 //!   applied twice or skipped, across crashes), and generations so a rebuild never blocks
 //!   queries of the current model.
-//! - [`runner`]: the [`Projection`] trait and its operations: run live, full rebuild, replay
-//!   from a timestamp, as-of (the state at a time, into a separate model), lag.
+//! - [`runner`]: the [`Projection`] trait and its operations: run live (taking backups), full
+//!   rebuild, replay from a timestamp (from the newest backup before it), as-of (the state at a
+//!   time, into a separate model), lag. One writer per model at a time: a rebuild's switch never
+//!   races the live runner's commits.
 //! - [`models`]: the read models (order summaries with customer history, stock levels, payment
 //!   ledger, saga timelines, dead letters).
 
