@@ -1,5 +1,5 @@
-//! Causeway's services: command handlers, the saga process manager and the embedded runtime
-//! behind the `causeway` binary.
+//! Causeway's services: command handlers, the saga process manager, the runtime of every role
+//! (embedded, or one role per process talking through Kafka) behind the `causeway` binary.
 //!
 //! - [`api`]: the REST API (axum router, one JSON error shape).
 //! - [`admin`]: rebuild, replay, as-of, backup and re-drive, for the CLI and the admin routes.
@@ -7,13 +7,16 @@
 //! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
 //!   services, and the API's own commands (place, cancel, add stock).
 //! - [`gateway`]: the payment gateway port, a simulated gateway, a circuit breaker.
-//! - [`consumer`]: checkpointed, partitioned consumers of the log, with dead letters.
+//! - [`consumer`]: checkpointed, partitioned consumers of the local log or of Kafka partitions,
+//!   with dead letters.
 //! - [`saga_runner`]: the saga process manager and its deadline timer.
-//! - [`kafka`]: the relay to Kafka (CloudEvents records), topics, restore from Kafka.
+//! - [`kafka`]: the relay to Kafka (CloudEvents records), topics, consumers fed from Kafka, the
+//!   query role's replica, restore from Kafka.
 //! - [`invariants`]: the whole-system invariants, checked from the log.
-//! - [`runtime`]: everything above in one process on one store.
-//! - [`load`]: `causeway load`, saga throughput and latency.
-//! - [`bench`]: `causeway bench store`.
+//! - [`runtime`]: the roles (`all`, the embedded default, or one of order, inventory, payment,
+//!   shipping, saga, query) on a node's store.
+//! - [`load`]: `causeway load`, saga throughput and latency, in process or over HTTP.
+//! - [`bench`]: `causeway bench store|projections|api|kafka`.
 
 pub mod admin;
 pub mod api;
