@@ -1,8 +1,8 @@
 //! The distributed deployment as users run it: one `causeway serve --role ...` process per role
 //! plus a real Kafka-protocol broker. Hundreds of orders over every saga path go in through the
 //! query node (which forwards commands to their owners through Kafka); meanwhile the inventory
-//! node is killed with `kill -9` and restarted, and a malformed record is put on a commands
-//! topic. Then every saga has ended, the invariants hold over the query node's copy of every log,
+//! node is killed with `kill -9` and restarted, the broker is killed with `kill -9` and
+//! restarted, and a malformed record is put on a commands topic. Then every saga has ended, the invariants hold over the query node's copy of every log,
 //! the query node holds every owner's events unchanged, and its read models agree with its log.
 
 mod support;
@@ -114,7 +114,7 @@ async fn post(client: &reqwest::Client, url: String, body: Value, key: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_and_bad_records() {
-    let broker = Broker::start();
+    let mut broker = Broker::start();
     let root = tempfile::tempdir().expect("tempdir");
     let bootstrap = broker.bootstrap();
     let mut nodes: HashMap<&str, Node> =
@@ -160,6 +160,14 @@ async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_a
     const ORDERS: usize = 200;
     let mut orders = Vec::new();
     for i in 0..ORDERS {
+        if i == ORDERS * 3 / 4 {
+            // The broker dies (kill -9): the query node keeps accepting orders meanwhile.
+            broker.kill9();
+        }
+        if i == ORDERS * 3 / 4 + 20 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker.restart();
+        }
         if i == ORDERS / 2 {
             // The inventory node dies mid-flow and comes back.
             let inventory = nodes.get_mut("inventory").expect("node");
