@@ -250,9 +250,14 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         spawn_projection(&mut tasks, &models, PaymentLedger, opts, rx.clone());
         spawn_projection(&mut tasks, &models, DeadLetters, opts, rx.clone());
         if let Some(kafka) = config.kafka.clone() {
+            let health = crate::kafka::relay::RelayHealth::default();
+            if role == Role::Saga {
+                // Its commands reach the services only through Kafka.
+                saga.hold_deadlines_while_stalled(health.clone());
+            }
             let (store, rx) = (store.clone(), rx.clone());
             tasks.spawn(async move {
-                crate::kafka::relay::run(store, kafka, rx).await.map_err(|e| e.to_string())
+                crate::kafka::relay::run_observed(store, kafka, rx, health).await.map_err(|e| e.to_string())
             });
         }
         if matches!(role, Role::All | Role::Saga) {

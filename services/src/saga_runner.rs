@@ -47,6 +47,8 @@ pub struct SagaRunner<S: Storage> {
     active: Mutex<HashMap<OrderId, Active>>,
     deadlines: Mutex<BTreeSet<(u64, OrderId)>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// In a distributed node: the relay that carries this saga's commands to the services.
+    transport: std::sync::OnceLock<crate::kafka::relay::RelayHealth>,
 }
 
 impl<S: Storage> std::fmt::Debug for SagaRunner<S> {
@@ -74,7 +76,14 @@ impl<S: Storage> SagaRunner<S> {
             active: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(BTreeSet::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            transport: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Holds deadlines while `relay` cannot get events to Kafka (a distributed node's commands
+    /// travel through it): a broker outage delays sagas instead of timing them out.
+    pub fn hold_deadlines_while_stalled(&self, relay: crate::kafka::relay::RelayHealth) {
+        let _ = self.transport.set(relay);
     }
 
     /// Sagas in flight (in memory).
@@ -200,6 +209,10 @@ impl<S: Storage> SagaRunner<S> {
 
     /// Fires due deadlines. Returns how many sagas were ticked.
     pub async fn tick(&self) -> usize {
+        if self.transport.get().is_some_and(|t| t.stalled(Duration::from_secs(1))) {
+            tracing::debug!("commands cannot reach Kafka; saga deadlines are held");
+            return 0;
+        }
         let now = now_ns();
         let due: Vec<OrderId> = {
             let deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());

@@ -72,11 +72,23 @@ pub async fn run<S: Storage, H: Handler>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
     let (index, count) = kafka.shard;
-    let partitions: Vec<(String, Vec<i32>)> = super::ensure_topics(&kafka, &topics)
-        .await?
-        .into_iter()
-        .map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect()))
-        .collect();
+    // The broker may be down while the node starts: wait for it rather than fail the node.
+    let mut backoff = Duration::from_millis(200);
+    let mut shutdown = shutdown;
+    let found = loop {
+        match super::ensure_topics(&kafka, &topics).await {
+            Ok(found) => break found,
+            Err(e) => {
+                tracing::warn!(consumer = handler.name(), error = %e, retry_in = ?backoff, "waiting for Kafka");
+                if super::relay::sleep_or_stop(backoff, &mut shutdown).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    let partitions: Vec<(String, Vec<i32>)> =
+        found.into_iter().map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect())).collect();
     let total: i32 = partitions.iter().map(|(_, ps)| ps.len() as i32).sum();
     // The workers are shared out over the partitions.
     let per_partition = ConsumerConfig { workers: (config.workers / total.max(1) as usize).max(2), ..config };

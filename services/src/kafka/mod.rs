@@ -109,6 +109,8 @@ impl KafkaConfig {
         c.set("bootstrap.servers", &self.bootstrap)
             .set("client.id", format!("causeway-{}", self.node_id))
             .set("socket.keepalive.enable", "true")
+            // Back on a returning broker within a second, not librdkafka's default 10 s.
+            .set("reconnect.backoff.max.ms", "1000")
             .set("log_level", "3");
         c
     }

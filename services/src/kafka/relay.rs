@@ -100,14 +100,58 @@ enum InFlight {
     Skipped(u64),
 }
 
+/// Whether the relay is getting events to Kafka: shared with the saga manager of a distributed
+/// node, which holds its deadlines while its commands cannot leave the node (a broker outage must
+/// not time out and compensate every saga in flight).
+#[derive(Debug, Clone, Default)]
+pub struct RelayHealth {
+    /// When the oldest unconfirmed send started (Unix ns; 0: nothing waiting).
+    waiting_since_ns: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RelayHealth {
+    fn now_ns() -> u64 {
+        event_store::time_to_nanos(time::OffsetDateTime::now_utc())
+    }
+
+    fn started(&self) {
+        let _ = self.waiting_since_ns.compare_exchange(
+            0,
+            Self::now_ns(),
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    fn delivered(&self) {
+        self.waiting_since_ns.store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True when events have waited for Kafka longer than `for_at_least`.
+    pub fn stalled(&self, for_at_least: Duration) -> bool {
+        let since = self.waiting_since_ns.load(std::sync::atomic::Ordering::Acquire);
+        since != 0 && Self::now_ns().saturating_sub(since) > for_at_least.as_nanos() as u64
+    }
+}
+
 /// Runs the relay until `shutdown` turns true. Errors from Kafka are retried with backoff (the
 /// relay never gives up); only a failing local store ends it.
 pub async fn run<S: Storage>(
     store: EventStore<S>,
     config: KafkaConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
-    let producer: FutureProducer = config.producer().create()?;
+    run_observed(store, config, shutdown, RelayHealth::default()).await
+}
+
+/// [`run`], reporting whether events get out in `health`.
+pub async fn run_observed<S: Storage>(
+    store: EventStore<S>,
+    config: KafkaConfig,
+    mut shutdown: watch::Receiver<bool>,
+    health: RelayHealth,
+) -> Result<(), KafkaError> {
+    let mut producer: FutureProducer = config.producer().create()?;
     let mut topics = Topics::default();
     let mut fenced = false;
     let mut backoff = Duration::from_millis(100);
@@ -138,18 +182,26 @@ pub async fn run<S: Storage>(
             }
             .await;
             if let Err(e) = result {
+                if store.head() > cp {
+                    health.started();
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "the relay cannot reach Kafka");
                 metrics::counter!("causeway_relay_errors_total").increment(1);
                 if sleep_or_stop(backoff, &mut shutdown).await {
                     break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
             fenced = true;
         }
         let batch: Vec<RecordedEvent> =
             store.read_all(cp + 1).take(config.window).collect::<Result<_, _>>()?;
+        if batch.is_empty() {
+            health.delivered();
+        } else {
+            health.started();
+        }
         if batch.is_empty() {
             if cp != saved {
                 store.save_checkpoint(CHECKPOINT, cp).await?;
@@ -168,15 +220,25 @@ pub async fn run<S: Storage>(
             _ = shutdown.wait_for(|s| *s) => break,
         };
         match sent {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                health.delivered();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, checkpoint = cp, retry_in = ?backoff, "relay delivery failed; resending after the fence");
                 metrics::counter!("causeway_relay_errors_total").increment(1);
                 fenced = false;
+                // An idempotent producer can fail for good (a broker that lost its producer
+                // state after a crash); a new one starts a new producer id. The fence keeps the
+                // resend from duplicating anything.
+                if let Some((code, reason)) = rdkafka::producer::Producer::client(&producer).fatal_error() {
+                    tracing::warn!(?code, %reason, "the producer failed for good; starting a new one");
+                    producer = config.producer().create()?;
+                }
                 if sleep_or_stop(backoff, &mut shutdown).await {
                     break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
         if cp != saved && (last_save.elapsed() >= SAVE_INTERVAL || cp - saved >= config.window as u64) {
@@ -192,7 +254,7 @@ pub async fn run<S: Storage>(
 }
 
 /// Sleeps, or returns true early when the node stops.
-async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *shutdown.borrow(),
         changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
