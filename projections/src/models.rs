@@ -156,7 +156,8 @@ impl Projection for OrderSummaries {
                 let Some(id) = order_of_stream(&e.stream_id) else { return Ok(()) };
                 let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(id))? else { return Ok(()) };
                 s.timeline.push(entry(e, None));
-                Self::save(tx, &s)
+                // The customer's view (status, total) does not change: only the order document.
+                tx.put(&Self::order_key(id), &s)
             }
             _ => Ok(()),
         }
