@@ -295,6 +295,12 @@ impl<S: Storage> EventStore<S> {
             .collect()
     }
 
+    /// Why the store refuses writes, once a sync failed (`None` while it is healthy). A node
+    /// checks it to stop instead of serving from a store that can no longer make data durable.
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.shared.poisoned.get().cloned()
+    }
+
     /// The durable head: the position of the last event readers can see (0 when empty).
     pub fn head(&self) -> u64 {
         self.inner.shared.durable()

@@ -449,6 +449,7 @@ async fn a_failed_sync_fails_the_waiters_and_poisons_the_store() {
     let store = EventStore::open(storage, StoreConfig::default()).expect("open");
     let s = sid("order-f");
     store.append_to(&s, ExpectedVersion::Any, vec![ev("ok")]).await.expect("healthy");
+    assert_eq!(store.poisoned(), None);
     fail.store(true, Ordering::SeqCst);
     let err = store.append_to(&s, ExpectedVersion::Any, vec![ev("lost")]).await.unwrap_err();
     assert!(matches!(err, Error::Poisoned(_)), "{err}");
@@ -458,6 +459,7 @@ async fn a_failed_sync_fails_the_waiters_and_poisons_the_store() {
     assert!(matches!(err, Error::Poisoned(_)), "a poisoned store stays read-only: {err}");
     // Readers never saw the unacknowledged event.
     assert_eq!(store.head(), 1);
+    assert!(store.poisoned().is_some(), "the node can see why");
 }
 
 #[test]

@@ -172,6 +172,11 @@ pub async fn run_feed<S: Storage, H: Handler>(
                 if *shutdown.borrow() { break; }
             }
             _ = tick.tick() => {
+                // A store that failed a sync takes the consumer (and so the node) down, whether
+                // or not there is a checkpoint to save.
+                if let Some(reason) = store.poisoned() {
+                    return Err(event_store::Error::Poisoned(reason));
+                }
                 let w = lock(&tracker).watermark();
                 if w > saved {
                     store.save_checkpoint(&cp_name, w).await?;
