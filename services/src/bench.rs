@@ -773,9 +773,9 @@ pub struct KafkaBenchArgs {
 /// headers, ordered delivery confirmation, checkpoints); the raw producer sends the very same
 /// records (same topics, keys, partitions, headers, payloads) and waits for every delivery.
 pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
-    use crate::kafka::{cloudevents, partition_for, relay, topic_for, KafkaConfig};
+    use crate::kafka::{partition_for, relay, topic_for, KafkaConfig};
     use event_store::{ExpectedVersion, NewEvent, StreamId};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureProducer;
 
     anyhow::ensure!(args.events > 0, "--events must be at least 1");
     let dir = tempfile::tempdir()?;
@@ -829,12 +829,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
     let mut pending = std::collections::VecDeque::new();
     for e in &events {
         let topic = topic_for(&e.stream_id);
-        let record = FutureRecord::to(&topic)
-            .key(e.stream_id.as_bytes())
-            .payload(&e.payload)
-            .partition(partition_for(e.stream_id.as_bytes(), 4))
-            .timestamp((e.recorded_at_ns / 1_000_000) as i64)
-            .headers(cloudevents::headers(e, &source));
+        let record = relay::record(e, &topic, partition_for(e.stream_id.as_bytes(), 4), &source);
         pending.push_back(producer.send_result(record).map_err(|(err, _)| err)?);
         // The same number in flight as the relay's window.
         if pending.len() >= raw_config.window {

@@ -202,45 +202,23 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         };
         for service in services {
             let c = Arc::new(CommandConsumer::new(handlers.clone(), service));
-            let (store, rx, cfg) = (store.clone(), rx.clone(), config.consumer);
-            match &kafka {
-                None => tasks
-                    .spawn(async move { consumer::run(store, c, cfg, rx).await.map_err(|e| e.to_string()) }),
-                Some(k) => {
-                    let (k, topics) = (k.clone(), vec![messages::commands_category(service)]);
-                    tasks.spawn(async move {
-                        crate::kafka::consume::run(store, c, cfg, k, topics, rx)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-            };
+            let topics = vec![messages::commands_category(service)];
+            spawn_consumer(&mut tasks, &store, c, config.consumer, kafka.as_ref().map(|k| (k, topics)), &rx);
         }
         if matches!(role, Role::All | Role::Saga) {
-            let (store, rx, cfg, saga) = (store.clone(), rx.clone(), config.consumer, saga.clone());
-            match &kafka {
-                None => tasks.spawn(async move {
-                    consumer::run(store, saga, cfg, rx).await.map_err(|e| e.to_string())
-                }),
-                Some(k) => {
-                    let topics = vec!["order_domain_events".to_owned(), "replies_domain_events".to_owned()];
-                    let k = k.clone();
-                    tasks.spawn(async move {
-                        crate::kafka::consume::run(store, saga, cfg, k, topics, rx)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-            };
+            let topics = vec!["order_domain_events".to_owned(), "replies_domain_events".to_owned()];
+            spawn_consumer(
+                &mut tasks,
+                &store,
+                saga.clone(),
+                config.consumer,
+                kafka.as_ref().map(|k| (k, topics)),
+                &rx,
+            );
         }
         if let (Role::Query, Some(k)) = (role, &kafka) {
             let replica = Arc::new(crate::kafka::consume::Replica::new(store.clone(), k.source()));
-            let (store, rx, cfg, k) = (store.clone(), rx.clone(), config.consumer, k.clone());
-            tasks.spawn(async move {
-                crate::kafka::consume::run(store, replica, cfg, k, all_topics(), rx)
-                    .await
-                    .map_err(|e| e.to_string())
-            });
+            spawn_consumer(&mut tasks, &store, replica, config.consumer, Some((k, all_topics())), &rx);
         }
         let models = ReadModels::new(store.clone());
         let opts = config.projections;
@@ -332,6 +310,31 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Runs a handler until shutdown, on the local log or (with Kafka settings and its topics) on
+/// Kafka partitions: the same handler on either transport.
+fn spawn_consumer<S: Storage, H: Handler>(
+    tasks: &mut JoinSet<Result<(), String>>,
+    store: &EventStore<S>,
+    handler: Arc<H>,
+    config: ConsumerConfig,
+    kafka: Option<(&crate::kafka::KafkaConfig, Vec<String>)>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let (store, rx) = (store.clone(), shutdown.clone());
+    match kafka {
+        None => tasks
+            .spawn(async move { consumer::run(store, handler, config, rx).await.map_err(|e| e.to_string()) }),
+        Some((k, topics)) => {
+            let k = k.clone();
+            tasks.spawn(async move {
+                crate::kafka::consume::run(store, handler, config, k, topics, rx)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+    };
 }
 
 /// Runs a projection until shutdown. A projection that stops on a bad event is logged and stays

@@ -296,13 +296,7 @@ async fn send_window(
             in_flight.push(InFlight::Skipped(e.position));
             continue;
         }
-        let record = FutureRecord::to(&topic)
-            .key(e.stream_id.as_bytes())
-            .payload(&e.payload)
-            .partition(partition)
-            .timestamp((e.recorded_at_ns / 1_000_000) as i64)
-            .headers(cloudevents::headers(e, &source));
-        match producer.send_result(record) {
+        match producer.send_result(record(e, &topic, partition, &source)) {
             Ok(f) => in_flight.push(InFlight::Sent(e.position, f)),
             Err((err, _)) => {
                 // The queue is full or the producer failed: confirm what was sent, then retry.
@@ -312,6 +306,22 @@ async fn send_window(
         }
     }
     settle(in_flight, cp).await
+}
+
+/// The Kafka record of `e`: key = stream id, the given partition, CreateTime = recorded-at,
+/// CloudEvents headers with `source`.
+pub fn record<'a>(
+    e: &'a RecordedEvent,
+    topic: &'a str,
+    partition: i32,
+    source: &str,
+) -> FutureRecord<'a, [u8], [u8]> {
+    FutureRecord::to(topic)
+        .key(e.stream_id.as_bytes())
+        .payload(e.payload.as_slice())
+        .partition(partition)
+        .timestamp((e.recorded_at_ns / 1_000_000) as i64)
+        .headers(cloudevents::headers(e, source))
 }
 
 /// Waits for deliveries in log order; stops at the first failure.
