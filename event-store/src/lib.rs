@@ -7,7 +7,8 @@
 //!   checkpoints, snapshots and an integrity check.
 //! - [`Subscription`] (module `subscription`): catch-up-then-live subscriptions.
 //! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].
-//! - [`raw`]: the exact on-disk bytes, for benchmarks and restore tools.
+//! - [`raw`]: the exact on-disk bytes, for benchmarks; the importer that writes a log recorded
+//!   elsewhere (restore from Kafka) and a SHA-256 digest of a log.
 //! - `keys` and `codec`: the on-disk layout and record format (documented in ARCHITECTURE.md).
 //!
 //! ```
