@@ -1,6 +1,7 @@
 //! `causeway`: the Causeway node and its operator tools. A thin binary: configuration, the choice
 //! of concrete store and gateway, signal handling; everything else lives in the `services` library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -373,6 +374,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,causeway=info,services=info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
