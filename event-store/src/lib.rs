@@ -6,6 +6,8 @@
 //!   fsync/periodic durability, reads by stream, global position, timestamp and category,
 //!   checkpoints, snapshots and an integrity check.
 //! - [`Subscription`] (module `subscription`): catch-up-then-live subscriptions.
+//! - [`ParallelLogReader`] (module `replay`): the log read and decoded ahead by worker threads,
+//!   in order, for rebuilds and replays.
 //! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].
 //! - [`raw`]: the exact on-disk bytes, for benchmarks; the importer that writes a log recorded
 //!   elsewhere (restore from Kafka) and a SHA-256 digest of a log.
@@ -27,6 +29,7 @@ mod codec;
 mod error;
 pub(crate) mod keys;
 pub mod raw;
+mod replay;
 pub mod storage;
 mod store;
 mod subscription;
@@ -35,6 +38,7 @@ mod types;
 pub use codec::MAX_EVENT_BYTES;
 pub use error::{Error, Result};
 pub use keys::APP as APP_KEY_PREFIX;
+pub use replay::{ParallelLogReader, ReadAhead};
 pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
 pub use store::{CategoryReader, Durability, EventStore, LogReader, StoreConfig, StreamReader, VerifyReport};
 pub use subscription::Subscription;

@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::codec::{self, MAX_EVENT_BYTES};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::replay::{ParallelLogReader, ReadAhead};
 use crate::storage::{Storage, StorageError, WriteBatch};
 use crate::types::{
     category_of, time_to_nanos, AppendRequest, AppendResult, Direction, ExpectedVersion, RecordedEvent,
@@ -361,6 +362,32 @@ impl<S: Storage> EventStore<S> {
                 false,
             ),
         }
+    }
+
+    /// Reads the global log from `from` (inclusive) to `to` (inclusive, capped at the head).
+    pub fn read_range(&self, from: u64, to: u64) -> LogReader<S> {
+        let end = to.min(self.head()).saturating_add(1);
+        LogReader { inner: self.inner.storage.range(&keys::log(from), &keys::log(end), false) }
+    }
+
+    /// Reads the global log from `from_position` to the current head with worker threads reading
+    /// and decoding ahead of the caller ([`ParallelLogReader`]): for rebuilds and replays of a
+    /// long range. Same events, same order, same errors as [`EventStore::read_all`].
+    pub fn read_all_parallel(&self, from_position: u64, opts: ReadAhead) -> Result<ParallelLogReader> {
+        ParallelLogReader::start(self, None, from_position, self.head(), opts)
+    }
+
+    /// [`EventStore::read_categories_until`] with worker threads reading and decoding ahead of
+    /// the caller ([`ParallelLogReader`]).
+    pub fn read_categories_parallel(
+        &self,
+        categories: &[&str],
+        from_position: u64,
+        until: u64,
+        opts: ReadAhead,
+    ) -> Result<ParallelLogReader> {
+        let categories = categories.iter().map(|c| (*c).to_owned()).collect();
+        ParallelLogReader::start(self, Some(categories), from_position, until.min(self.head()), opts)
     }
 
     /// Reads the global log from the first event recorded at or after `from`.

@@ -15,6 +15,16 @@ fn sid(s: &str) -> StreamId {
     StreamId::new(s).expect("valid stream id")
 }
 
+/// Damages the record at `position` (one byte of its body), as a bad disk would.
+fn flip_a_byte<S: Storage>(store: &EventStore<S>, position: u64) {
+    let mut rec = store.storage().get(&keys::log(position)).expect("get").expect("present").as_ref().to_vec();
+    let n = rec.len();
+    rec[n - 2] ^= 0xff;
+    let mut b = WriteBatch::default();
+    b.put(keys::log(position).to_vec(), rec);
+    store.storage().apply(b).expect("corrupt it");
+}
+
 /// Runs a test body against a memory store and a sled store.
 macro_rules! both_engines {
     ($name:ident, |$store:ident| $body:block) => {
@@ -333,12 +343,7 @@ both_engines!(bad_input_gets_typed_errors, |store| {
 both_engines!(a_corrupt_record_is_reported_with_its_position, |store| {
     let s = sid("order-c");
     store.append_to(&s, ExpectedVersion::Any, vec![ev("A"), ev("B"), ev("C")]).await.expect("append");
-    let mut rec = store.storage().get(&keys::log(2)).expect("get").expect("present").as_ref().to_vec();
-    let n = rec.len();
-    rec[n - 2] ^= 0xff;
-    let mut b = WriteBatch::default();
-    b.put(keys::log(2).to_vec(), rec);
-    store.storage().apply(b).expect("corrupt it");
+    flip_a_byte(&store, 2);
     let results: Vec<_> = store.read_all(1).collect();
     assert!(results[0].is_ok() && results[2].is_ok());
     match &results[1] {
@@ -353,6 +358,53 @@ both_engines!(a_corrupt_record_is_reported_with_its_position, |store| {
     store.storage().apply(b).expect("truncate");
     assert!(matches!(store.read_event(3), Err(Error::Corrupt { .. })));
     assert!(matches!(store.seek_time(OffsetDateTime::now_utc()), Err(Error::Corrupt { .. })));
+});
+
+both_engines!(the_parallel_reader_reads_what_read_all_reads, |store| {
+    for i in 0..60 {
+        let events = (0..5).map(|j| ev(&format!("E{i}-{j}"))).collect();
+        store
+            .append_to(&sid(&format!("order-{}", i % 7)), ExpectedVersion::Any, events)
+            .await
+            .expect("append");
+    }
+    assert_eq!(store.head(), 300);
+    for from in [0, 1, 2, 150, 299, 300, 301, 500] {
+        let want: Vec<_> = store.read_all(from).collect::<Result<_>>().expect("read_all");
+        for (workers, chunk, depth) in [(1, 1, 1), (2, 7, 1), (3, 64, 2), (8, 1000, 4), (2, 4096, 2)] {
+            let got: Vec<_> = store
+                .read_all_parallel(from, ReadAhead { workers, chunk, depth })
+                .expect("start")
+                .collect::<Result<_>>()
+                .expect("parallel");
+            assert_eq!(got, want, "from {from}, {workers} workers, chunks of {chunk}");
+        }
+    }
+    // Events appended after the reader started are not part of its range.
+    let reader = store.read_all_parallel(1, ReadAhead { workers: 2, chunk: 16, depth: 1 }).expect("start");
+    store.append_to(&sid("order-late"), ExpectedVersion::Any, vec![ev("Late")]).await.expect("append");
+    assert_eq!(reader.count(), 300);
+    // Dropping a reader half way stops its workers (the test would hang otherwise).
+    let mut reader = store.read_all_parallel(1, ReadAhead { workers: 3, chunk: 4, depth: 1 }).expect("start");
+    assert_eq!(reader.by_ref().take(10).count(), 10);
+    drop(reader);
+});
+
+both_engines!(the_parallel_reader_reports_a_corrupt_record_in_place, |store| {
+    let events = (0..40).map(|j| ev(&format!("E{j}"))).collect();
+    store.append_to(&sid("order-c"), ExpectedVersion::Any, events).await.expect("append");
+    flip_a_byte(&store, 17);
+    let results: Vec<_> =
+        store.read_all_parallel(1, ReadAhead { workers: 2, chunk: 5, depth: 1 }).expect("start").collect();
+    assert_eq!(results.len(), 40);
+    for (i, r) in results.iter().enumerate() {
+        match (i + 1, r) {
+            (17, Err(Error::Corrupt { location, .. })) => assert_eq!(location, "position 17"),
+            (17, other) => panic!("expected a corruption error at 17, got {other:?}"),
+            (p, Ok(e)) => assert_eq!(e.position, p as u64),
+            (p, Err(e)) => panic!("unexpected error at {p}: {e}"),
+        }
+    }
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

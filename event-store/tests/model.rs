@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use event_store::{
     AppendRequest, AppendResult, Direction, Error, EventStore, ExpectedVersion, MemoryStorage, NewEvent,
-    SledConfig, SledStorage, Storage, StoreConfig, StreamAppended, StreamId,
+    ReadAhead, SledConfig, SledStorage, Storage, StoreConfig, StreamAppended, StreamId,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -28,6 +28,7 @@ enum Op {
     Resend { index: usize, alter: bool },
     ReadStream { stream: usize, from: u64, backward: bool },
     ReadAll { from: u64 },
+    ReadAllParallel { from: u64, workers: usize, chunk: u64, depth: usize },
     ReadCategory { payment: bool, from: u64 },
     Subscribe { after: u64 },
     Reopen,
@@ -51,6 +52,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<bool>()).prop_map(|(index, alter)| Op::Resend { index, alter }),
         2 => (0..STREAMS.len(), 0u64..6, any::<bool>()).prop_map(|(stream, from, backward)| Op::ReadStream { stream, from, backward }),
         1 => (0u64..30).prop_map(|from| Op::ReadAll { from }),
+        1 => (0u64..30, 1usize..5, 1u64..9, 1usize..3)
+            .prop_map(|(from, workers, chunk, depth)| Op::ReadAllParallel { from, workers, chunk, depth }),
         1 => (any::<bool>(), 0u64..30).prop_map(|(payment, from)| Op::ReadCategory { payment, from }),
         1 => (0u64..30).prop_map(|after| Op::Subscribe { after }),
         1 => Just(Op::Reopen),
@@ -222,6 +225,14 @@ async fn run<S: Storage>(ops: Vec<Op>, open: impl Fn() -> EventStore<S>) -> Resu
             }
             Op::ReadAll { from } => {
                 let got: Vec<_> = s.read_all(from).map(|e| e.map(|e| key(&e))).collect::<Result<_, _>>()?;
+                let want: Vec<_> = model.log.iter().filter(|e| e.position >= from).cloned().collect();
+                prop_assert_eq!(got, want);
+            }
+            Op::ReadAllParallel { from, workers, chunk, depth } => {
+                let got: Vec<_> = s
+                    .read_all_parallel(from, ReadAhead { workers, chunk, depth })?
+                    .map(|e| e.map(|e| key(&e)))
+                    .collect::<Result<_, _>>()?;
                 let want: Vec<_> = model.log.iter().filter(|e| e.position >= from).cloned().collect();
                 prop_assert_eq!(got, want);
             }

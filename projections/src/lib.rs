@@ -17,7 +17,8 @@ pub mod runner;
 
 pub use model::{ReadModels, Tx};
 pub use runner::{
-    as_of, catch_up, rebuild, replay_from, run, run_with, verify, Projection, Rebuilt, RunOptions,
+    as_of, catch_up, catch_up_with, rebuild, replay_from, run, run_with, verify, Fold, Projection, Rebuilt,
+    RunOptions,
 };
 
 /// A read-side failure.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use event_store::{time_to_nanos, RecordedEvent, Storage};
+use event_store::{time_to_nanos, ReadAhead, RecordedEvent, Storage};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -36,24 +36,61 @@ pub fn catch_up<S: Storage, P: Projection>(
     gen: u32,
     until: u64,
 ) -> Result<u64> {
-    catch_up_in_chunks(models, projection, name, gen, until, CHUNK)
+    catch_up_with(models, projection, name, gen, until, Fold::LIVE)
 }
 
-/// [`catch_up`] with a chosen chunk size.
-pub fn catch_up_in_chunks<S: Storage, P: Projection>(
+/// How [`catch_up_with`] reads and commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fold {
+    /// Events folded between two commits.
+    pub chunk: usize,
+    /// Ranges at least this long are read with [`event_store::ParallelLogReader`].
+    pub parallel_from: u64,
+}
+
+impl Fold {
+    /// The live runner: [`CHUNK`]-event commits.
+    pub const LIVE: Self = Self { chunk: CHUNK, parallel_from: PARALLEL_READ_FROM };
+    /// Rebuilds, replays and checks: [`REBUILD_CHUNK`]-event commits.
+    pub const REBUILD: Self = Self { chunk: REBUILD_CHUNK, parallel_from: PARALLEL_READ_FROM };
+}
+
+/// Ranges at least this long are read with worker threads by default.
+pub const PARALLEL_READ_FROM: u64 = 50_000;
+
+/// [`catch_up`] with chosen chunks and read-ahead.
+pub fn catch_up_with<S: Storage, P: Projection>(
     models: &ReadModels<S>,
     projection: &P,
     name: &str,
     gen: u32,
     until: u64,
-    chunk: usize,
+    fold: Fold,
 ) -> Result<u64> {
+    let Fold { chunk, parallel_from } = fold;
     let mut cp = models.checkpoint(name, gen)?;
+    if cp >= until {
+        return Ok(cp);
+    }
+    // A long range (a rebuild, a replay, a node far behind) is read and decoded ahead by worker
+    // threads while this one folds; a short one is read here.
+    let store = models.store();
+    let mut events: Box<dyn Iterator<Item = event_store::Result<RecordedEvent>>> =
+        if until - cp >= parallel_from {
+            Box::new(store.read_categories_parallel(
+                projection.categories(),
+                cp + 1,
+                until,
+                ReadAhead::default(),
+            )?)
+        } else {
+            Box::new(store.read_categories_until(projection.categories(), cp + 1, until))
+        };
     while cp < until {
         let mut tx = models.begin(name, gen);
         let mut last = cp;
         let mut seen = 0;
-        for e in models.store().read_categories_until(projection.categories(), cp + 1, until).take(chunk) {
+        for e in events.by_ref().take(chunk) {
             let e = e?;
             seen += 1;
             if let Err(err) = projection.apply(&mut tx, &e) {
@@ -61,7 +98,7 @@ pub fn catch_up_in_chunks<S: Storage, P: Projection>(
                 // changes, so redo the chunk up to it), then report it.
                 drop(tx);
                 if e.position > cp + 1 {
-                    catch_up_in_chunks(models, projection, name, gen, e.position - 1, chunk)?;
+                    catch_up_with(models, projection, name, gen, e.position - 1, fold)?;
                 }
                 tracing::error!(projection = name, position = e.position, error = %err, "projection stopped");
                 return Err(err);
@@ -190,9 +227,9 @@ fn build_next_generation<S: Storage, P: Projection>(
         Some(cp) => m.restore_backup(&name, cp, next)?,
         None => m.drop_generation(&name, next)?,
     }
-    catch_up_in_chunks(m, p, &name, next, restore_until, REBUILD_CHUNK)?;
+    catch_up_with(m, p, &name, next, restore_until, Fold::REBUILD)?;
     // Then everything appended meanwhile, most of it without blocking the live runner.
-    catch_up_in_chunks(m, p, &name, next, m.store().head(), REBUILD_CHUNK)?;
+    catch_up_with(m, p, &name, next, m.store().head(), Fold::REBUILD)?;
     let (current, checkpoint) = {
         let lock = m.writer(&name);
         let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -200,7 +237,7 @@ fn build_next_generation<S: Storage, P: Projection>(
         if current >= next {
             return Err(ProjectionError::Task(format!("{name} was rebuilt concurrently; try again")));
         }
-        let checkpoint = catch_up_in_chunks(m, p, &name, next, m.store().head(), REBUILD_CHUNK)?;
+        let checkpoint = catch_up_with(m, p, &name, next, m.store().head(), Fold::REBUILD)?;
         m.switch(&name, next)?;
         (current, checkpoint)
     };
@@ -253,7 +290,7 @@ pub async fn as_of<S: Storage, P: Projection>(
         let name = format!("{}@{}", p.name(), time_to_nanos(t));
         m.drop_generation(&name, 0)?;
         let until = position_at(&m, t)?;
-        catch_up_in_chunks(&m, p.as_ref(), &name, 0, until, REBUILD_CHUNK)?;
+        catch_up_with(&m, p.as_ref(), &name, 0, until, Fold::REBUILD)?;
         Ok(name)
     })
     .await
@@ -268,7 +305,7 @@ pub fn verify<S: Storage, P: Projection>(models: &ReadModels<S>, projection: &P)
     let checkpoint = models.checkpoint(&name, gen)?;
     let scratch = format!("{name}@verify");
     models.drop_generation(&scratch, 0)?;
-    catch_up_in_chunks(models, projection, &scratch, 0, checkpoint, REBUILD_CHUNK)?;
+    catch_up_with(models, projection, &scratch, 0, checkpoint, Fold::REBUILD)?;
     let live = models.dump(&name, gen)?;
     let fresh = models.dump(&scratch, 0)?;
     models.drop_generation(&scratch, 0)?;

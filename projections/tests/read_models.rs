@@ -12,7 +12,9 @@ use aggregates::order::{
 use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
 use event_store::{EventStore, ExpectedVersion, MemoryStorage, NewEvent, StoreConfig, StreamId};
 use projections::models::{CustomerOrder, OrderSummaries, OrderSummary, StockLevel, StockLevels};
-use projections::{as_of, rebuild, replay_from, run, run_with, Projection, ReadModels, RunOptions};
+use projections::{
+    as_of, catch_up_with, rebuild, replay_from, run, run_with, Fold, Projection, ReadModels, RunOptions,
+};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -194,6 +196,45 @@ async fn rebuild_and_replay_from_a_timestamp_equal_a_fresh_fold() {
         .get::<OrderSummary>(OrderSummaries::NAME, &OrderSummaries::order_key(id))
         .expect("get")
         .is_some());
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_read_by_worker_threads_equals_the_live_model() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, OrderSummaries);
+    history(&store, 60).await;
+    // Other categories in between, which the workers skip.
+    emit(&store, "payment-x", &InventoryEvent::StockAdded(StockAdded { sku: Sku::from("B"), quantity: 1 }))
+        .await;
+    history(&store, 20).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let live = models
+        .dump(OrderSummaries::NAME, models.generation(OrderSummaries::NAME).expect("gen"))
+        .expect("dump");
+    let head = store.head();
+    for (i, chunk) in [1usize, 7, 100, 100_000].into_iter().enumerate() {
+        let scratch = format!("parallel-{i}");
+        let cp = catch_up_with(&models, &OrderSummaries, &scratch, 0, head, Fold { chunk, parallel_from: 0 })
+            .expect("fold");
+        assert_eq!(cp, head);
+        assert_eq!(models.dump(&scratch, 0).expect("dump"), live, "chunks of {chunk}");
+    }
+    // Up to a point inside the log, then on to the head: the same as one fold.
+    catch_up_with(
+        &models,
+        &OrderSummaries,
+        "parallel-split",
+        0,
+        head / 2,
+        Fold { chunk: 5, parallel_from: 0 },
+    )
+    .expect("first half");
+    catch_up_with(&models, &OrderSummaries, "parallel-split", 0, head, Fold { chunk: 5, parallel_from: 0 })
+        .expect("second half");
+    assert_eq!(models.dump("parallel-split", 0).expect("dump"), live);
     let _ = stop.send(true);
     task.await.expect("join").expect("run");
 }

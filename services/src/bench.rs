@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use event_store::{
-    raw, Direction, Durability, EventStore, ExpectedVersion, NewEvent, SledConfig, SledStorage, Snapshot,
-    StoreConfig, StreamId,
+    raw, Direction, Durability, EventStore, ExpectedVersion, NewEvent, ReadAhead, SledConfig, SledStorage,
+    Snapshot, StoreConfig, StreamId,
 };
 use hdrhistogram::Histogram;
 
@@ -303,6 +303,7 @@ async fn replay(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
         // Alternate the two readers three times each; report the median rate of each.
         let mut raw_rates = Vec::new();
         let mut store_rates = Vec::new();
+        let mut parallel_rates = Vec::new();
         for _ in 0..3 {
             let db = sled::Config::new().path(&path).cache_capacity(cache * 1024 * 1024).open()?;
             let tree = db.open_tree(raw::SLED_TREE)?;
@@ -335,11 +336,32 @@ async fn replay(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
             if m != n {
                 bail!("store read {m} events, raw scan {n}");
             }
+
+            drop(store);
+            let storage = SledStorage::open(&sled_config(&path, cache))?;
+            let store = EventStore::open(storage, StoreConfig::default())?;
+            let started = Instant::now();
+            let mut p = 0u64;
+            let mut bytes = 0usize;
+            for e in store.read_all_parallel(1, ReadAhead::default())? {
+                bytes += e?.payload.len();
+                p += 1;
+            }
+            parallel_rates.push(p as f64 / started.elapsed().as_secs_f64());
+            std::hint::black_box(bytes);
+            if p != n {
+                bail!("the parallel reader read {p} events, raw scan {n}");
+            }
         }
         raw_rates.sort_by(f64::total_cmp);
         store_rates.sort_by(f64::total_cmp);
+        parallel_rates.sort_by(f64::total_cmp);
         rows.push(("raw sled scan + decode".to_owned(), raw_rates[1]));
         rows.push(("store read_all (verified, decoded)".to_owned(), store_rates[1]));
+        rows.push((
+            format!("store read_all_parallel ({} read-ahead threads)", ReadAhead::default().workers),
+            parallel_rates[1],
+        ));
         Ok(rows)
     })
     .await??;
