@@ -576,6 +576,9 @@ pub struct ProjectionBenchArgs {
     /// Orders driven through the node first (each writes ~29 events).
     #[arg(long, default_value_t = 20_000)]
     pub orders: u64,
+    /// sled cache in MiB (the node's `--cache-mib`).
+    #[arg(long, default_value_t = 256)]
+    pub cache_mib: u64,
 }
 
 /// A running node in `dir` after `orders` orders went through the real saga path (100 SKUs, 5%
@@ -584,13 +587,14 @@ async fn filled_node(
     dir: &Path,
     durability: Durability,
     orders: u64,
+    cache_mib: u64,
 ) -> Result<(
     EventStore<SledStorage>,
     crate::runtime::Runtime<SledStorage, crate::gateway::SimulatedGateway>,
     crate::load::LoadSpec,
 )> {
     use crate::runtime::{Runtime, RuntimeConfig};
-    let store = open(dir, 256, durability)?;
+    let store = open(dir, cache_mib, durability)?;
     let node =
         Runtime::start(store.clone(), crate::gateway::SimulatedGateway::default(), RuntimeConfig::default())?;
     let spec = crate::load::LoadSpec {
@@ -612,11 +616,14 @@ pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let durability = Durability::Periodic { interval: Duration::from_millis(5) };
-    let (store, node, _) = filled_node(dir.path(), durability, args.orders).await?;
+    let (store, node, _) = filled_node(dir.path(), durability, args.orders, args.cache_mib).await?;
     node.shutdown().await.map_err(anyhow::Error::msg)?;
     let models = projections::ReadModels::new(store.clone());
     let events = store.head();
-    header(&format!("Projection rebuild, {} orders, {events} events in the log", args.orders));
+    header(&format!(
+        "Projection rebuild, {} orders, {events} events in the log, {} MiB cache",
+        args.orders, args.cache_mib
+    ));
     println!("| read model | rebuild s | log events/s | documents |");
     println!("|------------|----------:|-------------:|----------:|");
     macro_rules! row {
@@ -721,7 +728,7 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
         "--orders, --clients and --seconds must be positive"
     );
     let dir = tempfile::tempdir()?;
-    let (store, node, spec) = filled_node(dir.path(), Durability::Fsync, args.orders).await?;
+    let (store, node, spec) = filled_node(dir.path(), Durability::Fsync, args.orders, 256).await?;
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let state = crate::api::ApiState {
         store: store.clone(),
