@@ -47,7 +47,8 @@ pub fn check<S: Storage>(store: &EventStore<S>) -> Result<Report, HandlerError> 
     let mut inventories: BTreeMap<String, Inventory> = BTreeMap::new();
     let mut saga_streams = BTreeSet::new();
     let mut inventory_streams = BTreeSet::new();
-    for e in store.read_all(1) {
+    // The log is read and decoded ahead by worker threads while this one checks.
+    for e in store.read_all_parallel(1, event_store::ReadAhead::default())? {
         let e = e?;
         match e.category() {
             "saga" => {
