@@ -20,6 +20,9 @@ runs as the non-root user and that its data sits in the volume, owned by that us
 it with SIGTERM and requires a clean exit. It prints the image's size.
 
 Needs root (debootstrap, chroot, mount). Usage: image_check.py [--keep DIR]
+
+`--self-test` (no root, nothing built) checks that the real Dockerfile passes the checks made
+before building and that ten breakages of it are each caught.
 """
 
 import json
@@ -115,8 +118,8 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
-def build_stage(stage):
-    """Runs the build stage on the host after checking the host is the stage's base."""
+def check_build_stage(stage):
+    """Checks that the host can stand in for the build stage and that its command is the one run."""
     m = re.fullmatch(r"rust:(\d+\.\d+)(?:\.\d+)?-slim-bookworm", stage["base"])
     if not m:
         raise ImageError(f"the build stage's base {stage['base']} is not one this check can stand in for")
@@ -133,6 +136,11 @@ def build_stage(stage):
     expected = [BUILD_COMMAND, "strip target/release/causeway", "cp target/release/causeway /causeway"]
     if steps != expected:
         raise ImageError(f"the build stage's command is {steps}, this check runs {expected}")
+
+
+def build_stage(stage):
+    """Runs the build stage on the host after checking the host is the stage's base."""
+    check_build_stage(stage)
     run(shlex.split(BUILD_COMMAND), cwd=ROOT, env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
     out = CACHE / "build" / "causeway"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +192,78 @@ class Mounts:
     def __exit__(self, *exc):
         for path in reversed(self.done):
             subprocess.run(["umount", "-R", "-l", str(path)], check=False)
+
+
+SUPPORTED = {"RUN", "COPY", "USER", "ENV", "WORKDIR", "VOLUME", "EXPOSE", "ENTRYPOINT", "CMD"}
+
+
+def check_final_stage(stage, build_name):
+    """Checks, before anything is built, that every instruction of the final stage is one this
+    script carries out, that it copies only the build stage's binary, that its entrypoint and
+    command are exec form (JSON) and that it runs as a user other than root."""
+    if stage["base"] != "debian:bookworm-slim":
+        raise ImageError(f"the final stage's base {stage['base']} is not one this check can make")
+    user = "0"
+    for op, args in stage["instructions"]:
+        if op not in SUPPORTED:
+            raise ImageError(f"this check does not carry out {op}")
+        if op == "COPY":
+            m = re.fullmatch(r"--from=(\S+)\s+(\S+)\s+(\S+)", args)
+            if not m or m.group(1) != build_name or m.group(2) != "/causeway":
+                raise ImageError(f"cannot carry out COPY {args!r}: only the build stage's /causeway")
+        if op in ("ENTRYPOINT", "CMD"):
+            try:
+                value = json.loads(args)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ImageError(f"{op} must be in exec form (a JSON list of strings): {args}")
+        if op == "ENV":
+            env_pairs(args)
+        if op == "USER":
+            user = args.split(":")[0]
+    if user in ("0", "root"):
+        raise ImageError("the image runs as root")
+
+
+def check(text):
+    """Every check that needs no build: the stages, the build command, the final instructions."""
+    stages = parse(text)
+    if len(stages) != 2:
+        raise ImageError("the Dockerfile must have two stages: the build and the runtime image")
+    check_build_stage(stages[0])
+    check_final_stage(stages[1], stages[0]["name"])
+    return stages
+
+
+def self_test():
+    """The real Dockerfile passes; each of these breakages is caught before anything is built."""
+    text = (ROOT / "Dockerfile").read_text()
+    check(text)
+    breakages = [
+        ("an instruction before FROM", lambda t: "RUN true\n" + t),
+        ("a third stage", lambda t: t + "\nFROM debian:bookworm-slim\n"),
+        ("another build command", lambda t: t.replace("--locked ", "")),
+        ("another Rust version", lambda t: t.replace("rust:1.95-", "rust:1.80-")),
+        ("another runtime base", lambda t: t.replace("FROM debian:bookworm-slim", "FROM alpine:3")),
+        ("an instruction this check does not carry out", lambda t: t + "\nHEALTHCHECK CMD true\n"),
+        ("root", lambda t: t.replace("USER 10001:10001", "USER root")),
+        ("no USER", lambda t: re.sub(r"^USER .*$", "", t, flags=re.M)),
+        ("a shell-form entrypoint", lambda t: re.sub(r"^ENTRYPOINT .*$", "ENTRYPOINT /usr/local/bin/causeway",
+                                                     t, flags=re.M)),
+        ("a copy of something else", lambda t: t.replace("COPY --from=build /causeway", "COPY --from=build /etc")),
+    ]
+    for what, breaking in breakages:
+        broken = breaking(text)
+        if broken == text:
+            raise AssertionError(f"the breakage {what!r} did not change the Dockerfile")
+        try:
+            check(broken)
+        except ImageError as e:
+            print(f"caught {what}: {e}")
+            continue
+        raise AssertionError(f"the breakage {what!r} was not caught")
+    print(f"image check self-test: OK ({len(breakages)} breakages caught)")
 
 
 def final_stage(stage, artifacts, root):
@@ -321,6 +401,9 @@ def exercise(root, config):
 
 def main():
     keep = None
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
+        return
     if sys.argv[1:2] == ["--keep"] and len(sys.argv) == 3:
         keep = Path(sys.argv[2])
     elif sys.argv[1:]:
@@ -330,10 +413,7 @@ def main():
     if not shutil.which("debootstrap"):
         run(["apt-get", "update", "-qq"])
         run(["apt-get", "install", "-y", "-qq", "debootstrap"])
-    stages = parse((ROOT / "Dockerfile").read_text())
-    if len(stages) != 2:
-        raise ImageError("the Dockerfile must have two stages: the build and the runtime image")
-    build, final = stages
+    build, final = check((ROOT / "Dockerfile").read_text())
     artifacts = build_stage(build)
     work = Path(tempfile.mkdtemp(prefix="causeway-image-"))
     root = keep or work / "rootfs"
