@@ -289,6 +289,20 @@ async fn fill(store: &Store, events: u64, streams: u64, batch: u64) -> Result<Du
     Ok(started.elapsed())
 }
 
+/// Reads every event of `events` (touching each payload); returns how many and the seconds taken.
+fn drain(
+    events: impl Iterator<Item = event_store::Result<event_store::RecordedEvent>>,
+) -> Result<(u64, f64)> {
+    let started = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0usize);
+    for e in events {
+        bytes += e?.payload.len();
+        n += 1;
+    }
+    std::hint::black_box(bytes);
+    Ok((n, started.elapsed().as_secs_f64()))
+}
+
 async fn replay(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
     header(&format!("Global replay (read + decode), {} events", args.replay_events));
     let periodic = Durability::Periodic { interval: Duration::from_millis(10) };
@@ -322,33 +336,17 @@ async fn replay(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
             drop(db);
             std::hint::black_box(bytes);
 
-            let storage = SledStorage::open(&sled_config(&path, cache))?;
-            let store = EventStore::open(storage, StoreConfig::default())?;
-            let started = Instant::now();
-            let mut m = 0u64;
-            let mut bytes = 0usize;
-            for e in store.read_all(1) {
-                bytes += e?.payload.len();
-                m += 1;
-            }
-            store_rates.push(m as f64 / started.elapsed().as_secs_f64());
-            std::hint::black_box(bytes);
+            // Each store reader on a freshly opened store, like the raw scan.
+            let fresh = || -> Result<Store> {
+                Ok(EventStore::open(SledStorage::open(&sled_config(&path, cache))?, StoreConfig::default())?)
+            };
+            let (m, secs) = drain(fresh()?.read_all(1))?;
+            store_rates.push(m as f64 / secs);
             if m != n {
                 bail!("store read {m} events, raw scan {n}");
             }
-
-            drop(store);
-            let storage = SledStorage::open(&sled_config(&path, cache))?;
-            let store = EventStore::open(storage, StoreConfig::default())?;
-            let started = Instant::now();
-            let mut p = 0u64;
-            let mut bytes = 0usize;
-            for e in store.read_all_parallel(1, ReadAhead::default())? {
-                bytes += e?.payload.len();
-                p += 1;
-            }
-            parallel_rates.push(p as f64 / started.elapsed().as_secs_f64());
-            std::hint::black_box(bytes);
+            let (p, secs) = drain(fresh()?.read_all_parallel(1, ReadAhead::default())?)?;
+            parallel_rates.push(p as f64 / secs);
             if p != n {
                 bail!("the parallel reader read {p} events, raw scan {n}");
             }
@@ -536,23 +534,12 @@ pub async fn probe(args: ProbeArgs) -> Result<()> {
     }
     let reader = store.clone();
     let (n, replay_secs, parallel_secs) = tokio::task::spawn_blocking(move || -> Result<(u64, f64, f64)> {
-        let t = Instant::now();
-        let mut n = 0u64;
-        for e in reader.read_all(1) {
-            std::hint::black_box(e?);
-            n += 1;
-        }
-        let replay_secs = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let mut p = 0u64;
-        for e in reader.read_all_parallel(1, ReadAhead::default())? {
-            std::hint::black_box(e?);
-            p += 1;
-        }
+        let (n, replay_secs) = drain(reader.read_all(1))?;
+        let (p, parallel_secs) = drain(reader.read_all_parallel(1, ReadAhead::default())?)?;
         if p != n {
             bail!("the parallel reader read {p} events, read_all {n}");
         }
-        Ok((n, replay_secs, t.elapsed().as_secs_f64()))
+        Ok((n, replay_secs, parallel_secs))
     })
     .await??;
     let run = concurrent_appends(&store, 256, Duration::from_secs_f64(args.seconds), "probe").await?;
