@@ -149,10 +149,8 @@ def build_stage(stage):
     return {"/causeway": out}
 
 
-def base_rootfs(base, into):
-    """Unpacks the base image's tree into `into`, debootstrapping it once into the cache."""
-    if base != "debian:bookworm-slim":
-        raise ImageError(f"the final stage's base {base} is not one this check can make")
+def base_rootfs(into):
+    """Unpacks debian:bookworm-slim's tree into `into`, debootstrapping it once into the cache."""
     tarball = CACHE / "bookworm-minbase.tar"
     if not tarball.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -267,10 +265,11 @@ def self_test():
 
 
 def final_stage(stage, artifacts, root):
-    """Interprets the final stage's instructions into `root`; returns the runtime config."""
+    """Interprets the final stage's instructions into `root` (checked by `check_final_stage`
+    first); returns the runtime config."""
     config = {"user": "0:0", "env": {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
               "workdir": "/", "entrypoint": [], "cmd": [], "volumes": [], "expose": []}
-    base_rootfs(stage["base"], root)
+    base_rootfs(root)
     with Mounts(root):
         for op, args in stage["instructions"]:
             if op == "RUN":
@@ -278,12 +277,10 @@ def final_stage(stage, artifacts, root):
                 run(["chroot", str(root), "/bin/sh", "-c", f"cd {shlex.quote(config['workdir'])} && {args}"],
                     env=env)
             elif op == "COPY":
-                m = re.fullmatch(r"--from=(\S+)\s+(\S+)\s+(\S+)", args)
-                if not m or m.group(2) not in artifacts:
-                    raise ImageError(f"cannot carry out COPY {args!r}")
-                dest = root / m.group(3).lstrip("/")
+                _, source, dest = args.split()
+                dest = root / dest.lstrip("/")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(artifacts[m.group(2)], dest)
+                shutil.copy2(artifacts[source], dest)
             elif op == "USER":
                 config["user"] = args
             elif op == "ENV":
@@ -299,8 +296,6 @@ def final_stage(stage, artifacts, root):
                 config["entrypoint"] = json.loads(args)
             elif op == "CMD":
                 config["cmd"] = json.loads(args)
-            else:
-                raise ImageError(f"this check does not carry out {op}")
     return config
 
 
@@ -338,8 +333,6 @@ def exercise(root, config):
     """Starts the image as a container runtime would and uses it."""
     user = config["user"]
     uid, _, gid = user.partition(":")
-    if uid in ("0", "root"):
-        raise ImageError("the image runs as root")
     port = free_port()
     env = dict(config["env"])
     listen = env.get("CAUSEWAY_LISTEN", "")
