@@ -7,7 +7,8 @@
 //! - [`runner`]: the [`Projection`] trait and its operations: run live (taking backups), full
 //!   rebuild, replay from a timestamp (from the newest backup before it), as-of (the state at a
 //!   time, into a separate model), lag. One writer per model at a time: a rebuild's switch never
-//!   races the live runner's commits.
+//!   races the live runner's commits. A fold of 50,000 positions or more reads the log with the
+//!   store's parallel read-ahead ([`Fold`]), so the folding thread does not wait on the engine.
 //! - [`models`]: the read models (order summaries with customer history, stock levels, payment
 //!   ledger, saga timelines, dead letters).
 
