@@ -79,15 +79,21 @@ pub(crate) fn encode_body(stream: &str, e: &NewEvent) -> Result<Vec<u8>> {
 /// Builds a record from a header and an encoded body.
 pub(crate) fn record(position: u64, version: u64, recorded_at_ns: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + body.len());
+    write_record(&mut out, position, version, recorded_at_ns, body);
+    out
+}
+
+/// Appends a record to `out` (a log frame being built).
+pub(crate) fn write_record(out: &mut Vec<u8>, position: u64, version: u64, recorded_at_ns: u64, body: &[u8]) {
+    let start = out.len();
     out.push(FORMAT_V1);
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&position.to_be_bytes());
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&recorded_at_ns.to_be_bytes());
     out.extend_from_slice(body);
-    let crc = crc32fast::hash(&out[5..]);
-    out[1..5].copy_from_slice(&crc.to_le_bytes());
-    out
+    let crc = crc32fast::hash(&out[start + 5..]);
+    out[start + 1..start + 5].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The fixed header of a record.

@@ -3,7 +3,7 @@
 //!
 //! | prefix | key                                   | value                    |
 //! |--------|---------------------------------------|--------------------------|
-//! | `L`    | position (u64)                        | encoded [`RecordedEvent`](crate::RecordedEvent) |
+//! | `L`    | last position of the frame (u64)      | a log frame of encoded records (`frame`) |
 //! | `S`    | len (u16), stream id, version (u64)   | position (u64)           |
 //! | `I`    | event id (16 bytes)                   | position (u64)           |
 //! | `K`    | checkpoint name                       | value (u64)              |
@@ -11,8 +11,8 @@
 //! | `M`    | name                                  | store metadata           |
 //! | `X`    | anything                              | application data (read models); never touched by the store |
 //!
-//! A stream's head is the last `S` key under its prefix; the log head is the last `L` key. No
-//! counter is stored twice, so nothing can disagree after a crash.
+//! A stream's head is the last `S` key under its prefix; the log head is the key of the last `L`
+//! frame. No counter is stored twice, so nothing can disagree after a crash.
 
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const STREAM: u8 = b'S';

@@ -11,7 +11,8 @@
 //! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].
 //! - [`raw`]: the exact on-disk bytes, for benchmarks; the importer that writes a log recorded
 //!   elsewhere (restore from Kafka) and a SHA-256 digest of a log.
-//! - `keys` and `codec`: the on-disk layout and record format (documented in ARCHITECTURE.md).
+//! - `keys`, `frame` and `codec`: the on-disk layout, the log frames that pack consecutive records
+//!   under one key, and the record format (documented in ARCHITECTURE.md).
 //!
 //! ```
 //! # use event_store::*;
@@ -27,6 +28,7 @@
 
 mod codec;
 mod error;
+mod frame;
 pub(crate) mod keys;
 pub mod raw;
 mod replay;

@@ -3,14 +3,16 @@
 
 use crate::codec;
 use crate::error::Result;
+use crate::frame;
 use crate::keys;
 use crate::types::{NewEvent, RecordedEvent};
 
 /// The name of the sled tree holding the store's key space.
 pub const SLED_TREE: &str = crate::storage::SLED_TREE;
 
-/// The key-value entries the writer stores for one event: the log record and its stream and
-/// event-id index entries.
+/// The bytes the store writes for one event, as one entry each: the log record and its stream
+/// and event-id index entries. The store itself packs consecutive records into one log frame per
+/// key; these per-event entries are the raw-engine baseline of the benchmarks.
 pub fn entries(
     position: u64,
     version: u64,
@@ -32,9 +34,9 @@ pub fn log_record(e: &RecordedEvent) -> Result<Vec<u8>> {
     Ok(codec::record(e.position, e.version, e.recorded_at_ns, &body))
 }
 
-/// The key of the log record at `position`.
-pub fn log_key(position: u64) -> [u8; 9] {
-    keys::log(position)
+/// The first log key (the log's keys are `[log_start(), log_end())`).
+pub fn log_start() -> [u8; 9] {
+    keys::log(0)
 }
 
 /// The end (exclusive) of the log's key range.
@@ -47,6 +49,17 @@ pub fn decode_record(bytes: &[u8], position: u64) -> Result<RecordedEvent> {
     codec::decode_record(bytes, position)
 }
 
+/// Decodes every record of one log frame, as stored under `key` (a raw engine scan).
+pub fn decode_frame(key: &[u8], value: &[u8]) -> Result<Vec<RecordedEvent>> {
+    let last = keys::trailing_u64(key).ok_or_else(|| crate::Error::corrupt("log key", "short key"))?;
+    let mut cursor = frame::Cursor::new(frame::parse(value, last)?);
+    let mut events = Vec::new();
+    while let Some((position, range)) = cursor.next(value) {
+        events.push(codec::decode_record(&value[range?], position)?);
+    }
+    Ok(events)
+}
+
 /// Writes whole events, exactly as recorded elsewhere (positions, versions, ids, timestamps,
 /// payloads), into an empty storage: how a lost log is restored from its mirror. Events must
 /// come in position order, starting at 1, without gaps; each stream's versions must follow on;
@@ -56,6 +69,7 @@ pub struct Importer<'a, S: crate::Storage> {
     storage: &'a S,
     batch: crate::storage::WriteBatch,
     batched: usize,
+    frame: frame::FrameBuilder,
     next_position: u64,
     last_ts: u64,
     versions: std::collections::HashMap<String, u64>,
@@ -109,6 +123,7 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
             storage,
             batch: crate::storage::WriteBatch::default(),
             batched: 0,
+            frame: frame::FrameBuilder::default(),
             next_position: 1,
             last_ts: 0,
             versions: std::collections::HashMap::new(),
@@ -134,10 +149,15 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
         }
         *v = e.version;
         let event = NewEvent::from(e);
-        for (k, v) in entries(e.position, e.version, e.recorded_at_ns, &e.stream_id, &event)? {
-            if k[0] == keys::LOG {
-                self.digest.add(&v);
-            }
+        let [(_, record), stream, id] =
+            entries(e.position, e.version, e.recorded_at_ns, &e.stream_id, &event)?;
+        self.digest.add(&record);
+        if let Some((last, bytes)) =
+            self.frame.push(e.position, record.len(), |out| out.extend_from_slice(&record))
+        {
+            self.batch.put(keys::log(last).to_vec(), bytes);
+        }
+        for (k, v) in [stream, id] {
             self.batch.put(k, v);
         }
         self.next_position += 1;
@@ -150,6 +170,10 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
     }
 
     fn flush(&mut self) -> Result<()> {
+        if !self.frame.is_empty() {
+            let (last, bytes) = self.frame.take();
+            self.batch.put(keys::log(last).to_vec(), bytes);
+        }
         if self.batched > 0 {
             self.storage.apply(std::mem::take(&mut self.batch))?;
             self.batched = 0;
@@ -169,9 +193,9 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
 /// [`Importer::finish`]'s.
 pub fn digest<S: crate::Storage>(storage: &S) -> Result<log_digest::Digest> {
     let mut d = log_digest::Digest::default();
-    for item in storage.range(&keys::log(0), &keys::log_end(), false) {
-        let (_, v) = item?;
-        d.add(v.as_ref());
+    let mut scan = frame::RecordScan::new(storage, 1, u64::MAX);
+    while let Some((_, record)) = scan.next_record() {
+        d.add(record?);
     }
     Ok(d)
 }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::codec::{self, MAX_EVENT_BYTES};
 use crate::error::{Error, Result};
+use crate::frame::{self, FrameBuilder, FrameCache, RecordScan};
 use crate::keys;
 use crate::replay::{ParallelLogReader, ReadAhead};
 use crate::storage::{Storage, StorageError, WriteBatch};
@@ -167,7 +168,8 @@ impl<S: Storage> std::fmt::Debug for EventStore<S> {
 }
 
 const FORMAT_KEY: &str = "format";
-const FORMAT_VERSION: u64 = 1;
+/// 2: log records packed into frames (see `frame`); stores of format 1 are refused.
+const FORMAT_VERSION: u64 = 2;
 
 impl<S: Storage> EventStore<S> {
     /// Opens the store on `storage` and starts its writer and syncer threads.
@@ -179,7 +181,10 @@ impl<S: Storage> EventStore<S> {
                 if found != FORMAT_VERSION {
                     return Err(Error::corrupt(
                         "store format marker",
-                        format!("store format {found}, this build reads {FORMAT_VERSION}"),
+                        format!(
+                            "store format {found}, this build reads format {FORMAT_VERSION}: open it with \
+                             the build that wrote it, or restore the node from Kafka"
+                        ),
                     ));
                 }
             }
@@ -196,7 +201,7 @@ impl<S: Storage> EventStore<S> {
                 let (k, v) = item?;
                 let pos =
                     keys::trailing_u64(k.as_ref()).ok_or_else(|| Error::corrupt("log key", "short key"))?;
-                let h = codec::header(v.as_ref(), pos)?;
+                let h = codec::header(frame::record_at(v.as_ref(), pos, pos)?, pos)?;
                 (pos, h.recorded_at_ns)
             }
         };
@@ -347,6 +352,7 @@ impl<S: Storage> EventStore<S> {
         StreamReader {
             index: self.inner.storage.range(&start, &end, reverse),
             store: self.clone(),
+            frames: FrameCache::default(),
             limit: self.head(),
             reverse,
         }
@@ -354,20 +360,12 @@ impl<S: Storage> EventStore<S> {
 
     /// Reads the global log from `from_position` (inclusive) up to the durable head.
     pub fn read_all(&self, from_position: u64) -> LogReader<S> {
-        let head = self.head();
-        LogReader {
-            inner: self.inner.storage.range(
-                &keys::log(from_position),
-                &keys::log(head.saturating_add(1)),
-                false,
-            ),
-        }
+        LogReader { scan: RecordScan::new(&*self.inner.storage, from_position, self.head()) }
     }
 
     /// Reads the global log from `from` (inclusive) to `to` (inclusive, capped at the head).
     pub fn read_range(&self, from: u64, to: u64) -> LogReader<S> {
-        let end = to.min(self.head()).saturating_add(1);
-        LogReader { inner: self.inner.storage.range(&keys::log(from), &keys::log(end), false) }
+        LogReader { scan: RecordScan::new(&*self.inner.storage, from, to.min(self.head())) }
     }
 
     /// Reads the global log from `from_position` to the current head with worker threads reading
@@ -400,14 +398,12 @@ impl<S: Storage> EventStore<S> {
     pub fn seek_time(&self, t: OffsetDateTime) -> Result<u64> {
         let target = time_to_nanos(t);
         let (mut lo, mut hi) = (1, self.head() + 1);
+        let mut frames = FrameCache::default();
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let rec = self
-                .inner
-                .storage
-                .get(&keys::log(mid))?
-                .ok_or_else(|| Error::corrupt(format!("position {mid}"), "missing from the log"))?;
-            if codec::header(rec.as_ref(), mid)?.recorded_at_ns < target {
+            let at = frames
+                .with_record(&*self.inner.storage, mid, |r| Ok(codec::header(r, mid)?.recorded_at_ns))?;
+            if at < target {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -425,7 +421,7 @@ impl<S: Storage> EventStore<S> {
     ///
     /// There is no category index: the reader scans the log and peeks each record's stream id
     /// (a few bytes after the fixed header), decoding only the records of the category. That
-    /// keeps appends at three index-free writes per event; see ARCHITECTURE.md.
+    /// keeps appends free of a category index; see ARCHITECTURE.md.
     pub fn read_category_until(&self, category: &str, from_position: u64, head: u64) -> CategoryReader<S> {
         self.read_categories_until(&[category], from_position, head)
     }
@@ -440,11 +436,7 @@ impl<S: Storage> EventStore<S> {
     ) -> CategoryReader<S> {
         let head = head.min(self.head());
         CategoryReader {
-            log: self.inner.storage.range(
-                &keys::log(from_position),
-                &keys::log(head.saturating_add(1)),
-                false,
-            ),
+            scan: RecordScan::new(&*self.inner.storage, from_position, head),
             categories: categories.iter().map(|c| (*c).to_owned()).collect(),
         }
     }
@@ -454,10 +446,7 @@ impl<S: Storage> EventStore<S> {
         if position == 0 || position > self.head() {
             return Ok(None);
         }
-        match self.inner.storage.get(&keys::log(position))? {
-            None => Err(Error::corrupt(format!("position {position}"), "missing from the log")),
-            Some(v) => codec::decode_record(v.as_ref(), position).map(Some),
-        }
+        frame::with_record(&*self.inner.storage, position, |r| codec::decode_record(r, position)).map(Some)
     }
 
     /// Finds a durable event by its id.
@@ -517,18 +506,14 @@ impl<S: Storage> EventStore<S> {
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut last_ts = 0;
         let storage = &self.inner.storage;
-        for item in storage.range(&keys::log(0), &keys::log_end(), false) {
-            let (k, v) = item?;
-            let Some(pos) = keys::trailing_u64(k.as_ref()) else {
-                report.problems.push("a log key is too short".into());
-                continue;
-            };
+        let mut scan = RecordScan::new(&**storage, 1, u64::MAX);
+        while let Some((pos, record)) = scan.next_record() {
             report.events += 1;
             if pos != report.events {
                 report.problems.push(format!("gap: expected position {}, found {pos}", report.events));
                 report.events = pos;
             }
-            let e = match codec::decode_record(v.as_ref(), pos) {
+            let e = match record.and_then(|r| codec::decode_record(r, pos)) {
                 Ok(e) => e,
                 Err(err) => {
                     report.problems.push(err.to_string());
@@ -694,6 +679,7 @@ impl<S: Storage> Writer<S> {
         let mut duplicates: Vec<(Reply, AppendResult, u64)> = Vec::new();
         let start_position = self.next_position;
         let now = time_to_nanos(OffsetDateTime::now_utc()).max(self.last_ts);
+        let mut frame = FrameBuilder::default();
         for job in group {
             match self.plan(&job.request, &heads, &group_events) {
                 Err(e) => {
@@ -703,11 +689,15 @@ impl<S: Storage> Writer<S> {
                     duplicates.push((job.reply, result, max_position))
                 }
                 Ok(Plan::New(versions)) => {
-                    let result =
-                        self.stage(job.request, versions, now, &mut batch, &mut heads, &mut group_events);
+                    let staged = Staged { now, batch: &mut batch, frame: &mut frame };
+                    let result = self.stage(job.request, versions, staged, &mut heads, &mut group_events);
                     accepted.push((job.reply, result));
                 }
             }
+        }
+        if !frame.is_empty() {
+            let (last, bytes) = frame.take();
+            batch.put(keys::log(last).to_vec(), bytes);
         }
         if !batch.is_empty() {
             let events = self.next_position - start_position;
@@ -790,11 +780,10 @@ impl<S: Storage> Writer<S> {
                     Some(p) => {
                         let pos =
                             codec::decode_u64(p.as_ref(), || format!("event id index of {}", e.event_id))?;
-                        let rec = self.storage.get(&keys::log(pos))?.ok_or_else(|| {
-                            Error::corrupt(format!("position {pos}"), "indexed but missing")
+                        let (version, same) = frame::with_record(&*self.storage, pos, |rec| {
+                            Ok((codec::header(rec, pos)?.version, codec::body(rec) == e.body.as_slice()))
                         })?;
-                        let h = codec::header(rec.as_ref(), pos)?;
-                        found.push((s, e, pos, h.version, codec::body(rec.as_ref()) == e.body.as_slice()));
+                        found.push((s, e, pos, version, same));
                     }
                 }
             }
@@ -845,11 +834,11 @@ impl<S: Storage> Writer<S> {
         &mut self,
         req: Prepared,
         versions: Vec<u64>,
-        now: u64,
-        batch: &mut WriteBatch,
+        staged: Staged<'_>,
         heads: &mut HashMap<String, u64>,
         group: &mut HashMap<Uuid, GroupEvent>,
     ) -> AppendResult {
+        let Staged { now, batch, frame } = staged;
         let first_position = if req.streams.is_empty() { 0 } else { self.next_position };
         let mut result =
             AppendResult { first_position, last_position: 0, streams: Vec::with_capacity(req.streams.len()) };
@@ -859,7 +848,11 @@ impl<S: Storage> Writer<S> {
                 version += 1;
                 let position = self.next_position;
                 self.next_position += 1;
-                batch.put(keys::log(position).to_vec(), codec::record(position, version, now, &e.body));
+                let len = codec::HEADER + e.body.len();
+                let write = |out: &mut Vec<u8>| codec::write_record(out, position, version, now, &e.body);
+                if let Some((last, bytes)) = frame.push(position, len, write) {
+                    batch.put(keys::log(last).to_vec(), bytes);
+                }
                 batch.put(keys::stream(&s.stream, version), position.to_be_bytes().to_vec());
                 batch.put(keys::event_id(&e.event_id).to_vec(), position.to_be_bytes().to_vec());
                 group.insert(e.event_id, GroupEvent { position, version, body: e.body });
@@ -873,6 +866,13 @@ impl<S: Storage> Writer<S> {
         }
         result
     }
+}
+
+/// Where [`Writer::stage`] puts a request's writes: the group's batch and its open log frame.
+struct Staged<'a> {
+    now: u64,
+    batch: &'a mut WriteBatch,
+    frame: &'a mut FrameBuilder,
 }
 
 struct Syncer<S: Storage> {
@@ -953,6 +953,7 @@ impl<S: Storage> Syncer<S> {
 pub struct StreamReader<S: Storage> {
     index: S::Iter,
     store: EventStore<S>,
+    frames: FrameCache<S>,
     limit: u64,
     reverse: bool,
 }
@@ -983,18 +984,15 @@ impl<S: Storage> Iterator for StreamReader<S> {
                 }
                 return None;
             }
-            return Some(match self.store.inner.storage.get(&keys::log(pos)) {
-                Err(e) => Err(e.into()),
-                Ok(None) => Err(Error::corrupt(format!("position {pos}"), "indexed but missing")),
-                Ok(Some(rec)) => codec::decode_record(rec.as_ref(), pos),
-            });
+            let storage = &*self.store.inner.storage;
+            return Some(self.frames.with_record(storage, pos, |rec| codec::decode_record(rec, pos)));
         }
     }
 }
 
 /// Iterator over the global log (see [`EventStore::read_all`]).
 pub struct LogReader<S: Storage> {
-    inner: S::Iter,
+    scan: RecordScan<S>,
 }
 
 impl<S: Storage> std::fmt::Debug for LogReader<S> {
@@ -1007,19 +1005,14 @@ impl<S: Storage> Iterator for LogReader<S> {
     type Item = Result<RecordedEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        Some(match self.inner.next()? {
-            Err(e) => Err(e.into()),
-            Ok((k, v)) => match keys::trailing_u64(k.as_ref()) {
-                None => Err(Error::corrupt("log key", "short key")),
-                Some(pos) => codec::decode_record(v.as_ref(), pos),
-            },
-        })
+        let (pos, record) = self.scan.next_record()?;
+        Some(record.and_then(|r| codec::decode_record(r, pos)))
     }
 }
 
 /// Iterator over a category (see [`EventStore::read_category`]).
 pub struct CategoryReader<S: Storage> {
-    log: S::Iter,
+    scan: RecordScan<S>,
     categories: Vec<String>,
 }
 
@@ -1034,19 +1027,18 @@ impl<S: Storage> Iterator for CategoryReader<S> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let (k, v) = match self.log.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
+            let categories = &self.categories;
+            let (pos, record) = self.scan.next_record()?;
+            let v = match record {
+                Ok(v) => v,
+                Err(e) => return Some(Err(e)),
             };
-            let Some(pos) = keys::trailing_u64(k.as_ref()) else {
-                return Some(Err(Error::corrupt("log key", "short key")));
-            };
-            let wanted = |stream: &str| self.categories.iter().any(|c| c == category_of(stream));
-            match codec::peek_stream(v.as_ref()) {
+            let wanted = |stream: &str| categories.iter().any(|c| c == category_of(stream));
+            match codec::peek_stream(v) {
                 Some(stream) if !wanted(stream) => continue,
                 // In the category, or unreadable: a full decode verifies it (and reports damage).
                 _ => {
-                    return Some(codec::decode_record(v.as_ref(), pos).and_then(|e| {
+                    return Some(codec::decode_record(v, pos).and_then(|e| {
                         if wanted(&e.stream_id) {
                             Ok(e)
                         } else {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::storage::{MemoryStorage, SledConfig, SledStorage};
-use crate::NewEvent;
+use crate::{nanos_to_time, NewEvent};
 
 fn ev(t: &str) -> NewEvent {
     NewEvent::json(t, format!("{{\"t\":\"{t}\"}}").into_bytes())
@@ -17,11 +17,12 @@ fn sid(s: &str) -> StreamId {
 
 /// Damages the record at `position` (one byte of its body), as a bad disk would.
 fn flip_a_byte<S: Storage>(store: &EventStore<S>, position: u64) {
-    let mut rec = store.storage().get(&keys::log(position)).expect("get").expect("present").as_ref().to_vec();
-    let n = rec.len();
-    rec[n - 2] ^= 0xff;
+    let (frame, last) = frame::frame_holding(store.storage(), position).expect("read").expect("present");
+    let mut frame = frame.as_ref().to_vec();
+    let record = frame::record_range(&frame, last, position);
+    frame[record.end - 2] ^= 0xff;
     let mut b = WriteBatch::default();
-    b.put(keys::log(position).to_vec(), rec);
+    b.put(keys::log(last).to_vec(), frame);
     store.storage().apply(b).expect("corrupt it");
 }
 
@@ -590,4 +591,76 @@ async fn an_imported_log_is_the_same_log_byte_for_byte() {
     let mut back = events[1].clone();
     back.recorded_at_ns = 0;
     assert!(imp.push(&back).is_err(), "time going back");
+}
+
+both_engines!(records_packed_into_frames_read_back_from_any_position, |store| {
+    // One append of 200 events: one group, several frames (each event is ~100 bytes).
+    let big = sid("order-big");
+    let events: Vec<_> = (0..200).map(|i| ev(&format!("B{i}"))).collect();
+    store.append_to(&big, ExpectedVersion::NoStream, events).await.expect("big append");
+    // A record larger than a frame gets a frame of its own, between small ones.
+    let huge = NewEvent::json("Huge", vec![b'7'; 3 * crate::frame::FRAME_TARGET]);
+    store
+        .append_to(&sid("order-huge"), ExpectedVersion::Any, vec![ev("H0"), huge, ev("H2")])
+        .await
+        .expect("huge");
+    // Many concurrent single appends: groups of several requests each.
+    let mut tasks = Vec::new();
+    for w in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.append_to(&sid(&format!("order-w{}", w % 5)), ExpectedVersion::Any, vec![ev("W")]).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("append");
+    }
+    let head = store.head();
+    assert_eq!(head, 243);
+    let frames = store.storage().range(&keys::log(0), &keys::log_end(), false).count() as u64;
+    assert!(frames > 3 && frames < head, "{frames} frames for {head} events");
+
+    let all: Vec<_> = store.read_all(1).collect::<Result<_>>().expect("read all");
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=head).collect::<Vec<_>>());
+    assert_eq!(all[201].payload.len(), 3 * crate::frame::FRAME_TARGET);
+    for from in 1..=head + 1 {
+        let tail: Vec<_> = store.read_all(from).collect::<Result<_>>().expect("read from");
+        assert_eq!(tail.as_slice(), &all[(from - 1) as usize..], "from {from}");
+        let one = store.read_event(from).expect("read one");
+        assert_eq!(one.as_ref(), all.get((from - 1) as usize), "event {from}");
+    }
+    for (from, to) in [(1, 1), (3, 77), (50, 202), (199, 243), (240, 500)] {
+        let got: Vec<_> = store.read_range(from, to).collect::<Result<_>>().expect("range");
+        let want: Vec<_> = all.iter().filter(|e| e.position >= from && e.position <= to).cloned().collect();
+        assert_eq!(got, want, "[{from}, {to}]");
+    }
+    let stream: Vec<_> =
+        store.read_stream(&big, 1, Direction::Forward).collect::<Result<_>>().expect("stream");
+    assert_eq!(stream.as_slice(), &all[..200]);
+    let back: Vec<_> =
+        store.read_stream(&big, 150, Direction::Backward).collect::<Result<_>>().expect("back");
+    assert_eq!(back.len(), 150);
+    assert_eq!(back[0], all[149]);
+    let t = nanos_to_time(all[220].recorded_at_ns);
+    let at = store.seek_time(t).expect("seek");
+    assert!(all[(at - 1) as usize].recorded_at_ns >= all[220].recorded_at_ns);
+    assert!(at == 1 || all[(at - 2) as usize].recorded_at_ns < all[220].recorded_at_ns);
+    // A retry of the big append finds its records inside the frames.
+    let again: Vec<_> = all[..200].iter().map(NewEvent::from).collect();
+    let r = store.append_to(&big, ExpectedVersion::NoStream, again).await.expect("retry");
+    assert_eq!((r.first_position, r.last_position), (1, 200));
+    assert_eq!(store.head(), head);
+    let report = store.verify().expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, head);
+});
+
+#[test]
+fn a_store_of_an_older_format_is_refused_with_a_clear_error() {
+    let storage = MemoryStorage::new();
+    let mut b = WriteBatch::default();
+    b.put(keys::meta("format"), 1u64.to_be_bytes().to_vec());
+    storage.apply(b).expect("write marker");
+    let err = EventStore::open(storage, StoreConfig::default()).expect_err("older format");
+    assert!(err.to_string().contains("store format 1"), "{err}");
 }

@@ -324,12 +324,12 @@ async fn replay(dir: &Path, args: &StoreBenchArgs) -> Result<()> {
             let started = Instant::now();
             let mut n = 0u64;
             let mut bytes = 0usize;
-            for kv in tree.range(raw::log_key(0).to_vec()..raw::log_end().to_vec()) {
+            for kv in tree.range(raw::log_start().to_vec()..raw::log_end().to_vec()) {
                 let (k, v) = kv?;
-                let pos = u64::from_be_bytes(k[1..9].try_into()?);
-                let e = raw::decode_record(&v, pos)?;
-                bytes += e.payload.len();
-                n += 1;
+                for e in raw::decode_frame(&k, &v)? {
+                    bytes += e.payload.len();
+                    n += 1;
+                }
             }
             raw_rates.push(n as f64 / started.elapsed().as_secs_f64());
             drop(tree);
