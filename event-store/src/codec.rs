@@ -200,6 +200,28 @@ pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8], locatio
     options().deserialize(&bytes[5..]).map_err(|e| Error::corrupt(location, e))
 }
 
+/// A stream-index entry's value: the position of the first event of a run of the stream's
+/// consecutive versions at consecutive positions, and the run's length.
+pub(crate) fn encode_run(position: u64, count: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&position.to_be_bytes());
+    v.extend_from_slice(&count.to_be_bytes());
+    v
+}
+
+/// Decodes a stream-index entry's value: `(first position, count)`, count at least 1.
+pub(crate) fn decode_run(bytes: &[u8], location: impl Fn() -> String) -> Result<(u64, u64)> {
+    let damaged = |why: String| Error::corrupt(location(), why);
+    let arr: [u8; 12] =
+        bytes.try_into().map_err(|_| damaged(format!("expected 12 bytes, found {}", bytes.len())))?;
+    let position = u64::from_be_bytes([arr[0], arr[1], arr[2], arr[3], arr[4], arr[5], arr[6], arr[7]]);
+    let count = u64::from(u32::from_be_bytes([arr[8], arr[9], arr[10], arr[11]]));
+    if count == 0 || position == 0 || position.checked_add(count).is_none() {
+        return Err(damaged(format!("run of {count} events at position {position}")));
+    }
+    Ok((position, count))
+}
+
 /// Reads a big-endian u64 value.
 pub(crate) fn decode_u64(bytes: &[u8], location: impl FnOnce() -> String) -> Result<u64> {
     let arr: [u8; 8] = bytes

@@ -4,15 +4,16 @@
 //! | prefix | key                                   | value                    |
 //! |--------|---------------------------------------|--------------------------|
 //! | `L`    | last position of the frame (u64)      | a log frame of encoded records (`frame`) |
-//! | `S`    | len (u16), stream id, version (u64)   | position (u64)           |
+//! | `S`    | len (u16), stream id, first version (u64) | a run: first position (u64), count (u32) |
 //! | `I`    | event id (16 bytes)                   | position (u64)           |
 //! | `K`    | checkpoint name                       | value (u64)              |
 //! | `N`    | stream id                             | encoded snapshot         |
 //! | `M`    | name                                  | store metadata           |
 //! | `X`    | anything                              | application data (read models); never touched by the store |
 //!
-//! A stream's head is the last `S` key under its prefix; the log head is the key of the last `L`
-//! frame. No counter is stored twice, so nothing can disagree after a crash.
+//! A stream's head is the end of the run in the last `S` key under its prefix; the log head is
+//! the key of the last `L` frame. No counter is stored twice, so nothing can disagree after a
+//! crash.
 
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const STREAM: u8 = b'S';

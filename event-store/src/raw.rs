@@ -12,7 +12,8 @@ pub const SLED_TREE: &str = crate::storage::SLED_TREE;
 
 /// The bytes the store writes for one event, as one entry each: the log record and its stream
 /// and event-id index entries. The store itself packs consecutive records into one log frame per
-/// key; these per-event entries are the raw-engine baseline of the benchmarks.
+/// key and writes one stream-index entry per run of a stream's events in an append; these
+/// per-event entries are the raw-engine baseline of the benchmarks.
 pub fn entries(
     position: u64,
     version: u64,
@@ -23,7 +24,7 @@ pub fn entries(
     let body = codec::encode_body(stream, event)?;
     Ok([
         (keys::log(position).to_vec(), codec::record(position, version, recorded_at_ns, &body)),
-        (keys::stream(stream, version), position.to_be_bytes().to_vec()),
+        (keys::stream(stream, version), codec::encode_run(position, 1)),
         (keys::event_id(&event.event_id).to_vec(), position.to_be_bytes().to_vec()),
     ])
 }
@@ -70,6 +71,8 @@ pub struct Importer<'a, S: crate::Storage> {
     batch: crate::storage::WriteBatch,
     batched: usize,
     frame: frame::FrameBuilder,
+    /// The stream run being built: stream, first version, first position, length.
+    run: Option<(String, u64, u64, u64)>,
     next_position: u64,
     last_ts: u64,
     versions: std::collections::HashMap<String, u64>,
@@ -124,6 +127,7 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
             batch: crate::storage::WriteBatch::default(),
             batched: 0,
             frame: frame::FrameBuilder::default(),
+            run: None,
             next_position: 1,
             last_ts: 0,
             versions: std::collections::HashMap::new(),
@@ -149,16 +153,26 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
         }
         *v = e.version;
         let event = NewEvent::from(e);
-        let [(_, record), stream, id] =
-            entries(e.position, e.version, e.recorded_at_ns, &e.stream_id, &event)?;
+        let [(_, record), _, id] = entries(e.position, e.version, e.recorded_at_ns, &e.stream_id, &event)?;
         self.digest.add(&record);
         if let Some((last, bytes)) =
             self.frame.push(e.position, record.len(), |out| out.extend_from_slice(&record))
         {
             self.batch.put(keys::log(last).to_vec(), bytes);
         }
-        for (k, v) in [stream, id] {
-            self.batch.put(k, v);
+        self.batch.put(id.0, id.1);
+        match &mut self.run {
+            Some((stream, first_version, first_position, count))
+                if *stream == e.stream_id
+                    && e.version == *first_version + *count
+                    && e.position == *first_position + *count =>
+            {
+                *count += 1
+            }
+            _ => {
+                self.close_run();
+                self.run = Some((e.stream_id.clone(), e.version, e.position, 1));
+            }
         }
         self.next_position += 1;
         self.last_ts = e.recorded_at_ns;
@@ -169,7 +183,16 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
         Ok(())
     }
 
+    fn close_run(&mut self) {
+        if let Some((stream, first_version, first_position, count)) = self.run.take() {
+            for (k, v) in crate::store::stream_runs(&stream, first_version, first_position, count) {
+                self.batch.put(k, v);
+            }
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
+        self.close_run();
         if !self.frame.is_empty() {
             let (last, bytes) = self.frame.take();
             self.batch.put(keys::log(last).to_vec(), bytes);

@@ -44,8 +44,9 @@ pub enum Durability {
     /// Power-loss safe: each group is synced with `fdatasync` before it is acknowledged.
     #[default]
     Fsync,
-    /// Process-crash safe: writes are flushed out of the process every `interval`, and
-    /// acknowledged after the flush that covers them.
+    /// Process-crash safe: a flush of the writes out of the process starts every `interval` (or
+    /// as soon as the previous one ends, if it took longer), and an append is acknowledged after
+    /// the flush that covers it.
     Periodic {
         /// Flush interval.
         interval: Duration,
@@ -168,8 +169,9 @@ impl<S: Storage> std::fmt::Debug for EventStore<S> {
 }
 
 const FORMAT_KEY: &str = "format";
-/// 2: log records packed into frames (see `frame`); stores of format 1 are refused.
-const FORMAT_VERSION: u64 = 2;
+/// 2: log records packed into frames (see `frame`); 3: one stream-index entry per run of a
+/// stream's events in an append. Stores of an older format are refused.
+const FORMAT_VERSION: u64 = 3;
 
 impl<S: Storage> EventStore<S> {
     /// Opens the store on `storage` and starts its writer and syncer threads.
@@ -324,10 +326,10 @@ impl<S: Storage> EventStore<S> {
         let durable = self.head();
         for item in self.inner.storage.range(&prefix, &keys::prefix_end(&prefix), true) {
             let (k, v) = item?;
-            let pos = codec::decode_u64(v.as_ref(), || format!("stream index of {stream}"))?;
-            if pos <= durable {
-                return keys::trailing_u64(k.as_ref())
-                    .ok_or_else(|| Error::corrupt(format!("stream index of {stream}"), "short key"));
+            let run = Run::from_entry(k.as_ref(), v.as_ref())?;
+            if run.position <= durable {
+                // A run is one append's events of the stream: durable all together.
+                return Ok(run.last_version().min(run.first_version + (durable - run.position)));
             }
         }
         Ok(0)
@@ -337,9 +339,19 @@ impl<S: Storage> EventStore<S> {
     /// start (`u64::MAX` = from the last event).
     pub fn read_stream(&self, stream: &StreamId, from_version: u64, direction: Direction) -> StreamReader<S> {
         let prefix = keys::stream_prefix(stream.as_str());
+        let mut pending = None;
         let (start, end, reverse) = match direction {
             Direction::Forward => {
-                (keys::stream(stream.as_str(), from_version), keys::prefix_end(&prefix), false)
+                // Start at the run holding `from_version` (its key is the run's first version).
+                let first = match run_holding(&*self.inner.storage, stream.as_str(), from_version) {
+                    Ok(Some(run)) => run.first_version,
+                    Ok(None) => from_version,
+                    Err(e) => {
+                        pending = Some(e);
+                        from_version
+                    }
+                };
+                (keys::stream(stream.as_str(), first), keys::prefix_end(&prefix), false)
             }
             Direction::Backward => {
                 let end = match from_version.checked_add(1) {
@@ -355,6 +367,9 @@ impl<S: Storage> EventStore<S> {
             frames: FrameCache::default(),
             limit: self.head(),
             reverse,
+            from_version,
+            run: None,
+            pending,
         }
     }
 
@@ -531,8 +546,8 @@ impl<S: Storage> EventStore<S> {
                     .push(format!("position {pos}: {} version {} follows {}", e.stream_id, e.version, v));
             }
             *v = e.version;
-            let idx = storage.get(&keys::stream(&e.stream_id, e.version))?;
-            if idx.as_ref().map(|p| p.as_ref()) != Some(&pos.to_be_bytes()[..]) {
+            let run = run_holding(&**storage, &e.stream_id, e.version)?;
+            if run.map(|r| r.position_of(e.version)) != Some(pos) {
                 report.problems.push(format!("position {pos}: stream index entry missing or wrong"));
             }
             let idx = storage.get(&keys::event_id(&e.event_id))?;
@@ -541,11 +556,20 @@ impl<S: Storage> EventStore<S> {
             }
         }
         report.streams = versions.len() as u64;
-        for (tag, name) in [(keys::STREAM, "stream"), (keys::EVENT_ID, "event id")] {
-            let n = storage.range(&[tag], &[tag + 1], false).count() as u64;
-            if n != report.events {
-                report.problems.push(format!("{n} {name} index entries for {} events", report.events));
+        let mut indexed = 0u64;
+        for item in storage.range(&[keys::STREAM], &[keys::STREAM + 1], false) {
+            let (k, v) = item?;
+            match Run::from_entry(k.as_ref(), v.as_ref()) {
+                Ok(run) => indexed += run.count,
+                Err(e) => report.problems.push(e.to_string()),
             }
+        }
+        if indexed != report.events {
+            report.problems.push(format!("stream index entries cover {indexed} events of {}", report.events));
+        }
+        let n = storage.range(&[keys::EVENT_ID], &[keys::EVENT_ID + 1], false).count() as u64;
+        if n != report.events {
+            report.problems.push(format!("{n} event id index entries for {} events", report.events));
         }
         Ok(report)
     }
@@ -753,9 +777,8 @@ impl<S: Storage> Writer<S> {
         match self.storage.range(&prefix, &keys::prefix_end(&prefix), true).next() {
             None => Ok(0),
             Some(item) => {
-                let (k, _) = item?;
-                keys::trailing_u64(k.as_ref())
-                    .ok_or_else(|| Error::corrupt(format!("stream index of {stream}"), "short key"))
+                let (k, v) = item?;
+                Ok(Run::from_entry(k.as_ref(), v.as_ref())?.last_version())
             }
         }
     }
@@ -844,6 +867,7 @@ impl<S: Storage> Writer<S> {
             AppendResult { first_position, last_position: 0, streams: Vec::with_capacity(req.streams.len()) };
         for (s, mut version) in req.streams.into_iter().zip(versions) {
             let first_version = version + 1;
+            let stream_first_position = self.next_position;
             for e in s.events {
                 version += 1;
                 let position = self.next_position;
@@ -853,10 +877,14 @@ impl<S: Storage> Writer<S> {
                 if let Some((last, bytes)) = frame.push(position, len, write) {
                     batch.put(keys::log(last).to_vec(), bytes);
                 }
-                batch.put(keys::stream(&s.stream, version), position.to_be_bytes().to_vec());
                 batch.put(keys::event_id(&e.event_id).to_vec(), position.to_be_bytes().to_vec());
                 group.insert(e.event_id, GroupEvent { position, version, body: e.body });
                 result.last_position = position;
+            }
+            for (k, v) in
+                stream_runs(&s.stream, first_version, stream_first_position, version + 1 - first_version)
+            {
+                batch.put(k, v);
             }
             heads.insert(s.stream.clone(), version);
             result.streams.push(StreamAppended { stream_id: s.stream, first_version, last_version: version });
@@ -865,6 +893,69 @@ impl<S: Storage> Writer<S> {
             batch.put(keys::checkpoint(&name), value.to_be_bytes().to_vec());
         }
         result
+    }
+}
+
+/// The stream-index entries of `count` consecutive versions of `stream` from `first_version`,
+/// stored at consecutive positions from `first_position`: one entry per run (split only past
+/// `u32::MAX` events), keyed by the run's first version.
+pub(crate) fn stream_runs(
+    stream: &str,
+    first_version: u64,
+    first_position: u64,
+    count: u64,
+) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    let step = u64::from(u32::MAX);
+    (0..count.div_ceil(step)).map(move |i| {
+        let n = (count - i * step).min(step) as u32;
+        (keys::stream(stream, first_version + i * step), codec::encode_run(first_position + i * step, n))
+    })
+}
+
+/// A stream-index entry: the run of versions `[first_version, first_version + count)` at
+/// positions from `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub first_version: u64,
+    pub position: u64,
+    pub count: u64,
+}
+
+impl Run {
+    fn from_entry(k: &[u8], v: &[u8]) -> Result<Self> {
+        let location = || format!("stream index key {:?}", String::from_utf8_lossy(k));
+        let first_version = keys::trailing_u64(k).ok_or_else(|| Error::corrupt(location(), "short key"))?;
+        let (position, count) = codec::decode_run(v, location)?;
+        if first_version == 0 || first_version.checked_add(count).is_none() {
+            return Err(Error::corrupt(location(), format!("run of {count} from version {first_version}")));
+        }
+        Ok(Self { first_version, position, count })
+    }
+
+    fn last_version(&self) -> u64 {
+        self.first_version + self.count - 1
+    }
+
+    /// The position of `version` (which the run must hold).
+    fn position_of(&self, version: u64) -> u64 {
+        self.position + (version - self.first_version)
+    }
+}
+
+/// The stream-index entry holding `version` of `stream`, if any.
+fn run_holding<S: Storage>(storage: &S, stream: &str, version: u64) -> Result<Option<Run>> {
+    let prefix = keys::stream_prefix(stream);
+    let end = match version.checked_add(1) {
+        Some(v) => keys::stream(stream, v),
+        None => keys::prefix_end(&prefix),
+    };
+    match storage.range(&prefix, &end, true).next() {
+        None => Ok(None),
+        Some(item) => {
+            let (k, v) = item?;
+            let run = Run::from_entry(k.as_ref(), v.as_ref())?;
+            Ok((run.last_version() >= version).then_some(run))
+        }
     }
 }
 
@@ -918,7 +1009,8 @@ impl<S: Storage> Syncer<S> {
                 Durability::Fsync => self.storage.sync(),
                 Durability::Periodic { .. } => self.storage.flush_to_os(),
             };
-            last_sync = Instant::now();
+            // Flushes start every `interval`: the time a flush takes is not added to the wait.
+            last_sync = started;
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
             metrics::histogram!("causeway_store_sync_seconds").record(started.elapsed().as_secs_f64());
             let mut st = self.shared.lock();
@@ -956,6 +1048,10 @@ pub struct StreamReader<S: Storage> {
     frames: FrameCache<S>,
     limit: u64,
     reverse: bool,
+    from_version: u64,
+    /// The run being read: the next version to return and how many of the run are left.
+    run: Option<(Run, u64, u64)>,
+    pending: Option<Error>,
 }
 
 impl<S: Storage> std::fmt::Debug for StreamReader<S> {
@@ -968,16 +1064,46 @@ impl<S: Storage> Iterator for StreamReader<S> {
     type Item = Result<RecordedEvent>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.pending.take() {
+            return Some(Err(e));
+        }
         loop {
-            let (k, v) = match self.index.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
+            let (run, version) = match &mut self.run {
+                Some((run, version, left)) if *left > 0 => {
+                    let taken = (*run, *version);
+                    *left -= 1;
+                    if self.reverse {
+                        *version = version.saturating_sub(1);
+                    } else {
+                        *version += 1;
+                    }
+                    taken
+                }
+                _ => {
+                    let (k, v) = match self.index.next()? {
+                        Ok(kv) => kv,
+                        Err(e) => return Some(Err(e.into())),
+                    };
+                    let run = match Run::from_entry(k.as_ref(), v.as_ref()) {
+                        Ok(run) => run,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    // Only the versions from `from_version` on (forward) or up to it (backward).
+                    self.run = if self.reverse {
+                        let top = run.last_version().min(self.from_version);
+                        (top >= run.first_version).then_some((run, top, top - run.first_version + 1))
+                    } else {
+                        let bottom = run.first_version.max(self.from_version);
+                        (bottom <= run.last_version()).then_some((
+                            run,
+                            bottom,
+                            run.last_version() - bottom + 1,
+                        ))
+                    };
+                    continue;
+                }
             };
-            let location = || format!("stream index key {:?}", String::from_utf8_lossy(k.as_ref()));
-            let pos = match codec::decode_u64(v.as_ref(), location) {
-                Ok(p) => p,
-                Err(e) => return Some(Err(e)),
-            };
+            let pos = run.position_of(version);
             if pos > self.limit {
                 if self.reverse {
                     continue; // newest first: skip what is not durable yet

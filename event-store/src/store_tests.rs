@@ -637,10 +637,28 @@ both_engines!(records_packed_into_frames_read_back_from_any_position, |store| {
     let stream: Vec<_> =
         store.read_stream(&big, 1, Direction::Forward).collect::<Result<_>>().expect("stream");
     assert_eq!(stream.as_slice(), &all[..200]);
-    let back: Vec<_> =
-        store.read_stream(&big, 150, Direction::Backward).collect::<Result<_>>().expect("back");
-    assert_eq!(back.len(), 150);
-    assert_eq!(back[0], all[149]);
+    // One stream-index entry covers the whole 200-event append; reads start anywhere inside it.
+    let prefix = keys::stream_prefix("order-big");
+    assert_eq!(store.storage().range(&prefix, &keys::prefix_end(&prefix), false).count(), 1);
+    for v in [0, 1, 2, 57, 150, 199, 200, 201, u64::MAX] {
+        let fwd: Vec<_> = store.read_stream(&big, v, Direction::Forward).collect::<Result<_>>().expect("fwd");
+        let from = usize::try_from(v.max(1) - 1).unwrap_or(usize::MAX).min(200);
+        assert_eq!(fwd.as_slice(), &all[from..200], "forward from {v}");
+        let back: Vec<_> =
+            store.read_stream(&big, v, Direction::Backward).collect::<Result<_>>().expect("back");
+        let upto = usize::try_from(v).unwrap_or(usize::MAX).min(200);
+        let want: Vec<_> = all[..upto].iter().rev().cloned().collect();
+        assert_eq!(back, want, "backward from {v}");
+    }
+    // Streams written by many single appends: one entry each, read across them.
+    let w0: Vec<_> =
+        store.read_stream(&sid("order-w0"), 3, Direction::Forward).collect::<Result<_>>().expect("w0");
+    assert_eq!(w0.iter().map(|e| e.version).collect::<Vec<_>>(), (3..=8).collect::<Vec<_>>());
+    let w0: Vec<_> =
+        store.read_stream(&sid("order-w0"), 6, Direction::Backward).collect::<Result<_>>().expect("w0");
+    assert_eq!(w0.iter().map(|e| e.version).collect::<Vec<_>>(), vec![6, 5, 4, 3, 2, 1]);
+    assert_eq!(store.stream_version(&big).expect("version"), 200);
+    assert_eq!(store.stream_version(&sid("order-w0")).expect("version"), 8);
     let t = nanos_to_time(all[220].recorded_at_ns);
     let at = store.seek_time(t).expect("seek");
     assert!(all[(at - 1) as usize].recorded_at_ns >= all[220].recorded_at_ns);

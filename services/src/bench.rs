@@ -38,6 +38,27 @@ pub struct StoreBenchArgs {
     /// sled cache in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mib: u64,
+    /// Only these sections (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<StoreSection>,
+    /// Events per append when filling the scale section's store (each append to one stream).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub scale_append: u64,
+}
+
+/// A section of `bench store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreSection {
+    /// Durable (fsync) appends, 1 to 256 writers.
+    Durable,
+    /// Periodic appends against raw sled inserts.
+    Periodic,
+    /// Global replay.
+    Replay,
+    /// Stream read latency.
+    Streams,
+    /// The large store (`--scale-events`).
+    Scale,
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -135,11 +156,20 @@ pub async fn store(args: StoreBenchArgs) -> Result<()> {
     let secs = Duration::from_secs_f64(args.seconds);
     println!("# causeway bench store  (cores: {}, {} s per run)", num_cpus(), args.seconds);
 
-    durable_appends(&base.join("durable"), &args, secs).await?;
-    periodic_vs_raw(&base.join("periodic"), &args, secs).await?;
-    replay(&base.join("replay"), &args).await?;
-    stream_reads(&base.join("streams"), &args).await?;
-    if args.scale_events > 0 {
+    let wanted = |s: StoreSection| args.only.is_empty() || args.only.contains(&s);
+    if wanted(StoreSection::Durable) {
+        durable_appends(&base.join("durable"), &args, secs).await?;
+    }
+    if wanted(StoreSection::Periodic) {
+        periodic_vs_raw(&base.join("periodic"), &args, secs).await?;
+    }
+    if wanted(StoreSection::Replay) {
+        replay(&base.join("replay"), &args).await?;
+    }
+    if wanted(StoreSection::Streams) {
+        stream_reads(&base.join("streams"), &args).await?;
+    }
+    if args.scale_events > 0 && wanted(StoreSection::Scale) {
         scale(&base.join("scale"), &args, secs).await?;
     }
     Ok(())
@@ -250,7 +280,7 @@ async fn periodic_vs_raw(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> R
         raw_rate.2,
         100.0 * raw_rate.2 / raw_rate.0
     );
-    for writers in [256usize, 1024] {
+    for writers in [256usize, 1024, 2048] {
         let run = concurrent_appends(&store, writers, secs, &format!("p{writers}-")).await?;
         println!(
             "| store, periodic, {writers} writers | {:.0} | {:.2} | {:.2} | {:.0}% |",
@@ -263,10 +293,16 @@ async fn periodic_vs_raw(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> R
     Ok(())
 }
 
-/// Fills a store quickly: `tasks` appenders writing batches of `batch` events, periodic mode.
+/// Tasks that fill a store with `batch`-event appends: enough appends in flight to fill each
+/// flush, at least 64, more for small appends.
+fn fill_tasks(batch: u64) -> u64 {
+    (6_400 / batch.max(1)).clamp(64, 4_096)
+}
+
+/// Fills a store quickly: [`fill_tasks`] appenders writing batches of `batch` events.
 async fn fill(store: &Store, events: u64, streams: u64, batch: u64) -> Result<Duration> {
     let started = Instant::now();
-    let tasks = 64u64;
+    let tasks = fill_tasks(batch);
     let per_task = events / tasks;
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -440,7 +476,7 @@ async fn scale(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> 
     let full_dir = dir.join("full");
     let fill_time = {
         let store = open(&full_dir, args.cache_mib, periodic)?;
-        fill(&store, args.scale_events, 100_000, 100).await?
+        fill(&store, args.scale_events, 100_000, args.scale_append).await?
     };
     // Open, memory and append rate are measured in fresh processes so their RSS is their own:
     // one that only opens the store (sled scans its log since the previous open), then one that
@@ -465,7 +501,9 @@ async fn scale(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> 
     println!("| measure | value | goal |");
     println!("|---------|------:|------|");
     println!(
-        "| fill rate (periodic, 64 tasks x 100-event appends) | {:.0} events/s | - |",
+        "| fill rate (periodic, {} tasks x {}-event appends) | {:.0} events/s | - |",
+        fill_tasks(args.scale_append),
+        args.scale_append,
         args.scale_events as f64 / fill_time.as_secs_f64()
     );
     println!(
