@@ -411,9 +411,29 @@ impl<S: Storage> Tx<'_, S> {
         }
     }
 
+    /// Takes a document out of this change to modify it and [`Tx::put`] it back: no copy of a
+    /// document changed earlier in the chunk. Read from the model when this change has not
+    /// touched it. A failed fold drops the whole change, so nothing taken is lost.
+    pub fn take<T: DeserializeOwned + Send + 'static>(&mut self, key: &str) -> Result<Option<T>> {
+        match self.overlay.remove(key) {
+            Some(Slot::Doc(v, encode)) => match v.downcast::<T>() {
+                Ok(doc) => Ok(Some(*doc)),
+                Err(v) => {
+                    self.overlay.insert(key.to_owned(), Slot::Doc(v, encode));
+                    Err(ProjectionError::Corrupt(format!("{key}: read as another type within a chunk")))
+                }
+            },
+            Some(Slot::Deleted) => {
+                self.overlay.insert(key.to_owned(), Slot::Deleted);
+                Ok(None)
+            }
+            None => self.models.get_in(&self.name, self.gen, key),
+        }
+    }
+
     /// Writes a document.
-    pub fn put<T: Serialize + Clone + Send + 'static>(&mut self, key: &str, value: &T) -> Result<()> {
-        self.overlay.insert(key.to_owned(), Slot::Doc(Box::new(value.clone()), encode::<T>));
+    pub fn put<T: Serialize + Send + 'static>(&mut self, key: &str, value: T) -> Result<()> {
+        self.overlay.insert(key.to_owned(), Slot::Doc(Box::new(value), encode::<T>));
         Ok(())
     }
 

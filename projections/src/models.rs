@@ -87,17 +87,17 @@ impl OrderSummaries {
         format!("customer/{}/{:020}/{}", s.customer_id, s.placed_at_ns, s.order_id)
     }
 
-    fn save<S: Storage>(tx: &mut Tx<'_, S>, s: &OrderSummary) -> Result<()> {
-        tx.put(&Self::order_key(s.order_id), s)?;
+    fn save<S: Storage>(tx: &mut Tx<'_, S>, s: OrderSummary) -> Result<()> {
         tx.put(
-            &Self::customer_key(s),
-            &CustomerOrder {
+            &Self::customer_key(&s),
+            CustomerOrder {
                 order_id: s.order_id,
                 status: s.status,
                 total: s.total,
                 placed_at_ns: s.placed_at_ns,
             },
-        )
+        )?;
+        tx.put(&Self::order_key(s.order_id), s)
     }
 }
 
@@ -130,34 +130,34 @@ impl Projection for OrderSummaries {
                         cancel_reason: None,
                         timeline: vec![entry(e, None)],
                     };
-                    Self::save(tx, &s)
+                    Self::save(tx, s)
                 }
                 OrderEvent::OrderConfirmed(c) => {
-                    let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(c.order_id))? else {
+                    let Some(mut s) = tx.take::<OrderSummary>(&Self::order_key(c.order_id))? else {
                         return Ok(());
                     };
                     s.status = OrderStatus::Confirmed;
                     s.tracking_number = Some(c.tracking_number.clone());
                     s.timeline.push(entry(e, Some(c.tracking_number)));
-                    Self::save(tx, &s)
+                    Self::save(tx, s)
                 }
                 OrderEvent::OrderCancelled(c) => {
-                    let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(c.order_id))? else {
+                    let Some(mut s) = tx.take::<OrderSummary>(&Self::order_key(c.order_id))? else {
                         return Ok(());
                     };
                     s.status = OrderStatus::Cancelled;
                     s.timeline.push(entry(e, Some(format!("{:?}", c.reason))));
                     s.cancel_reason = Some(c.reason);
-                    Self::save(tx, &s)
+                    Self::save(tx, s)
                 }
             },
             // Payment and shipment milestones go on the order's timeline.
             "payment" | "shipment" => {
                 let Some(id) = order_of_stream(&e.stream_id) else { return Ok(()) };
-                let Some(mut s) = tx.get::<OrderSummary>(&Self::order_key(id))? else { return Ok(()) };
+                let Some(mut s) = tx.take::<OrderSummary>(&Self::order_key(id))? else { return Ok(()) };
                 s.timeline.push(entry(e, None));
                 // The customer's view (status, total) does not change: only the order document.
-                tx.put(&Self::order_key(id), &s)
+                tx.put(&Self::order_key(id), s)
             }
             _ => Ok(()),
         }
@@ -233,7 +233,7 @@ impl Projection for StockLevels {
             }
             InventoryEvent::StockReservationRejected(_) => return Ok(()),
         }
-        tx.put(&key, &s)
+        tx.put(&key, s)
     }
 }
 
@@ -276,7 +276,7 @@ impl Projection for SagaTimelines {
         }
         let Some(id) = order_of_stream(&e.stream_id) else { return Ok(()) };
         let key = Self::key(id);
-        let mut t = tx.get::<SagaTimeline>(&key)?.unwrap_or_else(|| SagaTimeline {
+        let mut t = tx.take::<SagaTimeline>(&key)?.unwrap_or_else(|| SagaTimeline {
             order_id: id,
             status: "running".into(),
             steps: Vec::new(),
@@ -304,7 +304,7 @@ impl Projection for SagaTimelines {
             SagaEvent::SagaStarted(_) => None,
         };
         t.steps.push(entry(e, detail));
-        tx.put(&key, &t)
+        tx.put(&key, t)
     }
 }
 
@@ -366,7 +366,7 @@ impl Projection for PaymentLedger {
             PaymentEvent::PaymentRefunded(p) => (p.order_id, "refunded", p.amount),
         };
         let key = Self::order_key(order_id);
-        let mut o = tx.get::<OrderPayments>(&key)?.unwrap_or_default();
+        let mut o = tx.take::<OrderPayments>(&key)?.unwrap_or_default();
         let add = |m: Money| Money(m.0.saturating_add(amount.0));
         match kind {
             "authorized" => o.authorized = add(o.authorized),
@@ -375,7 +375,7 @@ impl Projection for PaymentLedger {
             _ => o.declined = true,
         }
         o.entries += 1;
-        tx.put(&key, &o)?;
+        tx.put(&key, o)?;
         let entry = LedgerEntry {
             order_id,
             kind: kind.into(),
@@ -383,7 +383,7 @@ impl Projection for PaymentLedger {
             position: e.position,
             at_ns: e.recorded_at_ns,
         };
-        tx.put(&format!("{}{:020}/{:020}", Self::ENTRIES, e.recorded_at_ns, e.position), &entry)
+        tx.put(&format!("{}{:020}/{:020}", Self::ENTRIES, e.recorded_at_ns, e.position), entry)
     }
 }
 
@@ -437,7 +437,8 @@ impl Projection for DeadLetters {
             "DeadLettered" => {
                 let mut v: DeadLetterView = serde_json::from_slice(&e.payload).map_err(bad)?;
                 v.resolved = false;
-                tx.put(&format!("letter/{consumer}/{}", v.event_id), &v)
+                let key = format!("letter/{consumer}/{}", v.event_id);
+                tx.put(&key, v)
             }
             "DeadLetterResolved" => {
                 #[derive(Deserialize)]
@@ -446,9 +447,9 @@ impl Projection for DeadLetters {
                 }
                 let r: Resolved = serde_json::from_slice(&e.payload).map_err(bad)?;
                 let key = format!("letter/{consumer}/{}", r.event_id);
-                if let Some(mut v) = tx.get::<DeadLetterView>(&key)? {
+                if let Some(mut v) = tx.take::<DeadLetterView>(&key)? {
                     v.resolved = true;
-                    tx.put(&key, &v)?;
+                    tx.put(&key, v)?;
                 }
                 Ok(())
             }

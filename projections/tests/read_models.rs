@@ -366,3 +366,23 @@ async fn lag_is_reported_and_a_bad_event_stops_the_projection_with_its_position(
     // Everything before the bad event was applied and checkpointed.
     assert_eq!(models.lag(StockLevels::NAME).expect("lag"), 1);
 }
+
+#[test]
+fn a_change_takes_documents_out_and_puts_them_back_without_copies() {
+    let models = ReadModels::new(new_store());
+    let mut tx = models.begin("docs", 1);
+    assert_eq!(tx.take::<u64>("a").expect("take"), None, "nothing stored yet");
+    tx.put("a", 1u64).expect("put");
+    let mut a = tx.take::<u64>("a").expect("take").expect("present in the change");
+    assert_eq!(tx.take::<u64>("a").expect("take again"), None, "taken out of the change");
+    a += 1;
+    tx.put("a", a).expect("put back");
+    // Reading it as another type is an error, and the document stays in the change.
+    assert!(tx.take::<String>("a").is_err());
+    assert_eq!(tx.get::<u64>("a").expect("get"), Some(2));
+    tx.delete("b");
+    assert_eq!(tx.take::<u64>("b").expect("deleted"), None);
+    models.commit(tx, 0).expect("commit");
+    let mut tx = models.begin("docs", 1);
+    assert_eq!(tx.take::<u64>("a").expect("from the model"), Some(2));
+}

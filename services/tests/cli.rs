@@ -139,7 +139,7 @@ fn verify_catches_a_corrupted_read_model_and_a_broken_invariant() {
             .expect("an order");
         doc.total = aggregates::Money(doc.total.0 + 1);
         let mut tx = models.begin(OrderSummaries::NAME, gen);
-        tx.put(&key, &doc).expect("put");
+        tx.put(&key, doc).expect("put");
         models.commit(tx, cp).expect("commit");
     }
     let out = run(&["verify", "--data-dir", data]);
