@@ -222,3 +222,98 @@ pub fn digest<S: crate::Storage>(storage: &S) -> Result<log_digest::Digest> {
     }
     Ok(d)
 }
+
+/// The store format this build writes and reads.
+pub const STORE_FORMAT: u64 = crate::store::FORMAT_VERSION;
+
+/// The format marker of the store in `storage` (`None` for an empty storage).
+pub fn store_format<S: crate::Storage>(storage: &S) -> Result<Option<u64>> {
+    match storage.get(&keys::meta(crate::store::FORMAT_KEY))? {
+        None => Ok(None),
+        Some(v) => codec::decode_u64(v.as_ref(), || "store format marker".into()).map(Some),
+    }
+}
+
+/// What [`migrate`] copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The format migrated from.
+    pub from_format: u64,
+    /// Events copied (positions 1 to `events`).
+    pub events: u64,
+    /// Other entries copied as they are: checkpoints, snapshots and application data.
+    pub other_entries: u64,
+    /// The digest of the log, the same before and after.
+    pub digest: String,
+}
+
+/// Copies the store in `old` (of an older format this build can read: 1 or 2) into the empty
+/// `new` in the current format. Every record keeps its exact bytes (positions, versions, ids,
+/// timestamps, payloads; the digests of both logs are compared), the indexes are written anew,
+/// and checkpoints, snapshots and application data (read models) are copied unchanged. Open an
+/// [`crate::EventStore`] on `new` afterwards; `old` is not changed.
+pub fn migrate<S: crate::Storage, T: crate::Storage>(old: &S, new: &T) -> Result<Migration> {
+    let from_format = match store_format(old)? {
+        Some(f @ (1 | 2)) => f,
+        Some(f) if f == STORE_FORMAT => {
+            return Err(crate::Error::InvalidAppend(format!("the store is already of format {f}")))
+        }
+        Some(f) => {
+            return Err(crate::Error::InvalidAppend(format!(
+                "store format {f} is not one this build can migrate (1 or 2 to {STORE_FORMAT})"
+            )))
+        }
+        None => return Err(crate::Error::InvalidAppend("the store is empty: nothing to migrate".into())),
+    };
+    if store_format(new)?.is_some() {
+        return Err(crate::Error::InvalidAppend("the target of a migration must be empty".into()));
+    }
+    let mut importer = Importer::new(new)?;
+    let mut before = log_digest::Digest::default();
+    let mut push = |position: u64, record: &[u8]| -> Result<()> {
+        before.add(record);
+        importer.push(&codec::decode_record(record, position)?)
+    };
+    if from_format == 1 {
+        // One record per key, under its own position.
+        for item in old.range(&keys::log(0), &keys::log_end(), false) {
+            let (k, v) = item?;
+            let position = keys::trailing_u64(k.as_ref())
+                .ok_or_else(|| crate::Error::corrupt("log key", "short key"))?;
+            push(position, v.as_ref())?;
+        }
+    } else {
+        // Frames, as now (format 2 differs in its stream index only).
+        let mut scan = frame::RecordScan::new(old, 1, u64::MAX);
+        while let Some((position, record)) = scan.next_record() {
+            push(position, record?)?;
+        }
+    }
+    let mut other_entries = 0u64;
+    let mut batch = crate::storage::WriteBatch::default();
+    for tag in [keys::CHECKPOINT, keys::SNAPSHOT, keys::APP] {
+        for item in old.range(&[tag], &[tag + 1], false) {
+            let (k, v) = item?;
+            batch.put(k.as_ref().to_vec(), v.as_ref().to_vec());
+            other_entries += 1;
+            if batch.len() >= 4096 {
+                new.apply(std::mem::take(&mut batch))?;
+            }
+        }
+    }
+    new.apply(batch)?;
+    let after = importer.finish()?;
+    if after.hex() != before.hex() || after.count() != before.count() {
+        return Err(crate::Error::corrupt(
+            "migration",
+            format!(
+                "the copied log differs: {} records digest {} before, {} records digest {} after",
+                before.count(),
+                before.hex(),
+                after.count(),
+                after.hex()
+            ),
+        ));
+    }
+    Ok(Migration { from_format, events: after.count(), other_entries, digest: after.hex() })
+}

@@ -168,10 +168,10 @@ impl<S: Storage> std::fmt::Debug for EventStore<S> {
     }
 }
 
-const FORMAT_KEY: &str = "format";
+pub(crate) const FORMAT_KEY: &str = "format";
 /// 2: log records packed into frames (see `frame`); 3: one stream-index entry per run of a
 /// stream's events in an append. Stores of an older format are refused.
-const FORMAT_VERSION: u64 = 3;
+pub(crate) const FORMAT_VERSION: u64 = 3;
 
 impl<S: Storage> EventStore<S> {
     /// Opens the store on `storage` and starts its writer and syncer threads.
@@ -184,8 +184,8 @@ impl<S: Storage> EventStore<S> {
                     return Err(Error::corrupt(
                         "store format marker",
                         format!(
-                            "store format {found}, this build reads format {FORMAT_VERSION}: open it with \
-                             the build that wrote it, or restore the node from Kafka"
+                            "store format {found}, this build reads format {FORMAT_VERSION}: convert it with \
+                             `causeway migrate`, or restore the node from Kafka"
                         ),
                     ));
                 }

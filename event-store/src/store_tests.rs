@@ -682,3 +682,87 @@ fn a_store_of_an_older_format_is_refused_with_a_clear_error() {
     let err = EventStore::open(storage, StoreConfig::default()).expect_err("older format");
     assert!(err.to_string().contains("store format 1"), "{err}");
 }
+
+/// A store as this build's predecessors wrote it: format 1 (one record per key, one 8-byte
+/// stream-index entry per event) or format 2 (frames, the same stream index), with the same
+/// events, checkpoints, snapshots and application data as `current`.
+fn legacy_copy(current: &MemoryStorage, format: u64) -> MemoryStorage {
+    let legacy = MemoryStorage::new();
+    let mut b = WriteBatch::default();
+    b.put(keys::meta("format"), format.to_be_bytes().to_vec());
+    for item in current.range(&[0], &[0xff], false) {
+        let (k, v) = item.expect("read");
+        match k[0] {
+            keys::STREAM | keys::META => {}
+            keys::LOG if format == 1 => {
+                let last = keys::trailing_u64(&k).expect("key");
+                let info = frame::parse(&v, last).expect("frame");
+                for p in info.first..=last {
+                    let record = frame::record_at(&v, last, p).expect("record");
+                    b.put(keys::log(p).to_vec(), record.to_vec());
+                }
+            }
+            _ => b.put(k.to_vec(), v.to_vec()),
+        }
+    }
+    let mut scan = frame::RecordScan::new(current, 1, u64::MAX);
+    while let Some((p, record)) = scan.next_record() {
+        let e = codec::decode_record(record.expect("record"), p).expect("decode");
+        b.put(keys::stream(&e.stream_id, e.version), p.to_be_bytes().to_vec());
+    }
+    legacy.apply(b).expect("write legacy store");
+    legacy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_of_formats_1_and_2_migrate_to_the_current_format_unchanged() {
+    let storage = MemoryStorage::new();
+    let store = EventStore::open(storage.clone(), StoreConfig::default()).expect("open");
+    for i in 0..30u64 {
+        let events = (0..(i % 4 + 1)).map(|j| ev(&format!("E{i}-{j}"))).collect();
+        store
+            .append_to(&sid(&format!("order-{}", i % 6)), ExpectedVersion::Any, events)
+            .await
+            .expect("append");
+    }
+    store.save_checkpoint("consumer.x", 17).await.expect("checkpoint");
+    let snap = Snapshot { version: 3, schema_version: 1, payload: b"state".to_vec() };
+    store.save_snapshot(&sid("order-1"), &snap).expect("snapshot");
+    let mut b = WriteBatch::default();
+    b.put(vec![keys::APP, b'd', b'o', b'c'], b"read model".to_vec());
+    store.storage().apply(b).expect("app data");
+    let events: Vec<_> = store.read_all(1).collect::<Result<_>>().expect("read");
+    let digest = crate::raw::digest(store.storage()).expect("digest").hex();
+    drop(store);
+
+    for format in [1, 2] {
+        let legacy = legacy_copy(&storage, format);
+        assert!(EventStore::open(legacy.clone(), StoreConfig::default()).is_err(), "format {format} opens");
+        let migrated = MemoryStorage::new();
+        let report = crate::raw::migrate(&legacy, &migrated).expect("migrate");
+        assert_eq!((report.from_format, report.events), (format, events.len() as u64));
+        assert_eq!(report.other_entries, 3, "checkpoint, snapshot, application data");
+        assert_eq!(report.digest, digest, "format {format}: the same records, byte for byte");
+        let store =
+            EventStore::open(migrated.clone(), StoreConfig::default()).expect("opens in the current format");
+        assert!(store.verify().expect("verify").is_ok());
+        assert_eq!(store.read_all(1).collect::<Result<Vec<_>>>().expect("read"), events);
+        for s in 0..6 {
+            let id = sid(&format!("order-{s}"));
+            let want: Vec<_> = events.iter().filter(|e| e.stream_id == id.as_str()).cloned().collect();
+            let got: Vec<_> =
+                store.read_stream(&id, 1, Direction::Forward).collect::<Result<_>>().expect("stream");
+            assert_eq!(got, want);
+        }
+        assert_eq!(store.checkpoint("consumer.x").expect("cp"), Some(17));
+        assert_eq!(store.load_snapshot(&sid("order-1")).expect("snapshot"), Some(snap.clone()));
+        assert!(migrated.get(&[keys::APP, b'd', b'o', b'c']).expect("get").is_some());
+        let r =
+            store.append_to(&sid("order-0"), ExpectedVersion::Any, vec![ev("After")]).await.expect("append");
+        assert_eq!(r.first_position, events.len() as u64 + 1);
+        // Neither a current store nor a non-empty target is migrated.
+        assert!(crate::raw::migrate(&migrated, &MemoryStorage::new()).is_err());
+        assert!(crate::raw::migrate(&legacy, &migrated).is_err());
+    }
+    assert!(crate::raw::migrate(&MemoryStorage::new(), &MemoryStorage::new()).is_err());
+}

@@ -232,6 +232,16 @@ enum Cmd {
         #[command(flatten)]
         kafka: KafkaArgs,
     },
+    /// Convert a store written by an older build (store format 1 or 2) to this build's format.
+    /// Every record keeps its exact bytes (checked by digest), the indexes are written anew, and
+    /// checkpoints, snapshots and read models are copied. The old store is kept next to the new
+    /// one (`<data-dir>.format-<n>-<time>`). NOT safe while a node runs on the directory (it
+    /// takes the lock and refuses a locked store).
+    Migrate {
+        /// The data directory to convert.
+        #[arg(long, env = "CAUSEWAY_DATA_DIR", default_value = "./causeway-data")]
+        data_dir: PathBuf,
+    },
     /// Drive N orders through an in-process node and print sagas/s, completion latency and
     /// memory. NOT safe while a node runs on the same data directory (it takes the lock; by
     /// default it uses a fresh temporary directory).
@@ -421,6 +431,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("OK");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Migrate { data_dir } => {
+            tokio::task::spawn_blocking(move || migrate(&data_dir)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Load {
             orders,
             concurrency,
@@ -501,6 +515,69 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench(BenchCmd::Kafka(args)) => bench::kafka(args).await.map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe(args)) => bench::probe(args).await.map(|_| ExitCode::SUCCESS),
     }
+}
+
+/// `causeway migrate`: converts the store in `data_dir` next to it, checks the copy, then swaps
+/// the directories (the old store stays, renamed).
+fn migrate(data_dir: &std::path::Path) -> Result<()> {
+    use event_store::raw;
+    if !data_dir.join("db").exists() {
+        bail!("no store at {} (expected a sled database there)", data_dir.display());
+    }
+    let old = SledStorage::open(&SledConfig::new(data_dir))
+        .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+    let from = match raw::store_format(&old)? {
+        None => bail!("{} holds no store", data_dir.display()),
+        Some(f) if f == raw::STORE_FORMAT => {
+            println!("{} is already of store format {f}: nothing to do", data_dir.display());
+            return Ok(());
+        }
+        Some(f) => f,
+    };
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sibling = |suffix: String| {
+        let mut p = data_dir.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let target = sibling(format!(".migrating-{stamp}"));
+    let kept = sibling(format!(".format-{from}-{stamp}"));
+    if target.exists() || kept.exists() {
+        bail!("{} or {} exists already; try again in a second", target.display(), kept.display());
+    }
+    let outcome = (|| -> Result<raw::Migration> {
+        let new = SledStorage::open(&SledConfig::new(&target))?;
+        let report = raw::migrate(&old, &new)?;
+        let store = EventStore::open(new, StoreConfig::default())?;
+        let check = store.verify()?;
+        if !check.is_ok() || check.events != report.events {
+            bail!("the converted store does not verify: {}", check.problems.join("; "));
+        }
+        Ok(report)
+    })();
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&target);
+            return Err(e.context(format!("{} was left as it was", data_dir.display())));
+        }
+    };
+    drop(old);
+    std::fs::rename(data_dir, &kept)
+        .with_context(|| format!("moving the old store to {}", kept.display()))?;
+    std::fs::rename(&target, data_dir)
+        .with_context(|| format!("moving the converted store from {}", target.display()))?;
+    println!(
+        "migrated {} events and {} other entries from store format {} to {}; log digest {}",
+        report.events,
+        report.other_entries,
+        report.from_format,
+        raw::STORE_FORMAT,
+        report.digest
+    );
+    println!("the old store was kept at {}", kept.display());
+    println!("OK");
+    Ok(())
 }
 
 async fn serve(

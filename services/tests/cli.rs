@@ -13,6 +13,16 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// Runs an `events ... --json` command that must succeed; its lines, parsed.
+fn json_events(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run(args);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -196,12 +206,7 @@ fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
     let out = run(&["verify", "--data-dir", data]);
     assert!(out.status.success(), "{}", text(&out));
     // Events as JSON lines: a category, in log order.
-    let out = run(&["events", "--data-dir", data, "--category", "saga", "--limit", "5", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let events = json_events(&["events", "--data-dir", data, "--category", "saga", "--limit", "5", "--json"]);
     assert_eq!(events.len(), 5);
     assert!(events.iter().all(|e| e["stream_id"].as_str().is_some_and(|s| s.starts_with("saga-"))));
     assert!(events.windows(2).all(|w| w[0]["position"].as_u64() < w[1]["position"].as_u64()));
@@ -272,4 +277,59 @@ fn load_drives_a_running_node_over_http() {
     let out = run(&["verify", "--data-dir", data.to_str().expect("utf8")]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("OK"), "{}", text(&out));
+}
+
+#[test]
+fn migrate_converts_a_store_of_the_first_format_and_keeps_the_old_one() {
+    use event_store::{raw, NewEvent};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    {
+        // Store format 1 as the first builds wrote it: one log record per key, an index entry
+        // per event, and the format marker.
+        let db = sled::Config::new().path(&data).open().expect("sled");
+        let tree = db.open_tree(raw::SLED_TREE).expect("tree");
+        for p in 1..=20u64 {
+            let stream = format!("order-{}", p % 3);
+            let version = p.div_ceil(3);
+            let event = NewEvent::json("Noted", format!("{{\"n\":{p}}}").into_bytes());
+            for (k, v) in raw::entries(p, version, 1_000 * p, &stream, &event).expect("entries") {
+                tree.insert(k, v).expect("insert");
+            }
+        }
+        tree.insert(b"Mformat", &1u64.to_be_bytes()).expect("marker");
+        db.flush().expect("flush");
+    }
+    let data = data.to_str().expect("utf8");
+    let old = run(&["events", "--data-dir", data]);
+    assert!(!old.status.success());
+    assert!(text(&old).contains("causeway migrate"), "{}", text(&old));
+
+    let out = run(&["migrate", "--data-dir", data]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("migrated 20 events") && text(&out).contains("from store format 1"),
+        "{}",
+        text(&out)
+    );
+    let lines = json_events(&["events", "--data-dir", data, "--json"]);
+    assert_eq!(lines.len(), 20);
+    for (i, e) in lines.iter().enumerate() {
+        let p = i as u64 + 1;
+        assert_eq!(e["position"], p);
+        assert_eq!(e["version"], p.div_ceil(3));
+        assert_eq!(e["payload"]["n"], p);
+    }
+    let again = run(&["migrate", "--data-dir", data]);
+    assert!(again.status.success() && text(&again).contains("already of store format"), "{}", text(&again));
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("data.format-1-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the old store is kept");
+    let missing = dir.path().join("none");
+    let none = run(&["migrate", "--data-dir", missing.to_str().expect("utf8")]);
+    assert!(!none.status.success() && text(&none).contains("no store at"), "{}", text(&none));
 }
