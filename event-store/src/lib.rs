@@ -10,7 +10,8 @@
 //!   in order, for rebuilds and replays.
 //! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].
 //! - [`raw`]: the exact on-disk bytes, for benchmarks; the importer that writes a log recorded
-//!   elsewhere (restore from Kafka) and a SHA-256 digest of a log.
+//!   elsewhere (restore from Kafka), a SHA-256 digest of a log, and the migration of a store of
+//!   an older format ([`raw::migrate`]).
 //! - `keys`, `frame` and `codec`: the on-disk layout, the log frames that pack consecutive records
 //!   under one key, and the record format (documented in ARCHITECTURE.md).
 //!
