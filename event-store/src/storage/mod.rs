@@ -1,9 +1,9 @@
 //! The storage engine port: an ordered key-value space with atomic batches.
 //!
-//! The event store keeps its whole layout (see [`crate::keys`]) in one ordered key space, so a
-//! single atomic batch covers an append's log records, its indexes and any checkpoints. Another
-//! engine replaces sled by implementing [`Storage`]; [`MemoryStorage`] is the second
-//! implementation, used by tests.
+//! The event store keeps its whole layout (see ARCHITECTURE.md, "Storage layout") in one ordered
+//! key space, so a single atomic batch covers an append's log frames, its indexes and any
+//! checkpoints. Another engine replaces sled by implementing [`Storage`]; [`MemoryStorage`] is the
+//! second implementation, used by tests.
 
 mod memory;
 mod sled_engine;
