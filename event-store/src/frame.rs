@@ -40,11 +40,9 @@ pub(crate) struct FrameBuilder {
 }
 
 impl Default for FrameBuilder {
+    /// An empty builder; its buffer is allocated by the first record.
     fn default() -> Self {
-        let mut buf = Vec::with_capacity(FRAME_TARGET + 1024);
-        buf.push(FORMAT_V2);
-        buf.extend_from_slice(&[0; 4]);
-        Self { buf, count: 0, last: 0 }
+        Self { buf: Vec::new(), count: 0, last: 0 }
     }
 }
 
@@ -64,6 +62,11 @@ impl FrameBuilder {
     }
 
     fn push_with(&mut self, position: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.buf.is_empty() {
+            self.buf.reserve(FRAME_TARGET + 1024);
+            self.buf.push(FORMAT_V2);
+            self.buf.extend_from_slice(&[0; 4]);
+        }
         let len_at = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         write(&mut self.buf);

@@ -152,15 +152,14 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
             return Err(bad(format!("{} version {} does not follow {}", e.stream_id, e.version, v)));
         }
         *v = e.version;
-        let event = NewEvent::from(e);
-        let [(_, record), _, id] = entries(e.position, e.version, e.recorded_at_ns, &e.stream_id, &event)?;
+        let record = log_record(e)?;
         self.digest.add(&record);
         if let Some((last, bytes)) =
             self.frame.push(e.position, record.len(), |out| out.extend_from_slice(&record))
         {
             self.batch.put(keys::log(last).to_vec(), bytes);
         }
-        self.batch.put(id.0, id.1);
+        self.batch.put(keys::event_id(&e.event_id).to_vec(), e.position.to_be_bytes().to_vec());
         match &mut self.run {
             Some((stream, first_version, first_position, count))
                 if *stream == e.stream_id

@@ -329,7 +329,7 @@ impl<S: Storage> EventStore<S> {
             let run = Run::from_entry(k.as_ref(), v.as_ref())?;
             if run.position <= durable {
                 // A run is one append's events of the stream: durable all together.
-                return Ok(run.last_version().min(run.first_version + (durable - run.position)));
+                return Ok(run.last_version());
             }
         }
         Ok(0)
