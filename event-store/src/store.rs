@@ -507,9 +507,15 @@ impl<S: Storage> EventStore<S> {
 
     /// A catch-up-then-live subscription to one category after position `after`.
     pub fn subscribe_category(&self, category: &str, after: u64) -> crate::Subscription<S> {
+        self.subscribe_categories(&[category], after)
+    }
+
+    /// Like [`EventStore::subscribe_category`], for the events of any of `categories` (in log
+    /// order). Records of other categories are skipped by their stream id, without decoding.
+    pub fn subscribe_categories(&self, categories: &[&str], after: u64) -> crate::Subscription<S> {
         crate::Subscription::new(
             self.clone(),
-            crate::subscription::Source::Category(category.to_owned()),
+            crate::subscription::Source::Categories(categories.iter().map(|c| (*c).to_owned()).collect()),
             after,
         )
     }

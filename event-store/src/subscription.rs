@@ -1,6 +1,6 @@
 //! Catch-up-then-live subscriptions.
 //!
-//! A subscription is a cursor on the global log (or a category index). It reads in chunks up to
+//! A subscription is a cursor on the global log (all of it, or the events of some categories). It reads in chunks up to
 //! the durable head, and when it has caught up it waits for the head to move, then reads again.
 //! Catching up and following live are the same loop over positions, so there is no switch-over
 //! where an event could be missed or delivered twice.
@@ -19,7 +19,8 @@ const CHUNK: usize = 512;
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
     All,
-    Category(String),
+    /// One or more categories (an event of any of them is delivered).
+    Categories(Vec<String>),
 }
 
 /// A live subscription; see [`EventStore::subscribe_all`].
@@ -104,11 +105,12 @@ impl<S: Storage> Subscription<S> {
                         out.push(e);
                     }
                 }
-                Source::Category(c) => {
+                Source::Categories(cs) => {
                     // Bound the scan by a head taken before it, so "nothing more up to the
                     // head" is true of exactly the range scanned.
                     let head = store.head();
-                    for e in store.read_category_until(&c, from, head).take(CHUNK) {
+                    let cs: Vec<&str> = cs.iter().map(String::as_str).collect();
+                    for e in store.read_categories_until(&cs, from, head).take(CHUNK) {
                         let e = e?;
                         last = e.position;
                         out.push(e);

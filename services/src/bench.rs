@@ -59,6 +59,8 @@ pub enum StoreSection {
     Streams,
     /// The large store (`--scale-events`).
     Scale,
+    /// The order saga's appends alone, without handlers or subscriptions (its write ceiling).
+    Saga,
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -168,6 +170,9 @@ pub async fn store(args: StoreBenchArgs) -> Result<()> {
     }
     if wanted(StoreSection::Streams) {
         stream_reads(&base.join("streams"), &args).await?;
+    }
+    if wanted(StoreSection::Saga) {
+        saga_writes(&base.join("saga"), &args, secs).await?;
     }
     if args.scale_events > 0 && wanted(StoreSection::Scale) {
         scale(&base.join("scale"), &args, secs).await?;
@@ -288,6 +293,108 @@ async fn periodic_vs_raw(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> R
             run.p(0.5),
             run.p(0.99),
             100.0 * run.rate() / raw_rate.0
+        );
+    }
+    Ok(())
+}
+
+/// The event types an append writes to one stream of a category.
+type StreamWrite = (&'static str, &'static [&'static str]);
+
+/// One append of the order saga's happy path: what it writes per stream, and whether it carries
+/// a consumer checkpoint.
+const SAGA_APPENDS: [(&[StreamWrite], bool); 12] = [
+    (&[("order", &["OrderPlaced"])], false),
+    (&[("saga", &["SagaStarted", "StepRequested"]), ("inventory_commands", &["ReserveStock"])], true),
+    (&[("inventory", &["StockReserved"]), ("replies", &["CommandReplied"])], true),
+    (&[("saga", &["StepSucceeded", "StepRequested"]), ("payment_commands", &["TakePayment"])], true),
+    (&[("payment", &["PaymentAuthorized", "PaymentCaptured"]), ("replies", &["CommandReplied"])], true),
+    (&[("saga", &["StepSucceeded", "StepRequested"]), ("shipping_commands", &["CreateShipment"])], true),
+    (&[("shipment", &["ShipmentCreated"]), ("replies", &["CommandReplied"])], true),
+    (&[("saga", &["StepSucceeded", "StepRequested"]), ("inventory_commands", &["CommitStock"])], true),
+    (&[("inventory", &["StockCommitted"]), ("replies", &["CommandReplied"])], true),
+    (&[("saga", &["StepSucceeded", "StepRequested"]), ("order_commands", &["ConfirmOrder"])], true),
+    (&[("order", &["OrderConfirmed"]), ("replies", &["CommandReplied"])], true),
+    (&[("saga", &["StepSucceeded", "SagaCompleted"])], true),
+];
+
+/// `pipelines` tasks each write whole sagas, one append after the other as the real saga's
+/// hops do (each waits for the previous one to be durable), until `duration` has passed.
+/// Returns the run counted in sagas, with each saga's time from its first append to its last.
+async fn saga_pipelines(store: &Store, pipelines: usize, duration: Duration, tag: &str) -> Result<Run> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(pipelines);
+    for w in 0..pipelines {
+        let store = store.clone();
+        let tag = format!("{tag}{w}");
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).context("histogram")?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                for (i, (streams, checkpoint)) in SAGA_APPENDS.iter().enumerate() {
+                    let mut request = event_store::AppendRequest::default();
+                    for (category, types) in streams.iter() {
+                        // 100 SKUs shared by every saga, as in `causeway load`; the rest per saga.
+                        let id = match *category {
+                            "inventory" => format!("SKU-{}", (w as u64 + n) % 100),
+                            _ => format!("{tag}-{n}"),
+                        };
+                        let events = types
+                            .iter()
+                            .map(|t| NewEvent::json(*t, payload(n + i as u64)))
+                            .collect::<Vec<_>>();
+                        request = request.and(
+                            StreamId::new(format!("{category}-{id}"))?,
+                            ExpectedVersion::Any,
+                            events,
+                        );
+                    }
+                    if *checkpoint {
+                        request = request.with_checkpoint(format!("consumer.bench-{}", i % 5), n);
+                    }
+                    store.append(request).await?;
+                }
+                hist.record(t.elapsed().as_micros() as u64).context("record")?;
+                n += 1;
+            }
+            anyhow::Ok((n, hist))
+        }));
+    }
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut sagas = 0;
+    for t in tasks {
+        let (n, h) = t.await??;
+        sagas += n;
+        latency.add(h)?;
+    }
+    Ok(Run { events: sagas, elapsed: started.elapsed(), latency })
+}
+
+/// The order saga's writes alone: what the store can take of them in fsync mode with no
+/// handler, subscription or read model doing any work. This bounds the embedded saga rate.
+async fn saga_writes(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> {
+    let events: usize = SAGA_APPENDS.iter().map(|(s, _)| s.iter().map(|(_, t)| t.len()).sum::<usize>()).sum();
+    header(&format!(
+        "The order saga's appends alone (fsync): {} dependent appends, {events} events per saga",
+        SAGA_APPENDS.len()
+    ));
+    let store = open(dir, args.cache_mib, Durability::Fsync)?;
+    println!("| sagas in flight | sagas/s | events/s | p50 saga ms | p99 saga ms | events/sync |");
+    println!("|----------------:|--------:|---------:|------------:|------------:|------------:|");
+    for pipelines in [32usize, 128, 512] {
+        let syncs = store.sync_count();
+        let run = saga_pipelines(&store, pipelines, secs, &format!("s{pipelines}-")).await?;
+        let syncs = store.sync_count() - syncs;
+        let ev = run.events * events as u64;
+        println!(
+            "| {pipelines} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            run.rate(),
+            run.rate() * events as f64,
+            run.p(0.5),
+            run.p(0.99),
+            ev as f64 / syncs.max(1) as f64
         );
     }
     Ok(())

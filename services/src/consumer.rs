@@ -34,6 +34,8 @@ pub enum Source {
     All,
     /// One category.
     Category(String),
+    /// Several categories (other records are skipped without being decoded).
+    Categories(Vec<String>),
 }
 
 /// A message handler run by a [`Consumer`].
@@ -110,6 +112,9 @@ pub async fn run<S: Storage, H: Handler>(
     let sub = match handler.source() {
         Source::All => store.subscribe_all(start),
         Source::Category(c) => store.subscribe_category(&c, start),
+        Source::Categories(cs) => {
+            store.subscribe_categories(&cs.iter().map(String::as_str).collect::<Vec<_>>(), start)
+        }
     };
     let feed = futures::stream::unfold(sub, |mut sub| async move {
         let item = sub.next().await?;

@@ -271,7 +271,9 @@ impl<S: Storage> Handler for SagaRunner<S> {
     }
 
     fn source(&self) -> Source {
-        Source::All
+        // Only order events and replies are inputs: other records are skipped by their stream
+        // id without being decoded.
+        Source::Categories(vec!["order".into(), "replies".into()])
     }
 
     fn accepts(&self, e: &RecordedEvent) -> bool {
