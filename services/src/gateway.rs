@@ -1,6 +1,6 @@
 //! The payment gateway port, a simulated gateway, and a circuit breaker guarding it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,17 +51,52 @@ impl Default for SimulatedGatewayConfig {
     }
 }
 
+/// How many idempotency keys the simulated gateway remembers (the newest). Like a real
+/// gateway's retention window: a repeated call within it gets the first answer. Older keys are
+/// forgotten, so a long-running node does not grow with every payment it ever took; the payment
+/// aggregate already records the answer, and the handler never asks twice once it is recorded.
+pub const GATEWAY_KEYS_KEPT: usize = 100_000;
+
+/// The answers given, by idempotency key, oldest first.
+#[derive(Debug, Default)]
+struct Answers {
+    by_key: HashMap<Uuid, GatewayAnswer>,
+    order: VecDeque<Uuid>,
+}
+
+impl Answers {
+    fn get(&self, key: &Uuid) -> Option<GatewayAnswer> {
+        self.by_key.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: Uuid, answer: GatewayAnswer) {
+        if self.by_key.insert(key, answer).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > GATEWAY_KEYS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+    }
+}
+
 /// A gateway that answers from rules, with configurable latency and failures.
 #[derive(Debug, Default)]
 pub struct SimulatedGateway {
     config: Mutex<SimulatedGatewayConfig>,
-    answers: Mutex<HashMap<Uuid, GatewayAnswer>>,
+    answers: Mutex<Answers>,
 }
 
 impl SimulatedGateway {
     /// A gateway with `config`.
     pub fn new(config: SimulatedGatewayConfig) -> Self {
-        Self { config: Mutex::new(config), answers: Mutex::new(HashMap::new()) }
+        Self { config: Mutex::new(config), answers: Mutex::new(Answers::default()) }
+    }
+
+    /// How many idempotency keys it remembers now (at most [`GATEWAY_KEYS_KEPT`]).
+    pub fn keys_remembered(&self) -> usize {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).by_key.len()
     }
 
     /// Changes its behaviour (tests use this to simulate an outage).
@@ -82,7 +117,7 @@ impl PaymentGateway for SimulatedGateway {
             tokio::time::sleep(config.latency).await;
         }
         if let Some(a) = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(a.clone());
+            return Ok(a);
         }
         let (fail, decline) = {
             let mut rng = rand::thread_rng();
@@ -204,6 +239,27 @@ mod tests {
 
     fn oid() -> OrderId {
         OrderId(Uuid::from_u128(1))
+    }
+
+    #[tokio::test]
+    async fn simulated_gateway_remembers_only_the_newest_keys() {
+        let g = SimulatedGateway::new(SimulatedGatewayConfig::default());
+        let n = GATEWAY_KEYS_KEPT as u128 + 10;
+        for k in 0..n {
+            g.authorize(Uuid::from_u128(k), oid(), Money(1)).await.expect("answer");
+        }
+        assert_eq!(g.keys_remembered(), GATEWAY_KEYS_KEPT, "bounded, whatever the traffic");
+        // The newest keys still get their first answer; the oldest were forgotten.
+        g.reconfigure(SimulatedGatewayConfig { decline_rate: 1.0, ..Default::default() });
+        assert!(matches!(
+            g.authorize(Uuid::from_u128(n - 1), oid(), Money(1)).await,
+            Ok(GatewayAnswer::Approved { .. })
+        ));
+        assert!(matches!(
+            g.authorize(Uuid::from_u128(0), oid(), Money(1)).await,
+            Ok(GatewayAnswer::Declined { .. })
+        ));
+        assert_eq!(g.keys_remembered(), GATEWAY_KEYS_KEPT);
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ pub struct LoadSpec {
     pub skus: u64,
     /// Fraction of orders sent to an undeliverable address (they compensate).
     pub undeliverable: f64,
-    /// Report resident memory after this many completed orders too.
+    /// Report resident memory each time this many more orders have ended (0: only at the end).
     pub memory_checkpoint: u64,
     /// Show a progress bar.
     pub progress: bool,
@@ -138,7 +138,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
                 if let Some(b) = &bar {
                     b.set_position(ended);
                 }
-                if ended == checkpoint {
+                if checkpoint > 0 && ended % checkpoint == 0 {
                     memory.push((ended, rss_mib(), saga.in_flight()));
                 }
             }

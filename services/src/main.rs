@@ -258,9 +258,12 @@ enum Cmd {
         /// Fraction of orders to an undeliverable address (compensated).
         #[arg(long, default_value_t = 0.0)]
         undeliverable: f64,
-        /// Also report memory after this many orders ended.
+        /// Also report memory each time this many more orders have ended.
         #[arg(long, default_value_t = 10_000)]
         memory_checkpoint: u64,
+        /// sled cache size in MiB (in-process runs).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+        cache_mib: u64,
         /// Use this data directory instead of a temporary one.
         #[arg(long, conflicts_with = "target")]
         data_dir: Option<PathBuf>,
@@ -441,6 +444,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             skus,
             undeliverable,
             memory_checkpoint,
+            cache_mib,
             data_dir,
             target,
             rate,
@@ -478,7 +482,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 data_dir: data_dir.unwrap_or_else(|| tmp.path().to_path_buf()),
                 durability,
                 flush_ms: 5,
-                cache_mib: 256,
+                cache_mib,
             };
             let store = store_args.open()?;
             let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;

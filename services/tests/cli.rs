@@ -36,6 +36,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         (vec!["serve", "--data-dir", missing, "--cache-mib", "0"], "--cache-mib must be at least 1"),
         (vec!["dead-letters", "--data-dir", missing, "--consumer", "nope"], "unknown consumer"),
         (vec!["load", "--orders", "many"], "invalid value"),
+        (vec!["load", "--orders", "5", "--cache-mib", "0"], "invalid value"),
         (vec!["load", "--target", "ftp://example"], "--target must be an http:// URL"),
         (vec!["load", "--target", "http://127.0.0.1:1", "--orders", "3"], "no Causeway node answers"),
         (vec!["serve", "--data-dir", missing, "--admin-token", "short"], "at least 16 characters"),
