@@ -102,6 +102,21 @@ impl Run {
     }
 }
 
+/// A benchmark task: returns the operations it did and their latency.
+type Worker = tokio::task::JoinHandle<Result<(u64, Histogram<u64>)>>;
+
+/// Waits for benchmark tasks and sums them into one run timed from `started`.
+async fn collect(tasks: Vec<Worker>, started: Instant) -> Result<Run> {
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut events = 0;
+    for t in tasks {
+        let (n, h) = t.await??;
+        events += n;
+        latency.add(h)?;
+    }
+    Ok(Run { events, elapsed: started.elapsed(), latency })
+}
+
 /// `writers` tasks append single events to their own streams until `duration` has passed.
 async fn concurrent_appends(store: &Store, writers: usize, duration: Duration, tag: &str) -> Result<Run> {
     let deadline = Instant::now() + duration;
@@ -122,14 +137,7 @@ async fn concurrent_appends(store: &Store, writers: usize, duration: Duration, t
             anyhow::Ok((n, hist))
         }));
     }
-    let mut latency = Histogram::<u64>::new(3)?;
-    let mut events = 0;
-    for t in tasks {
-        let (n, h) = t.await??;
-        events += n;
-        latency.add(h)?;
-    }
-    Ok(Run { events, elapsed: started.elapsed(), latency })
+    collect(tasks, started).await
 }
 
 fn header(title: &str) {
@@ -362,14 +370,7 @@ async fn saga_pipelines(store: &Store, pipelines: usize, duration: Duration, tag
             anyhow::Ok((n, hist))
         }));
     }
-    let mut latency = Histogram::<u64>::new(3)?;
-    let mut sagas = 0;
-    for t in tasks {
-        let (n, h) = t.await??;
-        sagas += n;
-        latency.add(h)?;
-    }
-    Ok(Run { events: sagas, elapsed: started.elapsed(), latency })
+    collect(tasks, started).await
 }
 
 /// The order saga's writes alone: what the store can take of them in fsync mode with no
