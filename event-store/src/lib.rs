@@ -5,7 +5,8 @@
 //!   ([`ExpectedVersion`]), idempotent event ids, one writer thread with group commit and
 //!   fsync/periodic durability, reads by stream, global position, timestamp and category,
 //!   checkpoints, snapshots and an integrity check.
-//! - [`Subscription`] (module `subscription`): catch-up-then-live subscriptions.
+//! - [`Subscription`] (module `subscription`): catch-up-then-live subscriptions to the whole log
+//!   or to the events of some categories.
 //! - [`ParallelLogReader`] (module `replay`): the log read and decoded ahead by worker threads,
 //!   in order, for rebuilds and replays.
 //! - [`storage`]: the engine port ([`Storage`]) with [`SledStorage`] and [`MemoryStorage`].

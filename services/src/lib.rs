@@ -6,7 +6,8 @@
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids.
 //! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
 //!   services, and the API's own commands (place, cancel, add stock).
-//! - [`gateway`]: the payment gateway port, a simulated gateway, a circuit breaker.
+//! - [`gateway`]: the payment gateway port, a simulated gateway (bounded idempotency memory), a
+//!   circuit breaker.
 //! - [`consumer`]: checkpointed, partitioned consumers of the local log or of Kafka partitions,
 //!   with dead letters.
 //! - [`saga_runner`]: the saga process manager and its deadline timer.
@@ -16,7 +17,8 @@
 //! - [`runtime`]: the roles (`all`, the embedded default, or one of order, inventory, payment,
 //!   shipping, saga, query) on a node's store.
 //! - [`load`]: `causeway load`, saga throughput and latency, in process or over HTTP.
-//! - [`bench`]: `causeway bench store|projections|api|kafka`.
+//! - [`bench`]: `causeway bench store|projections|api|kafka` (`store --only saga`: the saga's
+//!   appends alone, its write ceiling).
 
 pub mod admin;
 pub mod api;
