@@ -38,7 +38,7 @@ pub enum Source {
     Categories(Vec<String>),
 }
 
-/// A message handler run by a [`Consumer`].
+/// A message handler run by a consumer ([`run`] on the local log, or on Kafka partitions).
 pub trait Handler: Send + Sync + 'static {
     /// The consumer's name (its checkpoint and dead-letter stream).
     fn name(&self) -> &str;

@@ -17,7 +17,7 @@
 //! - [`runtime`]: the roles (`all`, the embedded default, or one of order, inventory, payment,
 //!   shipping, saga, query) on a node's store.
 //! - [`load`]: `causeway load`, saga throughput and latency, in process or over HTTP.
-//! - [`bench`]: `causeway bench store|projections|api|kafka` (`store --only saga`: the saga's
+//! - [`bench`](mod@bench): `causeway bench store|projections|api|kafka` (`store --only saga`: the saga's
 //!   appends alone, its write ceiling).
 
 pub mod admin;
