@@ -1,7 +1,8 @@
 //! Catch-up-then-live subscriptions.
 //!
-//! A subscription is a cursor on the global log (all of it, or the events of some categories). It reads in chunks up to
-//! the durable head, and when it has caught up it waits for the head to move, then reads again.
+//! A subscription is a cursor on the global log (all of it, or the events of some categories).
+//! It reads in chunks up to the durable head, and when it has caught up it waits for the head to
+//! move, then reads again.
 //! Catching up and following live are the same loop over positions, so there is no switch-over
 //! where an event could be missed or delivered twice.
 
