@@ -112,7 +112,17 @@ fn free_port() -> u16 {
 
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the node");
+    // A busy machine can take a while to bring the node up: retry the connection, do not guess.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the node did not listen on {port}: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
     let mut out = String::new();

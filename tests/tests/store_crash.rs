@@ -55,8 +55,12 @@ fn acknowledged_appends_survive_kill_9() {
         });
         let ready = rx.recv_timeout(Duration::from_secs(30)).expect("child became ready");
         assert!(ready.starts_with("READY"), "unexpected first line {ready:?}");
-        // Kill at a random instant while appends are in full flight.
-        let kill_after = Duration::from_millis(rng.gen_range(30..400));
+        // Wait for the first acknowledgement, so appends are in full flight whatever the machine's
+        // load: a fixed delay after READY can end before a busy machine's first fsync does.
+        let first_ack = rx.recv_timeout(Duration::from_secs(30)).expect("the child acknowledged an append");
+        assert!(first_ack.starts_with("ACK "), "unexpected line {first_ack:?}");
+        // Then kill at a random instant.
+        let kill_after = Duration::from_millis(rng.gen_range(0..400));
         let started = Instant::now();
         while started.elapsed() < kill_after {
             std::thread::sleep(Duration::from_millis(5));
@@ -65,7 +69,8 @@ fn acknowledged_appends_survive_kill_9() {
         let status = child.wait().expect("wait");
         assert!(!status.success(), "the child was killed, not finished");
         reader.join().expect("reader");
-        let acks: Vec<Ack> = rx.try_iter().filter_map(|l| parse_ack(&l)).collect();
+        let acks: Vec<Ack> =
+            std::iter::once(first_ack).chain(rx.try_iter()).filter_map(|l| parse_ack(&l)).collect();
         assert!(!acks.is_empty(), "round {round}: the child acknowledged nothing before the kill");
         total_acked += acks.len();
 
