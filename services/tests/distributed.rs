@@ -102,10 +102,17 @@ impl Drop for Node {
         self.kill9();
         // A failing test shows what each node said last.
         if std::thread::panicking() {
+            // librdkafka's connection errors during the broker outage would fill the tail, so
+            // the node's own lines are shown apart from them.
             let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let ours: Vec<&str> = log.lines().filter(|l| !l.contains("rdkafka")).collect();
+            eprintln!("--- {} node, its own last lines:", self.role);
+            for line in &ours[ours.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+            let all: Vec<&str> = log.lines().collect();
             eprintln!("--- {} node, last lines:", self.role);
-            for line in tail.iter().rev() {
+            for line in &all[all.len().saturating_sub(5)..] {
                 eprintln!("{line}");
             }
         }

@@ -270,10 +270,11 @@ async fn failed_shipment_refunds_releases_and_cancels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_cancel_mid_saga_compensates_what_was_done() {
     // A slow gateway keeps the saga in the payment step while the customer cancels.
-    let rt = start(SimulatedGatewayConfig { latency: Duration::from_millis(300), ..Default::default() });
+    // A second is wide enough for the cancel to land inside it on a loaded CI machine.
+    let rt = start(SimulatedGatewayConfig { latency: Duration::from_millis(1000), ..Default::default() });
     stock(&rt, "A", 10).await;
     let id = place(&rt, &[("A", 4, 100)], "DE").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while saga_of(&rt, id).done.is_empty() {
         assert!(Instant::now() < deadline, "reservation did not happen");
         tokio::time::sleep(Duration::from_millis(5)).await;
