@@ -4,8 +4,10 @@
 //!
 //! Exactly once in normal operation: the producer is idempotent (no duplicate or reordering on
 //! its own retries), and after a restart or a failed delivery the relay first reads, for each
-//! partition it writes, the last position of its own records already there (the fence), and skips
-//! the events at or below it. When the broker is unreachable the node keeps appending; the relay
+//! partition, the last position of its own records already there (the fence), and skips the
+//! events at or below it. The fence reads only what was stamped since the first unconfirmed
+//! event was recorded (a timestamp lookup), so its cost follows the relay's lag, not the size of
+//! the topics. When the broker is unreachable the node keeps appending; the relay
 //! backs off, retries, and catches up when the broker returns. Its lag is the gauge
 //! `causeway_relay_lag_events`.
 
@@ -35,59 +37,104 @@ struct Topics {
     fence: HashMap<(String, i32), u64>,
 }
 
-/// Reads the last position of `source`'s records in each partition of `topics` (blocking). Walks
-/// back from the end in steps, since other nodes' records may follow ours (dead letters).
+/// How far before the first undelivered event's recorded-at time the fence starts reading: room
+/// for a broker that stamps records with its own clock (`LogAppendTime`) a little behind ours.
+const FENCE_CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// Reads, in each partition of `topics`, the highest position of this node's records stamped at
+/// or after `since_ms` (blocking).
+///
+/// The relay sends events in log order with CreateTime = recorded-at, and recorded-at never
+/// decreases along the log, so every record of ours past the checkpoint is stamped at or after
+/// the recorded-at time of the first event past it. Each partition is therefore read forward
+/// from the broker's offset for that time (a timestamp lookup, bounded by what was written since
+/// then), never walked back over what other nodes wrote: a node that restarts into a busy
+/// cluster fences in one short read.
 fn read_fence(
     config: &KafkaConfig,
     topics: &HashMap<String, i32>,
+    since_ms: i64,
 ) -> Result<HashMap<(String, i32), u64>, KafkaError> {
     let source = config.source();
-    let consumer: BaseConsumer = config.reader("relay-fence").set("enable.partition.eof", "true").create()?;
-    let mut fence = HashMap::new();
+    let consumer: BaseConsumer = config
+        .reader("relay-fence")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let mut lookup = TopicPartitionList::new();
     for (topic, &count) in topics {
         for p in 0..count {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            let mut end = high;
-            const STEP: i64 = 256;
-            'walk: while end > low {
-                let start = (end - STEP).max(low);
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
-                consumer.assign(&tpl)?;
-                let mut best: Option<u64> = None;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    match consumer.poll(Duration::from_millis(500)) {
-                        Some(Ok(m)) => {
-                            if m.offset() >= end {
-                                break;
-                            }
-                            let h = cloudevents::header_map(m.headers());
-                            if h.get("ce_source").map(String::as_str) == Some(source.as_str()) {
-                                if let Some(pos) = h.get("ce_position").and_then(|v| v.parse::<u64>().ok()) {
-                                    best = Some(best.map_or(pos, |b| b.max(pos)));
-                                }
-                            }
-                            if m.offset() + 1 >= end {
-                                break;
-                            }
+            lookup.add_partition_offset(topic, p, Offset::Offset(since_ms.max(0)))?;
+        }
+    }
+    let mut fence = HashMap::new();
+    if lookup.count() == 0 {
+        return Ok(fence);
+    }
+    let starts = consumer.offsets_for_times(lookup, Duration::from_secs(10))?;
+    // Where each partition's read starts and ends (its end as of now: later records are not ours,
+    // since this relay is the only sender of this node's records and it is not sending).
+    let mut reads = TopicPartitionList::new();
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    for e in starts.elements() {
+        if let Some(err) = e.error().err() {
+            return Err(err.into());
+        }
+        let Offset::Offset(start) = e.offset() else { continue }; // nothing stamped since then
+        let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
+        if start >= high {
+            continue;
+        }
+        reads.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
+        ends.insert((e.topic().to_owned(), e.partition()), high);
+    }
+    if ends.is_empty() {
+        return Ok(fence);
+    }
+    consumer.assign(&reads)?;
+    let mut deadline = Instant::now() + Duration::from_secs(10);
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                deadline = Instant::now() + Duration::from_secs(10);
+                let key = (m.topic().to_owned(), m.partition());
+                let Some(&end) = ends.get(&key) else { continue };
+                if m.offset() < end {
+                    let h = cloudevents::header_map(m.headers());
+                    if h.get("ce_source").map(String::as_str) == Some(source.as_str()) {
+                        if let Some(pos) = h.get("ce_position").and_then(|v| v.parse::<u64>().ok()) {
+                            let best = fence.entry(key.clone()).or_insert(pos);
+                            *best = (*best).max(pos);
                         }
-                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                        Some(Err(e)) => return Err(e.into()),
-                        None if Instant::now() > deadline => {
-                            return Err(KafkaError::Other(format!(
-                                "reading the end of {topic}/{p} timed out"
-                            )))
-                        }
-                        None => {}
                     }
                 }
-                if let Some(b) = best {
-                    fence.insert((topic.clone(), p), b);
-                    break 'walk;
+                if m.offset() + 1 >= end {
+                    ends.remove(&key);
                 }
-                end = start;
             }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {
+                // The end of a partition whose last offsets hold no record (compaction, control
+                // records). PartitionEOF names only the partition number: settle every partition
+                // through its position.
+                if let Ok(pos) = consumer.position() {
+                    for e in pos.elements() {
+                        let key = (e.topic().to_owned(), e.partition());
+                        if let (Offset::Offset(o), Some(&end)) = (e.offset(), ends.get(&key)) {
+                            if o >= end {
+                                ends.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None if Instant::now() > deadline => {
+                return Err(KafkaError::Other(format!(
+                    "reading the fence timed out with {} partitions left",
+                    ends.len()
+                )))
+            }
+            None => {}
         }
     }
     Ok(fence)
@@ -165,6 +212,11 @@ pub async fn run_observed<S: Storage>(
         }
         metrics::gauge!("causeway_relay_lag_events").set(store.head().saturating_sub(cp) as f64);
         if !fenced {
+            // Only events past the checkpoint can be in Kafka unconfirmed; with none past it there
+            // is no fence to read. (A failing store ends the relay here, as anywhere else.)
+            let since_ms = store
+                .read_event(cp + 1)?
+                .map(|first| (first.recorded_at_ns / 1_000_000) as i64 - FENCE_CLOCK_MARGIN_MS);
             // The topics this node wrote before, and the fence in each of their partitions.
             let result = async {
                 let known = {
@@ -174,10 +226,20 @@ pub async fn run_observed<S: Storage>(
                         .map_err(|e| KafkaError::Other(e.to_string()))??
                 };
                 topics.partitions = known.into_iter().collect();
-                let (c, t) = (config.clone(), topics.partitions.clone());
-                topics.fence = tokio::task::spawn_blocking(move || read_fence(&c, &t))
-                    .await
-                    .map_err(|e| KafkaError::Other(e.to_string()))??;
+                topics.fence = match since_ms {
+                    None => HashMap::new(),
+                    Some(since_ms) => {
+                        let (c, t) = (config.clone(), topics.partitions.clone());
+                        let started = Instant::now();
+                        let fence = tokio::task::spawn_blocking(move || read_fence(&c, &t, since_ms))
+                            .await
+                            .map_err(|e| KafkaError::Other(e.to_string()))??;
+                        if started.elapsed() > Duration::from_secs(2) {
+                            tracing::warn!(took = ?started.elapsed(), "reading the relay's fence was slow");
+                        }
+                        fence
+                    }
+                };
                 Ok::<_, KafkaError>(())
             }
             .await;
