@@ -1,7 +1,8 @@
 //! The Kafka mirror against a real Kafka-protocol broker (Nisshi, started here): every event
 //! arrives once, in its stream's order, as a CloudEvents record any client can read; a relay
-//! that restarts behind its checkpoint sends nothing twice; a broker outage loses nothing; and a
-//! lost store is restored from the topics byte for byte.
+//! that restarts behind its checkpoint sends nothing twice, also when other nodes' records follow
+//! its own stamped at any time; a broker outage loses nothing; and a lost store is restored from
+//! the topics byte for byte.
 
 mod support;
 
@@ -91,6 +92,16 @@ async fn relayed<S: Storage>(store: &EventStore<S>, within: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts a node on `store`, places `n` orders, waits until their sagas ended and the relay
+/// delivered everything, and stops the node.
+async fn run_orders<S: Storage>(store: &EventStore<S>, broker: &Broker, n: usize) {
+    let rt = start(store.clone(), kafka(broker));
+    let ids = orders(&rt, n).await;
+    sagas_end(&rt, &ids).await;
+    relayed(store, Duration::from_secs(60)).await;
+    rt.shutdown().await.expect("shutdown");
 }
 
 /// A record as a plain Kafka client sees it.
@@ -221,22 +232,70 @@ fn log_of<S: Storage>(store: &EventStore<S>) -> Vec<RecordedEvent> {
 async fn every_event_arrives_once_in_order_as_a_cloudevent_and_a_relay_restart_sends_nothing_twice() {
     let broker = Broker::start();
     let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
-    let rt = start(store.clone(), kafka(&broker));
-    let ids = orders(&rt, 20).await;
-    sagas_end(&rt, &ids).await;
-    relayed(&store, Duration::from_secs(60)).await;
-    rt.shutdown().await.expect("shutdown");
+    run_orders(&store, &broker, 20).await;
     let log = log_of(&store);
     assert_kafka_holds(&broker, &store).await;
 
     // A relay that lost its last checkpoints (a crash before saving) resumes behind what Kafka
     // holds: the fence keeps it from sending those events again.
     store.save_checkpoint(CHECKPOINT, log.len() as u64 / 3).await.expect("rewind");
-    let rt = start(store.clone(), kafka(&broker));
-    let more = orders(&rt, 5).await;
-    sagas_end(&rt, &more).await;
-    relayed(&store, Duration::from_secs(60)).await;
-    rt.shutdown().await.expect("shutdown");
+    run_orders(&store, &broker, 5).await;
+    assert_kafka_holds(&broker, &store).await;
+}
+
+/// Writes `per_partition` records of another node (`causeway://node-b`) to every partition of
+/// every Causeway topic on the broker, stamped `stamp_ms` (blocking).
+fn foreign_records(bootstrap: &str, per_partition: usize, stamp_ms: i64) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("producer");
+    let md = producer.client().fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let mut position = 0u64;
+    for t in md.topics().iter().filter(|t| !t.name().starts_with("__")) {
+        for p in t.partitions() {
+            for _ in 0..per_partition {
+                position += 1;
+                let pos = position.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "ce_source", value: Some("causeway://node-b") })
+                    .insert(Header { key: "ce_position", value: Some(pos.as_str()) });
+                let record = BaseRecord::to(t.name())
+                    .partition(p.id())
+                    .key("other-1")
+                    .payload("{}")
+                    .timestamp(stamp_ms)
+                    .headers(headers);
+                producer.send(record).map_err(|(e, _)| e).expect("send");
+                producer.poll(Duration::ZERO);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_finds_the_nodes_records_among_other_nodes_records_stamped_at_any_time() {
+    let broker = Broker::start();
+    let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
+    run_orders(&store, &broker, 10).await;
+
+    // Other nodes write the same partitions after us: some with a clock an hour behind, some
+    // with the current time. The fence reads by time, so neither may hide our records.
+    let bootstrap = broker.bootstrap();
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    tokio::task::spawn_blocking(move || {
+        foreign_records(&bootstrap, 300, now_ms - 3_600_000);
+        foreign_records(&bootstrap, 300, now_ms);
+    })
+    .await
+    .expect("foreign records");
+
+    // The relay lost its last checkpoints: it resumes a third of the way in, reads the fence and
+    // sends only what Kafka does not hold, then what comes next.
+    let log = log_of(&store);
+    store.save_checkpoint(CHECKPOINT, log.len() as u64 / 3).await.expect("rewind");
+    run_orders(&store, &broker, 3).await;
     assert_kafka_holds(&broker, &store).await;
 }
 
@@ -274,11 +333,7 @@ async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes(
         EventStore::open(storage, StoreConfig::default()).expect("store")
     };
     let store = open();
-    let rt = start(store.clone(), kafka(&broker));
-    let ids = orders(&rt, 15).await;
-    sagas_end(&rt, &ids).await;
-    relayed(&store, Duration::from_secs(60)).await;
-    rt.shutdown().await.expect("shutdown");
+    run_orders(&store, &broker, 15).await;
     let log = log_of(&store);
     let digest = event_store::raw::digest(store.storage()).expect("digest").hex();
     drop(store);
@@ -316,11 +371,7 @@ async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes(
     let inv = invariants::check(&store).expect("invariants");
     assert!(inv.problems.is_empty() && inv.unfinished.is_empty(), "{inv:?}");
     // The node resumes: new orders complete and the relay continues without repeating.
-    let rt = start(store.clone(), kafka(&broker));
-    let more = orders(&rt, 3).await;
-    sagas_end(&rt, &more).await;
-    relayed(&store, Duration::from_secs(60)).await;
-    rt.shutdown().await.expect("shutdown");
+    run_orders(&store, &broker, 3).await;
     assert_kafka_holds(&broker, &store).await;
 }
 
@@ -328,11 +379,7 @@ async fn a_lost_store_is_restored_from_kafka_byte_for_byte_and_the_node_resumes(
 async fn republishing_from_a_position_sends_those_events_again_for_a_downstream_consumer() {
     let broker = Broker::start();
     let store = EventStore::open(event_store::MemoryStorage::new(), StoreConfig::default()).expect("store");
-    let rt = start(store.clone(), kafka(&broker));
-    let ids = orders(&rt, 4).await;
-    sagas_end(&rt, &ids).await;
-    relayed(&store, Duration::from_secs(60)).await;
-    rt.shutdown().await.expect("shutdown");
+    run_orders(&store, &broker, 4).await;
     let head = store.head();
     let from = head / 2;
     let sent = services::kafka::relay::republish(&store, &kafka(&broker), from).await.expect("republish");
