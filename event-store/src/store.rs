@@ -445,14 +445,14 @@ impl<S: Storage> EventStore<S> {
     /// the durable head), in log order.
     pub fn read_categories_until(
         &self,
-        categories: &[&str],
+        categories: &[impl AsRef<str>],
         from_position: u64,
         head: u64,
     ) -> CategoryReader<S> {
         let head = head.min(self.head());
         CategoryReader {
             scan: RecordScan::new(&*self.inner.storage, from_position, head),
-            categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+            categories: categories.iter().map(|c| c.as_ref().to_owned()).collect(),
         }
     }
 
@@ -512,10 +512,12 @@ impl<S: Storage> EventStore<S> {
 
     /// Like [`EventStore::subscribe_category`], for the events of any of `categories` (in log
     /// order). Records of other categories are skipped by their stream id, without decoding.
-    pub fn subscribe_categories(&self, categories: &[&str], after: u64) -> crate::Subscription<S> {
+    pub fn subscribe_categories(&self, categories: &[impl AsRef<str>], after: u64) -> crate::Subscription<S> {
         crate::Subscription::new(
             self.clone(),
-            crate::subscription::Source::Categories(categories.iter().map(|c| (*c).to_owned()).collect()),
+            crate::subscription::Source::Categories(
+                categories.iter().map(|c| c.as_ref().to_owned()).collect(),
+            ),
             after,
         )
     }

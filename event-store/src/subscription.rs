@@ -110,7 +110,6 @@ impl<S: Storage> Subscription<S> {
                     // Bound the scan by a head taken before it, so "nothing more up to the
                     // head" is true of exactly the range scanned.
                     let head = store.head();
-                    let cs: Vec<&str> = cs.iter().map(String::as_str).collect();
                     for e in store.read_categories_until(&cs, from, head).take(CHUNK) {
                         let e = e?;
                         last = e.position;

@@ -32,9 +32,7 @@ use crate::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
 pub enum Source {
     /// The whole log.
     All,
-    /// One category.
-    Category(String),
-    /// Several categories (other records are skipped without being decoded).
+    /// The events of these categories (other records are skipped without being decoded).
     Categories(Vec<String>),
 }
 
@@ -111,10 +109,7 @@ pub async fn run<S: Storage, H: Handler>(
     let start = store.checkpoint(&cp_name)?.unwrap_or(0);
     let sub = match handler.source() {
         Source::All => store.subscribe_all(start),
-        Source::Category(c) => store.subscribe_category(&c, start),
-        Source::Categories(cs) => {
-            store.subscribe_categories(&cs.iter().map(String::as_str).collect::<Vec<_>>(), start)
-        }
+        Source::Categories(cs) => store.subscribe_categories(&cs, start),
     };
     let feed = futures::stream::unfold(sub, |mut sub| async move {
         let item = sub.next().await?;

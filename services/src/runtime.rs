@@ -132,7 +132,7 @@ impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
         &self.name
     }
     fn source(&self) -> Source {
-        Source::Category(messages::commands_category(self.service))
+        Source::Categories(vec![messages::commands_category(self.service)])
     }
     fn accepts(&self, _: &RecordedEvent) -> bool {
         true
