@@ -44,7 +44,9 @@ pub use error::{Error, Result};
 pub use keys::APP as APP_KEY_PREFIX;
 pub use replay::{ParallelLogReader, ReadAhead};
 pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
-pub use store::{CategoryReader, Durability, EventStore, LogReader, StoreConfig, StreamReader, VerifyReport};
+pub use store::{
+    CategoryReader, Durability, EventStore, LogReader, StoreConfig, Stored, StreamReader, VerifyReport,
+};
 pub use subscription::Subscription;
 pub use types::{
     category_of, nanos_to_time, time_to_nanos, AppendRequest, AppendResult, Direction, ExpectedVersion,

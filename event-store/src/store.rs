@@ -38,6 +38,25 @@ use crate::types::{
     Snapshot, StreamAppended, StreamId,
 };
 
+/// What [`EventStore::stored_as`] found for an event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// No event with that id.
+    Absent,
+    /// The same event (an append of it would be answered with its original result).
+    Same {
+        /// Its position.
+        position: u64,
+        /// Its version in its stream.
+        version: u64,
+    },
+    /// Another event with that id (an append of it would be `EventIdReused`).
+    Different {
+        /// The stored event's position.
+        position: u64,
+    },
+}
+
 /// When an append counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -475,6 +494,28 @@ impl<S: Storage> EventStore<S> {
         }
     }
 
+    /// Whether `event` is in the log (by its id), and if so whether with the same content
+    /// (`stream` and everything the appender chose): the check an idempotent append makes,
+    /// without appending. Sees durable events only.
+    pub fn stored_as(&self, stream: &StreamId, event: &crate::NewEvent) -> Result<Stored> {
+        let Some(p) = self.inner.storage.get(&keys::event_id(&event.event_id))? else {
+            return Ok(Stored::Absent);
+        };
+        let pos = codec::decode_u64(p.as_ref(), || format!("event id index of {}", event.event_id))?;
+        if pos > self.head() {
+            return Ok(Stored::Absent);
+        }
+        let body = codec::encode_body(stream.as_str(), event)?;
+        frame::with_record(&*self.inner.storage, pos, |rec| {
+            let h = codec::header(rec, pos)?;
+            Ok(if codec::body(rec) == body.as_slice() {
+                Stored::Same { position: pos, version: h.version }
+            } else {
+                Stored::Different { position: pos }
+            })
+        })
+    }
+
     /// Stores a snapshot of a stream's state. Snapshots are an optimisation: they ride along with
     /// the next sync and are never needed for correctness.
     pub fn save_snapshot(&self, stream: &StreamId, snapshot: &Snapshot) -> Result<()> {
@@ -732,6 +773,7 @@ impl<S: Storage> Writer<S> {
             let (last, bytes) = frame.take();
             batch.put(keys::log(last).to_vec(), bytes);
         }
+        let mut failed = None;
         if !batch.is_empty() {
             let events = self.next_position - start_position;
             if let Err(e) = self.storage.apply(batch) {
@@ -742,6 +784,7 @@ impl<S: Storage> Writer<S> {
                     let _ = reply.send(Err(Error::Storage(e.clone())));
                 }
                 accepted = Vec::new();
+                failed = Some(e);
             } else {
                 self.last_ts = now;
                 if self.head_cache.len() + heads.len() > HEAD_CACHE_STREAMS {
@@ -757,7 +800,8 @@ impl<S: Storage> Writer<S> {
         }
         let mut st = self.shared.lock();
         let durable = self.shared.durable();
-        let covered = st.durable_seq >= self.seq;
+        // Every group before this one is durable.
+        let earlier_durable = st.durable_seq >= self.seq;
         if !accepted.is_empty() {
             self.seq += 1;
             st.applied_seq = self.seq;
@@ -767,10 +811,20 @@ impl<S: Storage> Writer<S> {
             st.waiters.push_back(Waiter { seq: self.seq, reply, result });
         }
         for (reply, result, max_position) in duplicates {
-            if max_position <= durable || covered {
+            if max_position >= start_position {
+                // Its original is in this very group: it shares the group's fate, and is
+                // answered with the sync that covers this group, never before.
+                match &failed {
+                    Some(e) => {
+                        let _ = reply.send(Err(Error::Storage(e.clone())));
+                    }
+                    None => st.waiters.push_back(Waiter { seq: self.seq, reply, result }),
+                }
+            } else if max_position <= durable || earlier_durable {
                 let _ = reply.send(Ok(result));
             } else {
-                // Its original is applied but not yet durable: answer with the next sync.
+                // Its original is in an earlier group, applied but not yet durable: answer with
+                // the next sync.
                 st.waiters.push_back(Waiter { seq: self.seq, reply, result });
             }
         }

@@ -801,3 +801,197 @@ async fn stores_of_formats_1_and_2_migrate_to_the_current_format_unchanged() {
     }
     assert!(crate::raw::migrate(&MemoryStorage::new(), &MemoryStorage::new()).is_err());
 }
+
+/// A memory engine whose `apply` and `sync` can be held at a gate (and whose next `apply` can be
+/// made to fail), so a test can arrange exactly which appends share a writer group and when
+/// that group becomes durable.
+#[derive(Clone, Default)]
+struct Gated {
+    inner: MemoryStorage,
+    apply: Arc<Gate>,
+    sync: Arc<Gate>,
+    fail_next_apply: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// `None`: open; `Some(k)`: k more calls may pass.
+    permits: Option<u32>,
+    entered: u32,
+    passed: u32,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Calls wait here from now on.
+    fn hold(&self) {
+        self.lock().permits = Some(0);
+    }
+    /// Lets one more call through.
+    fn allow_one(&self) {
+        let mut st = self.lock();
+        st.permits = Some(st.permits.map_or(1, |k| k + 1));
+        self.cv.notify_all();
+    }
+    /// Lets every call through.
+    fn open(&self) {
+        self.lock().permits = None;
+        self.cv.notify_all();
+    }
+    fn pass(&self) {
+        let mut st = self.lock();
+        st.entered += 1;
+        self.cv.notify_all();
+        // Held at most 10 s, so a failing test cannot hang the store's threads (and its drop).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while st.permits == Some(0) && std::time::Instant::now() < until {
+            st = self.cv.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        if let Some(k) = st.permits.as_mut() {
+            *k = k.saturating_sub(1);
+        }
+        st.passed += 1;
+        self.cv.notify_all();
+    }
+    /// Waits until `n` calls have entered (and are held, or have passed).
+    fn wait_entered(&self, n: u32) {
+        let mut st = self.lock();
+        while st.entered < n {
+            st = self.cv.wait_timeout(st, Duration::from_secs(10)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+    /// Waits until `n` calls have passed.
+    fn wait_passed(&self, n: u32) {
+        let mut st = self.lock();
+        while st.passed < n {
+            st = self.cv.wait_timeout(st, Duration::from_secs(10)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+    fn passed(&self) -> u32 {
+        self.lock().passed
+    }
+}
+
+impl Storage for Gated {
+    type Value = <MemoryStorage as Storage>::Value;
+    type Iter = <MemoryStorage as Storage>::Iter;
+    fn get(&self, key: &[u8]) -> std::result::Result<Option<Self::Value>, StorageError> {
+        self.inner.get(key)
+    }
+    fn range(&self, start: &[u8], end: &[u8], reverse: bool) -> Self::Iter {
+        self.inner.range(start, end, reverse)
+    }
+    fn apply(&self, batch: WriteBatch) -> std::result::Result<(), StorageError> {
+        self.apply.pass();
+        if self.fail_next_apply.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError("injected apply failure".into()));
+        }
+        self.inner.apply(batch)
+    }
+    fn sync(&self) -> std::result::Result<(), StorageError> {
+        self.sync.pass();
+        self.inner.sync()
+    }
+    fn flush_to_os(&self) -> std::result::Result<(), StorageError> {
+        self.inner.flush_to_os()
+    }
+    fn size_on_disk(&self) -> std::result::Result<u64, StorageError> {
+        Ok(0)
+    }
+}
+
+/// Puts an original append and a repeat of it (same event id, same content) into one writer
+/// group whose predecessor is already durable. Returns the store, the storage, and both
+/// appends, queued but not answered. The group's `apply` is held at its gate when this returns.
+async fn original_and_repeat_in_one_group() -> (
+    EventStore<Gated>,
+    Gated,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AppendResult>> + Send>>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AppendResult>> + Send>>,
+) {
+    let storage = Gated::default();
+    let store = EventStore::open(storage.clone(), StoreConfig::default()).expect("open");
+    let applies = storage.apply.passed();
+    // Group 1, durable before anything else happens.
+    store.append_to(&sid("order-first"), ExpectedVersion::Any, vec![ev("First")]).await.expect("first");
+    // Group 2 is held inside `apply` while the original and its repeat queue up behind it.
+    storage.apply.hold();
+    let blocker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store.append_to(&sid("order-blocker"), ExpectedVersion::Any, vec![ev("Blocker")]).await
+        })
+    };
+    storage.apply.wait_entered(applies + 2);
+    let e = ev("Placed");
+    let mut original: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = {
+        let (store, e) = (store.clone(), e.clone());
+        Box::pin(async move { store.append_to(&sid("order-dup"), ExpectedVersion::NoStream, vec![e]).await })
+    };
+    let mut repeat: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = {
+        let store = store.clone();
+        Box::pin(async move { store.append_to(&sid("order-dup"), ExpectedVersion::NoStream, vec![e]).await })
+    };
+    // Polling once queues each append (the send happens before the first await).
+    assert!(futures::poll!(&mut original).is_pending());
+    assert!(futures::poll!(&mut repeat).is_pending());
+    // Group 2 goes through and becomes durable; group 3 (original + repeat) is then held at
+    // `apply`, so its predecessor's sync is done before the writer answers anything of it.
+    let syncs = storage.sync.passed();
+    storage.apply.allow_one();
+    storage.apply.wait_entered(applies + 3);
+    blocker.await.expect("join").expect("blocker");
+    storage.sync.wait_passed(syncs + 1);
+    (store, storage, original, repeat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_an_append_in_the_same_group_waits_for_the_sync_that_covers_it() {
+    let (store, storage, original, mut repeat) = original_and_repeat_in_one_group().await;
+    // The group's sync is held: neither append may be acknowledged before it.
+    storage.sync.hold();
+    let syncs = storage.sync.passed();
+    storage.apply.open();
+    storage.sync.wait_entered(syncs + 1);
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut repeat).await;
+    assert!(early.is_err(), "the repeat was acknowledged before its original was durable: {early:?}");
+    storage.sync.open();
+    let (a, b) = (original.await.expect("original"), repeat.await.expect("repeat"));
+    assert_eq!(a, b);
+    assert!(store.head() >= a.last_position);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_of_an_append_in_a_failed_group_fails_with_it() {
+    let (store, storage, original, repeat) = original_and_repeat_in_one_group().await;
+    storage.fail_next_apply.store(true, std::sync::atomic::Ordering::SeqCst);
+    storage.apply.open();
+    assert!(original.await.is_err(), "the original's batch failed");
+    let r = repeat.await;
+    assert!(r.is_err(), "the repeat of an append that was never written succeeded: {r:?}");
+    assert_eq!(store.read_stream(&sid("order-dup"), 1, Direction::Forward).count(), 0);
+}
+
+both_engines!(stored_as_tells_absent_same_and_different_without_appending, |store| {
+    let s = sid("order-probe");
+    let e = ev("Placed");
+    assert_eq!(store.stored_as(&s, &e).expect("probe"), Stored::Absent);
+    let r = store.append_to(&s, ExpectedVersion::NoStream, vec![e.clone()]).await.expect("append");
+    assert_eq!(
+        store.stored_as(&s, &e).expect("probe"),
+        Stored::Same { position: r.first_position, version: 1 }
+    );
+    let other = NewEvent::json("Placed", b"{\"other\":1}".to_vec()).with_id(e.event_id);
+    assert_eq!(store.stored_as(&s, &other).expect("probe"), Stored::Different { position: r.first_position });
+    // The same event on another stream is another event.
+    assert!(matches!(store.stored_as(&sid("order-elsewhere"), &e).expect("probe"), Stored::Different { .. }));
+    assert_eq!(store.head(), 1, "nothing was appended by the probes");
+});
