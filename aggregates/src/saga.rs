@@ -1,9 +1,11 @@
 //! The order saga's own state: a pure state machine (stream `saga-<order id>`).
 //!
 //! Steps run in order: reserve stock → take payment → create shipment → commit stock → confirm
-//! the order. Each step is one command to one service, identified by a deterministic command id
-//! (its idempotency key, the same on every retry). The saga advances on the service's reply to
-//! that command. A rejected step, a step whose retries run out, or a customer cancellation starts
+//! the order. Each step is a [`Stage`] of one or more commands ([`Part`]s), each identified by a
+//! deterministic command id (its idempotency key, the same on every retry). The stock steps have
+//! one part per SKU (the inventory service is sharded by SKU, so each SKU answers for itself);
+//! the others have one part. The saga advances when every part of the stage has succeeded.
+//! Compensation releases the stock of exactly the SKUs whose reservation was not refused. A rejected step, a step whose retries run out, or a customer cancellation starts
 //! compensation: the done (or in-flight) steps are undone in reverse, one at a time (cancel the
 //! shipment, refund, release the stock, cancel the order). Compensations are idempotent, so
 //! undoing an in-flight step that never took effect is harmless.
@@ -253,13 +255,17 @@ pub struct SagaStarted {
 }
 impl Upcast for SagaStarted {}
 
-/// `StepRequested`: a command was issued (or re-issued on retry) with a deadline.
+/// `StepRequested`: a command of a step was issued (or re-issued on retry) with a deadline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRequested {
     pub step: Step,
     pub command_id: Uuid,
     pub attempt: u32,
     pub deadline_ns: u64,
+    /// The SKU this part of a stock step is for (absent: the whole step, as recorded before the
+    /// stock steps were split per SKU, and for every other step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
 }
 impl Upcast for StepRequested {}
 
@@ -270,6 +276,9 @@ pub struct StepSucceeded {
     /// What the service answered with (the tracking number of a shipment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The part that succeeded (its SKU; absent for a whole step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
 }
 impl Upcast for StepSucceeded {}
 
@@ -283,6 +292,10 @@ pub struct StepFailed {
     pub may_have_applied: bool,
     /// The customer cancelled (the order is already cancelled: no `CancelOrder` needed).
     pub by_customer: bool,
+    /// The SKU whose reservation was refused, when one part of a per-SKU reservation was: its
+    /// stock is not released, every other SKU's is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
 }
 impl Upcast for StepFailed {}
 
@@ -293,6 +306,9 @@ pub struct CompensationRequested {
     pub command_id: Uuid,
     pub attempt: u32,
     pub deadline_ns: u64,
+    /// The SKU this part of a stock release is for (absent: the whole compensation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
 }
 impl Upcast for CompensationRequested {}
 
@@ -300,6 +316,9 @@ impl Upcast for CompensationRequested {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompensationDone {
     pub compensation: Compensation,
+    /// The part that is done (its SKU; absent for a whole compensation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
 }
 impl Upcast for CompensationDone {}
 
@@ -372,22 +391,85 @@ impl SagaStatus {
     }
 }
 
-/// A command awaiting its reply.
+/// How a part of a stage has been answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Answer {
+    /// Sent, no reply yet.
+    #[default]
+    Waiting,
+    /// Done.
+    Succeeded,
+    /// Refused.
+    Rejected,
+}
+
+/// One command of a stage, awaiting its reply (or answered).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending<T> {
-    pub what: T,
+pub struct Part {
+    /// The SKU of a per-SKU stock command; `None` for a whole step or compensation.
+    pub sku: Option<Sku>,
     pub command_id: Uuid,
     pub attempt: u32,
     pub deadline_ns: u64,
+    pub answer: Answer,
 }
 
-impl<T> Pending<T> {
+impl Part {
     /// The next attempt and its deadline, or `None` when the attempts are used up.
     fn retry(&self, now_ns: u64, jitter: f64, policy: &RetryPolicy) -> Option<(u32, u64)> {
         (self.attempt < policy.max_attempts).then(|| {
             let delay = policy.step_timeout_ms + policy.backoff_ms(self.attempt, jitter);
             (self.attempt + 1, now_ns.saturating_add(ms(delay)))
         })
+    }
+
+    fn overdue(&self, now_ns: u64) -> bool {
+        self.answer == Answer::Waiting && self.deadline_ns <= now_ns
+    }
+}
+
+/// A step or a compensation in flight: its commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage<T> {
+    pub what: T,
+    pub parts: Vec<Part>,
+}
+
+impl<T> Stage<T> {
+    /// The part awaiting the reply to `command_id`.
+    fn waiting_for(&self, command_id: Uuid) -> Option<&Part> {
+        self.parts.iter().find(|p| p.command_id == command_id && p.answer == Answer::Waiting)
+    }
+
+    /// Whether every part but the one of `command_id` has succeeded.
+    fn done_but(&self, command_id: Uuid) -> bool {
+        self.parts.iter().all(|p| p.command_id == command_id || p.answer == Answer::Succeeded)
+    }
+
+    fn all_succeeded(&self) -> bool {
+        self.parts.iter().all(|p| p.answer == Answer::Succeeded)
+    }
+
+    /// Records a request of one of its parts (a new part, or a retry of one).
+    fn request(&mut self, sku: Option<Sku>, command_id: Uuid, attempt: u32, deadline_ns: u64) {
+        match self.parts.iter_mut().find(|p| p.command_id == command_id) {
+            Some(p) => {
+                p.attempt = attempt;
+                p.deadline_ns = deadline_ns;
+            }
+            None => self.parts.push(Part { sku, command_id, attempt, deadline_ns, answer: Answer::Waiting }),
+        }
+    }
+
+    fn answer(&mut self, sku: &Option<Sku>, answer: Answer) {
+        if let Some(p) = self.parts.iter_mut().find(|p| p.sku == *sku) {
+            p.answer = answer;
+        }
+    }
+
+    /// The earliest deadline of a part still waiting.
+    fn next_deadline_ns(&self) -> Option<u64> {
+        self.parts.iter().filter(|p| p.answer == Answer::Waiting).map(|p| p.deadline_ns).min()
     }
 }
 
@@ -402,15 +484,17 @@ pub struct Saga {
     /// Steps that succeeded, in order.
     pub done: Vec<Step>,
     /// The forward step in flight.
-    pub step: Option<Pending<Step>>,
+    pub step: Option<Stage<Step>>,
     /// The compensation in flight.
-    pub compensation: Option<Pending<Compensation>>,
+    pub compensation: Option<Stage<Compensation>>,
     /// Compensations still to run after the current one, in order.
     pub to_compensate: Vec<Compensation>,
     /// Why compensation started.
     pub failure: Option<String>,
     /// The step that failed.
     pub failed_step: Option<Step>,
+    /// The SKU whose reservation was refused (its stock is not released).
+    pub refused_sku: Option<Sku>,
     /// It failed by running out of time (not by a refusal or a cancellation).
     pub timed_out: bool,
     /// The customer cancelled (the order is already cancelled).
@@ -425,7 +509,8 @@ pub fn command_id(order_id: OrderId, what: &str) -> Uuid {
     Uuid::new_v5(&order_id.0, what.as_bytes())
 }
 
-fn step_name(s: Step) -> &'static str {
+/// The name of a step (`step/reserve_stock`, ...), the root of its command ids.
+pub fn step_name(s: Step) -> &'static str {
     match s {
         Step::ReserveStock => "step/reserve_stock",
         Step::TakePayment => "step/take_payment",
@@ -435,7 +520,8 @@ fn step_name(s: Step) -> &'static str {
     }
 }
 
-fn compensation_name(c: Compensation) -> &'static str {
+/// The name of a compensation, the root of its command ids.
+pub fn compensation_name(c: Compensation) -> &'static str {
     match c {
         Compensation::CancelShipment => "compensation/cancel_shipment",
         Compensation::RefundPayment => "compensation/refund_payment",
@@ -444,8 +530,21 @@ fn compensation_name(c: Compensation) -> &'static str {
     }
 }
 
+/// The command id of a part: `<name>` for a whole step, `<name>/<sku>` for one SKU.
+pub fn part_command_id(order_id: OrderId, name: &str, sku: Option<&Sku>) -> Uuid {
+    match sku {
+        None => command_id(order_id, name),
+        Some(sku) => command_id(order_id, &format!("{name}/{sku}")),
+    }
+}
+
 fn ms(n: u64) -> u64 {
     n.saturating_mul(1_000_000)
+}
+
+/// Whether a step's commands go one per SKU.
+fn per_sku(step: Step) -> bool {
+    matches!(step, Step::ReserveStock | Step::CommitStock)
 }
 
 impl Saga {
@@ -453,28 +552,46 @@ impl Saga {
         self.order_id.ok_or(SagaError::NotStarted)
     }
 
-    /// The command a step sends.
-    pub fn step_command(&self, step: Step) -> Option<SagaCommand> {
+    /// The order's quantity per SKU, in SKU order (an order may list a SKU twice).
+    pub fn skus(&self) -> Vec<SagaLine> {
+        let mut merged: std::collections::BTreeMap<&Sku, u64> = std::collections::BTreeMap::new();
+        for l in &self.lines {
+            let q = merged.entry(&l.sku).or_insert(0);
+            *q = q.saturating_add(l.quantity);
+        }
+        merged.into_iter().map(|(sku, quantity)| SagaLine { sku: sku.clone(), quantity }).collect()
+    }
+
+    /// The lines a stock command covers: one SKU's, or all of them (a whole-step command).
+    fn lines_for(&self, sku: Option<&Sku>) -> Vec<SagaLine> {
+        match sku {
+            None => self.lines.clone(),
+            Some(sku) => self.skus().into_iter().filter(|l| l.sku == *sku).collect(),
+        }
+    }
+
+    /// The command a step (or one SKU's part of it) sends.
+    pub fn step_command(&self, step: Step, sku: Option<&Sku>) -> Option<SagaCommand> {
         let order_id = self.order_id?;
         Some(match step {
-            Step::ReserveStock => SagaCommand::ReserveStock { order_id, lines: self.lines.clone() },
+            Step::ReserveStock => SagaCommand::ReserveStock { order_id, lines: self.lines_for(sku) },
             Step::TakePayment => SagaCommand::TakePayment { order_id, amount: self.amount },
             Step::CreateShipment => SagaCommand::CreateShipment { order_id, address: self.address.clone() },
-            Step::CommitStock => SagaCommand::CommitStock { order_id, lines: self.lines.clone() },
+            Step::CommitStock => SagaCommand::CommitStock { order_id, lines: self.lines_for(sku) },
             Step::ConfirmOrder => {
                 SagaCommand::ConfirmOrder { order_id, tracking_number: self.tracking_number.clone() }
             }
         })
     }
 
-    /// The command a compensation sends.
-    pub fn compensation_command(&self, c: Compensation) -> Option<SagaCommand> {
+    /// The command a compensation (or one SKU's part of it) sends.
+    pub fn compensation_command(&self, c: Compensation, sku: Option<&Sku>) -> Option<SagaCommand> {
         let order_id = self.order_id?;
         let reason = self.failure.clone().unwrap_or_else(|| "compensation".into());
         Some(match c {
             Compensation::CancelShipment => SagaCommand::CancelShipment { order_id, reason },
             Compensation::RefundPayment => SagaCommand::RefundPayment { order_id, reason },
-            Compensation::ReleaseStock => SagaCommand::ReleaseStock { order_id, lines: self.lines.clone() },
+            Compensation::ReleaseStock => SagaCommand::ReleaseStock { order_id, lines: self.lines_for(sku) },
             Compensation::CancelOrder => SagaCommand::CancelOrder { order_id, reason: self.cancel_reason() },
         })
     }
@@ -482,9 +599,11 @@ impl Saga {
     /// The command a saga event asks to send, if any.
     pub fn command_of(&self, event: &SagaEvent) -> Option<(Uuid, SagaCommand)> {
         match event {
-            SagaEvent::StepRequested(e) => self.step_command(e.step).map(|c| (e.command_id, c)),
+            SagaEvent::StepRequested(e) => {
+                self.step_command(e.step, e.sku.as_ref()).map(|c| (e.command_id, c))
+            }
             SagaEvent::CompensationRequested(e) => {
-                self.compensation_command(e.compensation).map(|c| (e.command_id, c))
+                self.compensation_command(e.compensation, e.sku.as_ref()).map(|c| (e.command_id, c))
             }
             _ => None,
         }
@@ -492,8 +611,8 @@ impl Saga {
 
     /// The earliest deadline of a command in flight.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        let a = self.step.as_ref().map(|p| p.deadline_ns);
-        let b = self.compensation.as_ref().map(|p| p.deadline_ns);
+        let a = self.step.as_ref().and_then(Stage::next_deadline_ns);
+        let b = self.compensation.as_ref().and_then(Stage::next_deadline_ns);
         a.into_iter().chain(b).min()
     }
 
@@ -508,28 +627,56 @@ impl Saga {
         }
     }
 
-    fn request_step(&self, order_id: OrderId, step: Step, now_ns: u64, p: &RetryPolicy) -> SagaEvent {
-        SagaEvent::StepRequested(StepRequested {
-            step,
-            command_id: command_id(order_id, step_name(step)),
-            attempt: 1,
-            deadline_ns: now_ns.saturating_add(ms(p.step_timeout_ms)),
-        })
+    /// The requests of a step: one per SKU for the stock steps, one otherwise.
+    fn request_step(&self, order_id: OrderId, step: Step, now_ns: u64, p: &RetryPolicy) -> Vec<SagaEvent> {
+        let deadline_ns = now_ns.saturating_add(ms(p.step_timeout_ms));
+        let skus: Vec<Option<Sku>> =
+            if per_sku(step) { self.skus().into_iter().map(|l| Some(l.sku)).collect() } else { vec![None] };
+        skus.into_iter()
+            .map(|sku| {
+                SagaEvent::StepRequested(StepRequested {
+                    step,
+                    command_id: part_command_id(order_id, step_name(step), sku.as_ref()),
+                    attempt: 1,
+                    deadline_ns,
+                    sku,
+                })
+            })
+            .collect()
     }
 
+    /// The SKUs whose stock a release gives back: every SKU but the one whose reservation was
+    /// refused (a reservation in flight may still take effect, so it is released too).
+    fn release_skus(&self) -> Vec<Sku> {
+        self.skus().into_iter().map(|l| l.sku).filter(|s| Some(s) != self.refused_sku.as_ref()).collect()
+    }
+
+    /// The requests of a compensation: one per released SKU for the stock release, one
+    /// otherwise.
     fn request_compensation(
         &self,
         order_id: OrderId,
         c: Compensation,
         now_ns: u64,
         p: &RetryPolicy,
-    ) -> SagaEvent {
-        SagaEvent::CompensationRequested(CompensationRequested {
-            compensation: c,
-            command_id: command_id(order_id, compensation_name(c)),
-            attempt: 1,
-            deadline_ns: now_ns.saturating_add(ms(p.step_timeout_ms)),
-        })
+    ) -> Vec<SagaEvent> {
+        let deadline_ns = now_ns.saturating_add(ms(p.step_timeout_ms));
+        let skus: Vec<Option<Sku>> = if c == Compensation::ReleaseStock {
+            self.release_skus().into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        skus.into_iter()
+            .map(|sku| {
+                SagaEvent::CompensationRequested(CompensationRequested {
+                    compensation: c,
+                    command_id: part_command_id(order_id, compensation_name(c), sku.as_ref()),
+                    attempt: 1,
+                    deadline_ns,
+                    sku,
+                })
+            })
+            .collect()
     }
 
     /// Compensations, in order, for a failure of the step in flight.
@@ -537,6 +684,13 @@ impl Saga {
         let mut steps: Vec<Step> = self.done.clone();
         if failed.may_have_applied {
             steps.push(failed.step);
+        } else if failed.step == Step::ReserveStock && failed.sku.is_some() {
+            // One SKU refused: the other SKUs' reservations (granted, or still in flight) are
+            // released.
+            let others = self.skus().iter().any(|l| Some(&l.sku) != failed.sku.as_ref());
+            if others {
+                steps.push(Step::ReserveStock);
+            }
         }
         let mut plan: Vec<Compensation> = steps.iter().rev().filter_map(|s| s.compensation()).collect();
         if !failed.by_customer {
@@ -549,14 +703,15 @@ impl Saga {
     fn fail(&self, order_id: OrderId, failed: StepFailed, now_ns: u64, p: &RetryPolicy) -> Vec<SagaEvent> {
         let failed = SagaEvent::StepFailed(failed);
         let after = self.clone().evolve(&failed);
-        let next = match after.to_compensate.first() {
-            Some(first) => after.request_compensation(order_id, *first, now_ns, p),
-            None => SagaEvent::SagaCompensated(SagaCompensated {
+        let mut out = vec![failed];
+        match after.to_compensate.first() {
+            Some(first) => out.extend(after.request_compensation(order_id, *first, now_ns, p)),
+            None => out.push(SagaEvent::SagaCompensated(SagaCompensated {
                 order_id,
                 reason: after.failure.clone().unwrap_or_default(),
-            }),
-        };
-        vec![failed, next]
+            })),
+        }
+        out
     }
 }
 
@@ -575,61 +730,84 @@ impl Decider for Saga {
                     return Err(SagaError::NoLines);
                 }
                 let started = SagaEvent::SagaStarted(SagaStarted { order_id, lines, amount, address });
-                Ok(vec![started, self.request_step(order_id, Step::ReserveStock, now_ns, &policy)])
+                let after = self.clone().evolve(&started);
+                let mut out = vec![started];
+                out.extend(after.request_step(order_id, Step::ReserveStock, now_ns, &policy));
+                Ok(out)
             }
             SagaInput::Reply { command_id, outcome, detail, now_ns, policy } => {
                 let order_id = self.oid()?;
                 if self.status.is_terminal() {
                     return Ok(vec![]);
                 }
-                // The forward step in flight.
-                if let Some(p) = self.step.as_ref().filter(|p| p.command_id == command_id) {
-                    let step = p.what;
-                    return Ok(match outcome {
-                        Outcome::Succeeded => {
-                            let mut out = vec![SagaEvent::StepSucceeded(StepSucceeded { step, detail })];
-                            match step.next() {
-                                Some(next) => out.push(self.request_step(order_id, next, now_ns, &policy)),
-                                None => out.push(SagaEvent::SagaCompleted(SagaCompleted { order_id })),
-                            }
-                            out
-                        }
-                        Outcome::Rejected { reason } => self.fail(
-                            order_id,
-                            StepFailed {
-                                step,
-                                reason: format!("{}: {reason}", step_name(step)),
-                                may_have_applied: false,
-                                by_customer: false,
-                            },
-                            now_ns,
-                            &policy,
-                        ),
-                    });
-                }
-                // The compensation in flight.
-                if let Some(p) = self.compensation.as_ref().filter(|p| p.command_id == command_id) {
-                    let done = p.what;
-                    return Ok(match outcome {
-                        Outcome::Succeeded => {
-                            let mut out =
-                                vec![SagaEvent::CompensationDone(CompensationDone { compensation: done })];
-                            match self.to_compensate.first() {
-                                Some(next) => {
-                                    out.push(self.request_compensation(order_id, *next, now_ns, &policy))
+                // A part of the forward step in flight.
+                if let Some(stage) = &self.step {
+                    if let Some(part) = stage.waiting_for(command_id) {
+                        let (step, sku) = (stage.what, part.sku.clone());
+                        return Ok(match outcome {
+                            Outcome::Succeeded => {
+                                let mut out =
+                                    vec![SagaEvent::StepSucceeded(StepSucceeded { step, detail, sku })];
+                                if stage.done_but(command_id) {
+                                    let after = out.iter().fold(self.clone(), |s, e| s.evolve(e));
+                                    match step.next() {
+                                        Some(next) => {
+                                            out.extend(after.request_step(order_id, next, now_ns, &policy))
+                                        }
+                                        None => {
+                                            out.push(SagaEvent::SagaCompleted(SagaCompleted { order_id }))
+                                        }
+                                    }
                                 }
-                                None => out.push(SagaEvent::SagaCompensated(SagaCompensated {
-                                    order_id,
-                                    reason: self.failure.clone().unwrap_or_default(),
-                                })),
+                                out
                             }
-                            out
-                        }
-                        Outcome::Rejected { reason } => vec![SagaEvent::SagaFailed(SagaFailed {
-                            order_id,
-                            reason: format!("{} refused: {reason}", compensation_name(done)),
-                        })],
-                    });
+                            Outcome::Rejected { reason } => self.fail(
+                                order_id,
+                                StepFailed {
+                                    step,
+                                    reason: format!("{}: {reason}", step_name(step)),
+                                    may_have_applied: false,
+                                    by_customer: false,
+                                    sku,
+                                },
+                                now_ns,
+                                &policy,
+                            ),
+                        });
+                    }
+                }
+                // A part of the compensation in flight.
+                if let Some(stage) = &self.compensation {
+                    if let Some(part) = stage.waiting_for(command_id) {
+                        let (done, sku) = (stage.what, part.sku.clone());
+                        return Ok(match outcome {
+                            Outcome::Succeeded => {
+                                let mut out = vec![SagaEvent::CompensationDone(CompensationDone {
+                                    compensation: done,
+                                    sku,
+                                })];
+                                if stage.done_but(command_id) {
+                                    match self.to_compensate.first() {
+                                        Some(next) => out.extend(
+                                            self.request_compensation(order_id, *next, now_ns, &policy),
+                                        ),
+                                        None => out.push(SagaEvent::SagaCompensated(SagaCompensated {
+                                            order_id,
+                                            reason: self.failure.clone().unwrap_or_default(),
+                                        })),
+                                    }
+                                }
+                                out
+                            }
+                            Outcome::Rejected { reason } => vec![SagaEvent::SagaFailed(SagaFailed {
+                                order_id,
+                                reason: format!(
+                                    "{} refused: {reason}",
+                                    part_name(compensation_name(done), &sku)
+                                ),
+                            })],
+                        });
+                    }
                 }
                 // A reply to something no longer awaited (a duplicate, a late answer): ignore.
                 Ok(vec![])
@@ -647,45 +825,73 @@ impl Decider for Saga {
                     reason: "cancelled by the customer".into(),
                     may_have_applied: true,
                     by_customer: true,
+                    sku: None,
                 };
                 Ok(self.fail(order_id, failed, now_ns, &policy))
             }
             SagaInput::Tick { now_ns, jitter, policy } => {
                 let order_id = self.oid()?;
-                if let Some(p) = self.step.as_ref().filter(|p| p.deadline_ns <= now_ns) {
-                    if let Some((attempt, deadline_ns)) = p.retry(now_ns, jitter, &policy) {
-                        return Ok(vec![SagaEvent::StepRequested(StepRequested {
-                            step: p.what,
-                            command_id: p.command_id,
-                            attempt,
-                            deadline_ns,
-                        })]);
+                if let Some(stage) = &self.step {
+                    let overdue: Vec<&Part> = stage.parts.iter().filter(|p| p.overdue(now_ns)).collect();
+                    if let Some(exhausted) =
+                        overdue.iter().find(|p| p.retry(now_ns, jitter, &policy).is_none())
+                    {
+                        let failed = StepFailed {
+                            step: stage.what,
+                            reason: format!(
+                                "{}: no reply after {} attempts",
+                                part_name(step_name(stage.what), &exhausted.sku),
+                                exhausted.attempt
+                            ),
+                            may_have_applied: true,
+                            by_customer: false,
+                            sku: None,
+                        };
+                        return Ok(self.fail(order_id, failed, now_ns, &policy));
                     }
-                    let failed = StepFailed {
-                        step: p.what,
-                        reason: format!("{}: no reply after {} attempts", step_name(p.what), p.attempt),
-                        may_have_applied: true,
-                        by_customer: false,
-                    };
-                    return Ok(self.fail(order_id, failed, now_ns, &policy));
+                    if !overdue.is_empty() {
+                        return Ok(overdue
+                            .iter()
+                            .filter_map(|p| {
+                                let (attempt, deadline_ns) = p.retry(now_ns, jitter, &policy)?;
+                                Some(SagaEvent::StepRequested(StepRequested {
+                                    step: stage.what,
+                                    command_id: p.command_id,
+                                    attempt,
+                                    deadline_ns,
+                                    sku: p.sku.clone(),
+                                }))
+                            })
+                            .collect());
+                    }
                 }
-                if let Some(p) = self.compensation.as_ref().filter(|p| p.deadline_ns <= now_ns) {
-                    if let Some((attempt, deadline_ns)) = p.retry(now_ns, jitter, &policy) {
-                        return Ok(vec![SagaEvent::CompensationRequested(CompensationRequested {
-                            compensation: p.what,
-                            command_id: p.command_id,
-                            attempt,
-                            deadline_ns,
+                if let Some(stage) = &self.compensation {
+                    let overdue: Vec<&Part> = stage.parts.iter().filter(|p| p.overdue(now_ns)).collect();
+                    if let Some(exhausted) =
+                        overdue.iter().find(|p| p.retry(now_ns, jitter, &policy).is_none())
+                    {
+                        return Ok(vec![SagaEvent::SagaFailed(SagaFailed {
+                            order_id,
+                            reason: format!(
+                                "{}: no reply after {} attempts",
+                                part_name(compensation_name(stage.what), &exhausted.sku),
+                                exhausted.attempt
+                            ),
                         })]);
                     }
-                    return Ok(vec![SagaEvent::SagaFailed(SagaFailed {
-                        order_id,
-                        reason: format!(
-                            "{}: no reply after {} attempts",
-                            compensation_name(p.what),
-                            p.attempt
-                        ),
-                    })]);
+                    return Ok(overdue
+                        .iter()
+                        .filter_map(|p| {
+                            let (attempt, deadline_ns) = p.retry(now_ns, jitter, &policy)?;
+                            Some(SagaEvent::CompensationRequested(CompensationRequested {
+                                compensation: stage.what,
+                                command_id: p.command_id,
+                                attempt,
+                                deadline_ns,
+                                sku: p.sku.clone(),
+                            }))
+                        })
+                        .collect());
                 }
                 Ok(vec![])
             }
@@ -702,21 +908,30 @@ impl Decider for Saga {
                 self.status = SagaStatus::Running;
             }
             SagaEvent::StepRequested(e) => {
-                self.step = Some(Pending {
-                    what: e.step,
-                    command_id: e.command_id,
-                    attempt: e.attempt,
-                    deadline_ns: e.deadline_ns,
-                });
+                let stage = match self.step.take() {
+                    Some(stage) if stage.what == e.step => stage,
+                    _ => Stage { what: e.step, parts: Vec::new() },
+                };
+                let mut stage = stage;
+                stage.request(e.sku.clone(), e.command_id, e.attempt, e.deadline_ns);
+                self.step = Some(stage);
             }
             SagaEvent::StepSucceeded(e) => {
                 if e.step == Step::CreateShipment {
                     self.tracking_number.clone_from(&e.detail);
                 }
-                self.done.push(e.step);
-                self.step = None;
+                if let Some(stage) = self.step.as_mut().filter(|s| s.what == e.step) {
+                    stage.answer(&e.sku, Answer::Succeeded);
+                    if stage.all_succeeded() {
+                        self.done.push(e.step);
+                        self.step = None;
+                    }
+                }
             }
             SagaEvent::StepFailed(e) => {
+                if e.step == Step::ReserveStock && !e.may_have_applied {
+                    self.refused_sku.clone_from(&e.sku);
+                }
                 self.to_compensate = self.compensation_plan(e);
                 self.failure = Some(e.reason.clone());
                 self.failed_step = Some(e.step);
@@ -728,14 +943,22 @@ impl Decider for Saga {
             SagaEvent::CompensationRequested(e) => {
                 self.status = SagaStatus::Compensating;
                 self.to_compensate.retain(|c| *c != e.compensation);
-                self.compensation = Some(Pending {
-                    what: e.compensation,
-                    command_id: e.command_id,
-                    attempt: e.attempt,
-                    deadline_ns: e.deadline_ns,
-                });
+                let stage = match self.compensation.take() {
+                    Some(stage) if stage.what == e.compensation => stage,
+                    _ => Stage { what: e.compensation, parts: Vec::new() },
+                };
+                let mut stage = stage;
+                stage.request(e.sku.clone(), e.command_id, e.attempt, e.deadline_ns);
+                self.compensation = Some(stage);
             }
-            SagaEvent::CompensationDone(_) => self.compensation = None,
+            SagaEvent::CompensationDone(e) => {
+                if let Some(stage) = self.compensation.as_mut().filter(|s| s.what == e.compensation) {
+                    stage.answer(&e.sku, Answer::Succeeded);
+                    if stage.all_succeeded() {
+                        self.compensation = None;
+                    }
+                }
+            }
             SagaEvent::SagaCompleted(_) => {
                 self.status = SagaStatus::Completed;
                 self.step = None;
@@ -751,6 +974,14 @@ impl Decider for Saga {
             }
         }
         self
+    }
+}
+
+/// `<name>` or `<name>/<sku>`, for messages.
+fn part_name(name: &str, sku: &Option<Sku>) -> String {
+    match sku {
+        None => name.to_owned(),
+        Some(sku) => format!("{name}/{sku}"),
     }
 }
 

@@ -27,16 +27,31 @@ fn started() -> SagaEvent {
     })
 }
 
+/// The SKU of a per-SKU part in these tests (the order has one SKU, `A`).
+fn sku_of_step(step: Step) -> Option<Sku> {
+    matches!(step, Step::ReserveStock | Step::CommitStock).then(|| Sku::from("A"))
+}
+
+fn sku_of_comp(c: Compensation) -> Option<Sku> {
+    (c == Compensation::ReleaseStock).then(|| Sku::from("A"))
+}
+
 fn cid(step: Step) -> Uuid {
-    command_id(oid(), step_name(step))
+    part_command_id(oid(), step_name(step), sku_of_step(step).as_ref())
 }
 
 fn ccid(c: Compensation) -> Uuid {
-    command_id(oid(), compensation_name(c))
+    part_command_id(oid(), compensation_name(c), sku_of_comp(c).as_ref())
 }
 
 fn requested(step: Step, attempt: u32, deadline_ns: u64) -> SagaEvent {
-    SagaEvent::StepRequested(StepRequested { step, command_id: cid(step), attempt, deadline_ns })
+    SagaEvent::StepRequested(StepRequested {
+        step,
+        command_id: cid(step),
+        attempt,
+        deadline_ns,
+        sku: sku_of_step(step),
+    })
 }
 
 fn req(step: Step) -> SagaEvent {
@@ -44,7 +59,7 @@ fn req(step: Step) -> SagaEvent {
 }
 
 fn succeeded(step: Step) -> SagaEvent {
-    SagaEvent::StepSucceeded(StepSucceeded { step, detail: None })
+    SagaEvent::StepSucceeded(StepSucceeded { step, detail: None, sku: sku_of_step(step) })
 }
 
 fn comp(c: Compensation) -> SagaEvent {
@@ -53,11 +68,12 @@ fn comp(c: Compensation) -> SagaEvent {
         command_id: ccid(c),
         attempt: 1,
         deadline_ns: NOW + 1_000_000_000,
+        sku: sku_of_comp(c),
     })
 }
 
 fn comp_done(c: Compensation) -> SagaEvent {
-    SagaEvent::CompensationDone(CompensationDone { compensation: c })
+    SagaEvent::CompensationDone(CompensationDone { compensation: c, sku: sku_of_comp(c) })
 }
 
 fn ok(command_id: Uuid) -> SagaInput {
@@ -75,7 +91,9 @@ fn rejected(command_id: Uuid, reason: &str) -> SagaInput {
 }
 
 fn failed(step: Step, reason: &str, may_have_applied: bool, by_customer: bool) -> SagaEvent {
-    SagaEvent::StepFailed(StepFailed { step, reason: reason.into(), may_have_applied, by_customer })
+    // A refusal of a stock step names its SKU.
+    let sku = if may_have_applied { None } else { sku_of_step(step) };
+    SagaEvent::StepFailed(StepFailed { step, reason: reason.into(), may_have_applied, by_customer, sku })
 }
 
 /// History up to (and including) the request of `step`.
@@ -106,6 +124,7 @@ fn start_requests_the_reservation() {
     assert_eq!(state.status, SagaStatus::Running);
     let (id, cmd) = state.command_of(&req(Step::ReserveStock)).expect("a command");
     assert_eq!(id, cid(Step::ReserveStock));
+    assert_ne!(id, command_id(oid(), "step/reserve_stock"), "one command per SKU");
     assert_eq!(cmd, SagaCommand::ReserveStock { order_id: oid(), lines: lines() });
     assert_eq!(cmd.service(), Service::Inventory);
     assert_eq!(state.next_deadline_ns(), Some(NOW + 1_000_000_000));
@@ -153,7 +172,8 @@ fn happy_path_runs_every_step_then_completes() {
     assert_eq!(state.done, Step::ALL.to_vec());
     assert_eq!(state.next_deadline_ns(), None);
     // Every step's command goes to the right service.
-    let services: Vec<_> = Step::ALL.iter().map(|s| state.step_command(*s).expect("cmd").service()).collect();
+    let services: Vec<_> =
+        Step::ALL.iter().map(|s| state.step_command(*s, None).expect("cmd").service()).collect();
     assert_eq!(
         services,
         vec![Service::Inventory, Service::Payment, Service::Shipping, Service::Inventory, Service::Order]
@@ -169,7 +189,7 @@ fn out_of_stock_cancels_the_order_only() {
             comp(Compensation::CancelOrder),
         ]);
     assert_eq!(
-        state.compensation_command(Compensation::CancelOrder),
+        state.compensation_command(Compensation::CancelOrder, None),
         Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::OutOfStock })
     );
     let state = given::<Saga>(running_at(Step::ReserveStock).into_iter().chain([
@@ -196,7 +216,7 @@ fn payment_declined_releases_stock_then_cancels() {
     ]);
     assert_eq!(state.to_compensate, vec![Compensation::CancelOrder]);
     assert_eq!(
-        state.compensation_command(Compensation::CancelOrder),
+        state.compensation_command(Compensation::CancelOrder, None),
         Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::PaymentDeclined })
     );
     let h: Vec<_> = h
@@ -224,7 +244,7 @@ fn shipment_failure_refunds_releases_and_cancels_in_reverse() {
     let mut state = Saga::replay(&h);
     while let Some(p) = state.compensation.clone() {
         order.push(p.what);
-        let events = state.decide(ok(p.command_id)).expect("decide");
+        let events = state.decide(ok(p.parts[0].command_id)).expect("decide");
         state = events.iter().fold(state, |s, e| s.evolve(e));
     }
     assert_eq!(
@@ -286,6 +306,7 @@ fn an_overdue_step_is_retried_with_backoff_then_compensated() {
                 command_id: ccid(Compensation::CancelShipment),
                 attempt: 1,
                 deadline_ns: deadline + 5_000_000_000 + 1_000_000_000,
+                sku: None,
             }),
         ]);
     assert_eq!(
@@ -293,7 +314,7 @@ fn an_overdue_step_is_retried_with_backoff_then_compensated() {
         vec![Compensation::RefundPayment, Compensation::ReleaseStock, Compensation::CancelOrder]
     );
     assert_eq!(
-        state.compensation_command(Compensation::CancelOrder),
+        state.compensation_command(Compensation::CancelOrder, None),
         Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::Timeout })
     );
 }
@@ -313,24 +334,26 @@ fn a_compensation_that_never_answers_or_is_refused_fails_the_saga() {
         command_id: ccid(Compensation::ReleaseStock),
         attempt: 2,
         deadline_ns: late + (1000 + policy().backoff_ms(1, 1.0)) * 1_000_000,
+        sku: Some(Sku::from("A")),
     })]);
-    assert_eq!(state.compensation.as_ref().map(|p| p.attempt), Some(2));
+    assert_eq!(state.compensation.as_ref().map(|p| p.parts[0].attempt), Some(2));
     let mut exhausted = h.clone();
     exhausted.push(SagaEvent::CompensationRequested(CompensationRequested {
         compensation: Compensation::ReleaseStock,
         command_id: ccid(Compensation::ReleaseStock),
         attempt: 3,
         deadline_ns: late,
+        sku: Some(Sku::from("A")),
     }));
     let state = given::<Saga>(exhausted)
         .when(SagaInput::Tick { now_ns: late, jitter: 0.0, policy: policy() })
         .then([SagaEvent::SagaFailed(SagaFailed {
             order_id: oid(),
-            reason: "compensation/release_stock: no reply after 3 attempts".into(),
+            reason: "compensation/release_stock/A: no reply after 3 attempts".into(),
         })]);
     assert_eq!(state.status, SagaStatus::Failed);
     given::<Saga>(h).when(rejected(ccid(Compensation::ReleaseStock), "no")).then([SagaEvent::SagaFailed(
-        SagaFailed { order_id: oid(), reason: "compensation/release_stock refused: no".into() },
+        SagaFailed { order_id: oid(), reason: "compensation/release_stock/A refused: no".into() },
     )]);
 }
 
@@ -407,6 +430,7 @@ fn the_tracking_number_from_the_shipment_reply_goes_to_the_order_confirmation() 
             SagaEvent::StepSucceeded(StepSucceeded {
                 step: Step::CreateShipment,
                 detail: Some("TRK-42".into()),
+                sku: None,
             }),
             req(Step::CommitStock),
         ]);
@@ -416,6 +440,7 @@ fn the_tracking_number_from_the_shipment_reply_goes_to_the_order_confirmation() 
     history.push(SagaEvent::StepSucceeded(StepSucceeded {
         step: Step::CreateShipment,
         detail: Some("TRK-42".into()),
+        sku: None,
     }));
     history.push(req(Step::CommitStock));
     history.push(succeeded(Step::CommitStock));
@@ -426,4 +451,242 @@ fn the_tracking_number_from_the_shipment_reply_goes_to_the_order_confirmation() 
     // A StepSucceeded recorded before the detail existed reads as none.
     let old: StepSucceeded = serde_json::from_str(r#"{"step":"create_shipment"}"#).expect("old event");
     assert_eq!(old.detail, None);
+}
+
+/// Two SKUs, `A` (2 units) and `B` (1 unit, listed twice).
+fn two_skus() -> Vec<SagaLine> {
+    vec![
+        SagaLine { sku: Sku::from("B"), quantity: 1 },
+        SagaLine { sku: Sku::from("A"), quantity: 2 },
+        SagaLine { sku: Sku::from("B"), quantity: 1 },
+    ]
+}
+
+fn start_two() -> SagaInput {
+    SagaInput::Start {
+        order_id: oid(),
+        lines: two_skus(),
+        amount: Money(100),
+        address: None,
+        now_ns: NOW,
+        policy: policy(),
+    }
+}
+
+fn part_cid(name: &str, sku: &str) -> Uuid {
+    part_command_id(oid(), name, Some(&Sku::from(sku)))
+}
+
+fn reply(command_id: Uuid, outcome: Outcome) -> SagaInput {
+    SagaInput::Reply { command_id, outcome, detail: None, now_ns: NOW, policy: policy() }
+}
+
+/// Applies an input and returns the state after the events it produced.
+fn step(state: Saga, input: SagaInput) -> (Saga, Vec<SagaEvent>) {
+    let events = state.decide(input).expect("decide");
+    (events.iter().fold(state, |s, e| s.evolve(e)), events)
+}
+
+#[test]
+fn the_stock_steps_send_one_command_per_sku_with_its_merged_quantity() {
+    let (state, events) = step(Saga::default(), start_two());
+    let parts: Vec<_> = events[1..].iter().map(|e| state.command_of(e).expect("a command")).collect();
+    assert_eq!(
+        parts,
+        vec![
+            (
+                part_cid("step/reserve_stock", "A"),
+                SagaCommand::ReserveStock {
+                    order_id: oid(),
+                    lines: vec![SagaLine { sku: Sku::from("A"), quantity: 2 }]
+                }
+            ),
+            (
+                part_cid("step/reserve_stock", "B"),
+                SagaCommand::ReserveStock {
+                    order_id: oid(),
+                    lines: vec![SagaLine { sku: Sku::from("B"), quantity: 2 }]
+                }
+            ),
+        ]
+    );
+    // One SKU answered: the step waits for the other.
+    let (state, events) = step(state, reply(part_cid("step/reserve_stock", "B"), Outcome::Succeeded));
+    assert_eq!(
+        events,
+        vec![SagaEvent::StepSucceeded(StepSucceeded {
+            step: Step::ReserveStock,
+            detail: None,
+            sku: Some(Sku::from("B"))
+        })]
+    );
+    assert!(state.done.is_empty());
+    // A repeated answer of the same SKU changes nothing.
+    assert_eq!(state.decide(reply(part_cid("step/reserve_stock", "B"), Outcome::Succeeded)), Ok(vec![]));
+    // The last one: the step is done and payment is requested.
+    let (state, events) = step(state, reply(part_cid("step/reserve_stock", "A"), Outcome::Succeeded));
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(state.done, vec![Step::ReserveStock]);
+    assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::TakePayment));
+}
+
+#[test]
+fn a_refused_sku_releases_exactly_the_other_skus() {
+    let (state, _) = step(Saga::default(), start_two());
+    let (state, _) = step(state, reply(part_cid("step/reserve_stock", "A"), Outcome::Succeeded));
+    // B is refused: A (granted) is released, B (refused) is not; then the order is cancelled.
+    let (state, events) = step(
+        state,
+        reply(part_cid("step/reserve_stock", "B"), Outcome::Rejected { reason: "B: 0 available".into() }),
+    );
+    let releases: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            SagaEvent::CompensationRequested(r) => Some((r.compensation, r.sku.clone(), r.command_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        releases,
+        vec![(Compensation::ReleaseStock, Some(Sku::from("A")), part_cid("compensation/release_stock", "A"))]
+    );
+    assert_eq!(state.refused_sku, Some(Sku::from("B")));
+    assert_eq!(state.to_compensate, vec![Compensation::CancelOrder]);
+    let (state, events) = step(state, reply(part_cid("compensation/release_stock", "A"), Outcome::Succeeded));
+    assert!(
+        matches!(events.last(), Some(SagaEvent::CompensationRequested(r)) if r.compensation == Compensation::CancelOrder)
+    );
+    assert_eq!(
+        state.compensation_command(Compensation::CancelOrder, None),
+        Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::OutOfStock })
+    );
+}
+
+#[test]
+fn a_refusal_while_another_sku_is_in_flight_releases_the_one_in_flight_too() {
+    let (state, _) = step(Saga::default(), start_two());
+    // A is refused first, B has not answered: B's reservation may still take effect.
+    let (state, events) =
+        step(state, reply(part_cid("step/reserve_stock", "A"), Outcome::Rejected { reason: "no".into() }));
+    let released: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            SagaEvent::CompensationRequested(r) => r.sku.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![Sku::from("B")]);
+    // B's late success is not awaited any more.
+    assert_eq!(state.decide(reply(part_cid("step/reserve_stock", "B"), Outcome::Succeeded)), Ok(vec![]));
+}
+
+#[test]
+fn a_single_sku_refused_releases_nothing() {
+    let (state, _) = step(
+        Saga::default(),
+        SagaInput::Start {
+            order_id: oid(),
+            lines: lines(),
+            amount: Money(1),
+            address: None,
+            now_ns: NOW,
+            policy: policy(),
+        },
+    );
+    let (state, events) = step(state, rejected(cid(Step::ReserveStock), "none"));
+    assert!(!events.iter().any(
+        |e| matches!(e, SagaEvent::CompensationRequested(r) if r.compensation == Compensation::ReleaseStock)
+    ));
+    assert_eq!(state.compensation.as_ref().map(|c| c.what), Some(Compensation::CancelOrder));
+}
+
+#[test]
+fn a_release_of_several_skus_ends_when_every_sku_is_released() {
+    let (mut state, _) = step(Saga::default(), start_two());
+    for sku in ["A", "B"] {
+        state = step(state, reply(part_cid("step/reserve_stock", sku), Outcome::Succeeded)).0;
+    }
+    // Payment declined: both SKUs are released, in parallel, then the order is cancelled.
+    let (state, events) = step(
+        state,
+        reply(command_id(oid(), "step/take_payment"), Outcome::Rejected { reason: "declined".into() }),
+    );
+    assert_eq!(events.len(), 3, "StepFailed and a release per SKU: {events:?}");
+    let (state, events) = step(state, reply(part_cid("compensation/release_stock", "B"), Outcome::Succeeded));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(state.compensation.as_ref().map(|c| c.what), Some(Compensation::ReleaseStock));
+    let (state, events) = step(state, reply(part_cid("compensation/release_stock", "A"), Outcome::Succeeded));
+    assert!(
+        matches!(events.last(), Some(SagaEvent::CompensationRequested(r)) if r.compensation == Compensation::CancelOrder)
+    );
+    assert_eq!(state.to_compensate, Vec::<Compensation>::new());
+}
+
+#[test]
+fn only_the_overdue_sku_is_retried_and_the_step_fails_when_one_runs_out() {
+    let (state, _) = step(Saga::default(), start_two());
+    let (state, _) = step(state, reply(part_cid("step/reserve_stock", "A"), Outcome::Succeeded));
+    let deadline = NOW + 1_000_000_000;
+    let (state, events) = step(state, SagaInput::Tick { now_ns: deadline, jitter: 0.0, policy: policy() });
+    assert_eq!(
+        events,
+        vec![SagaEvent::StepRequested(StepRequested {
+            step: Step::ReserveStock,
+            command_id: part_cid("step/reserve_stock", "B"),
+            attempt: 2,
+            deadline_ns: deadline + (1000 + policy().backoff_ms(1, 0.0)) * 1_000_000,
+            sku: Some(Sku::from("B")),
+        })]
+    );
+    let (state, _) = step(state, SagaInput::Tick { now_ns: u64::MAX / 4, jitter: 0.0, policy: policy() });
+    let (state, events) =
+        step(state, SagaInput::Tick { now_ns: u64::MAX / 2, jitter: 0.0, policy: policy() });
+    assert!(
+        matches!(&events[0], SagaEvent::StepFailed(f) if f.may_have_applied && f.reason.contains("reserve_stock/B")),
+        "{events:?}"
+    );
+    // A timed-out reservation may have applied: both SKUs are released.
+    let released: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            SagaEvent::CompensationRequested(r) => r.sku.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, vec![Sku::from("A"), Sku::from("B")]);
+    assert_eq!(state.status, SagaStatus::Compensating);
+}
+
+#[test]
+fn a_saga_recorded_before_the_per_sku_split_carries_on() {
+    // An old history: one reservation command for every line, without a SKU.
+    let old = |json: &str| SagaEvent::decode("StepRequested", 1, json.as_bytes()).expect("old event");
+    let whole = command_id(oid(), "step/reserve_stock");
+    let requested = old(&format!(
+        r#"{{"step":"reserve_stock","command_id":"{whole}","attempt":1,"deadline_ns":{}}}"#,
+        NOW + 1
+    ));
+    let h = vec![
+        SagaEvent::SagaStarted(SagaStarted {
+            order_id: oid(),
+            lines: two_skus(),
+            amount: Money(1),
+            address: None,
+        }),
+        requested.clone(),
+    ];
+    let state = Saga::replay(&h);
+    assert_eq!(
+        state.command_of(&requested).map(|c| c.1),
+        Some(SagaCommand::ReserveStock { order_id: oid(), lines: two_skus() })
+    );
+    // Its reply completes the whole step; commit then goes per SKU.
+    let (state, events) = step(state, reply(whole, Outcome::Succeeded));
+    assert_eq!(state.done, vec![Step::ReserveStock]);
+    assert_eq!(events.len(), 2, "{events:?}");
+    // A refusal of the whole (all-or-nothing) reservation releases nothing.
+    let (_, events) = step(Saga::replay(&h), reply(whole, Outcome::Rejected { reason: "short".into() }));
+    assert!(!events.iter().any(
+        |e| matches!(e, SagaEvent::CompensationRequested(r) if r.compensation == Compensation::ReleaseStock)
+    ));
 }

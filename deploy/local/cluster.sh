@@ -1,27 +1,74 @@
 #!/usr/bin/env bash
 # The whole distributed system on one machine: the Kafka-protocol test broker (Nisshi, sqlite
-# storage) and one `causeway serve --role ...` process per role, on loopback ports.
+# storage) and `causeway serve --role ...` processes on loopback ports, the same topology as the
+# production overlay: N pods of every role, each pod of a role owning its share of the role's
+# partitions (order, payment, shipping, saga by order id; inventory by SKU), and N query pods.
 #
-#   deploy/local/cluster.sh start    # build if needed, start, wait until every node is ready
-#   deploy/local/cluster.sh status
-#   deploy/local/cluster.sh stop     # SIGTERM every node (they drain), then the broker
+#   deploy/local/cluster.sh start [--replicas N] [--order N] [--inventory N] [--payment N]
+#                                 [--shipping N] [--saga N] [--query N]
+#   deploy/local/cluster.sh status    # one line per node: role, index, URL, ready or down
+#   deploy/local/cluster.sh stop      # SIGTERM every node (they drain), then the broker
 #
-# Settings (environment): CLUSTER_DIR (./causeway-cluster), BASE_PORT (8081: order, then
-# inventory, payment, shipping, saga, query = BASE_PORT+5), KAFKA_PORT (19092), CAUSEWAY_BIN
-# (default: a release build of this checkout), BROKER_STORAGE (sqlite://broker.db; memory://nisshi/
-# is faster and forgets everything when the broker stops).
+# --replicas sets every role's pod count (default 1); a role's own flag overrides it. The counts
+# are recorded in the cluster directory: `status` and `stop` read them, and a second `start`
+# on the same directory must use the same counts (a pod refuses another layout than its first).
+#
+# Settings (environment): CLUSTER_DIR (./causeway-cluster), BASE_PORT (8081: the nodes take
+# consecutive ports in the order of `status`), KAFKA_PORT (19092), KAFKA_PARTITIONS (12: the most
+# pods any role can have), CAUSEWAY_BIN (default: a release build of this checkout),
+# BROKER_STORAGE (sqlite://broker.db; memory://nisshi/ is faster and forgets everything when the
+# broker stops), and CAUSEWAY_NODE_ARGS (extra arguments for every node).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROLES=(order inventory payment shipping saga query)
 DIR="${CLUSTER_DIR:-./causeway-cluster}"
 BASE_PORT="${BASE_PORT:-8081}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
+PARTITIONS="${KAFKA_PARTITIONS:-12}"
 export PATH="$HOME/.cargo/bin:$PATH"
+declare -A COUNT
 
-port_of() { # role -> port
-  local i
-  for i in "${!ROLES[@]}"; do
-    if [ "${ROLES[$i]}" = "$1" ]; then echo $((BASE_PORT + i)); return; fi
+usage() {
+  echo "usage: $0 start [--replicas N] [--<role> N ...] | status | stop" >&2
+  exit 2
+}
+
+positive() { [[ "$1" =~ ^[1-9][0-9]*$ ]] || { echo "$2 must be a positive number, got '$1'" >&2; exit 2; }; }
+
+parse_counts() {
+  local replicas=1 role
+  declare -A own=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --replicas) [ $# -ge 2 ] || usage; positive "$2" --replicas; replicas="$2"; shift 2 ;;
+      --order|--inventory|--payment|--shipping|--saga|--query)
+        [ $# -ge 2 ] || usage; positive "$2" "$1"; own["${1#--}"]="$2"; shift 2 ;;
+      *) echo "unknown option '$1'" >&2; usage ;;
+    esac
+  done
+  for role in "${ROLES[@]}"; do
+    COUNT[$role]="${own[$role]:-$replicas}"
+    if [ "$role" != query ] && [ "${COUNT[$role]}" -gt "$PARTITIONS" ]; then
+      echo "$role: ${COUNT[$role]} pods need at least as many partitions (KAFKA_PARTITIONS=$PARTITIONS)" >&2
+      exit 2
+    fi
+  done
+}
+
+load_counts() {
+  local role
+  [ -f "$DIR/topology" ] || { for role in "${ROLES[@]}"; do COUNT[$role]=1; done; return; }
+  while read -r role n; do COUNT[$role]="$n"; done <"$DIR/topology"
+}
+
+# Every node, in order: "role index port".
+nodes() {
+  local role i port=$BASE_PORT
+  for role in "${ROLES[@]}"; do
+    for ((i = 0; i < COUNT[$role]; i++)); do
+      echo "$role $i $port"
+      port=$((port + 1))
+    done
   done
 }
 
@@ -30,11 +77,23 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 ready() { curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1; }
 
 start() {
+  parse_counts "$@"
   mkdir -p "$DIR/pids" "$DIR/logs" "$DIR/broker"
   if alive "$DIR/pids/broker"; then
     echo "already running (deploy/local/cluster.sh stop first)" >&2
     exit 1
   fi
+  if [ -f "$DIR/topology" ]; then
+    local role n
+    while read -r role n; do
+      if [ "${COUNT[$role]}" != "$n" ]; then
+        echo "$DIR was started with $n $role pod(s), not ${COUNT[$role]}: a pod refuses another layout than its" >&2
+        echo "first (see deploy/README.md, \"Changing the pod count\"). Use the same counts, or a new CLUSTER_DIR." >&2
+        exit 1
+      fi
+    done <"$DIR/topology"
+  fi
+  for role in "${ROLES[@]}"; do echo "$role ${COUNT[$role]}"; done >"$DIR/topology"
   source scripts/deps.sh
   if [ -z "${CAUSEWAY_BIN:-}" ]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/causeway-target}"
@@ -50,46 +109,60 @@ start() {
     [ $SECONDS -lt $deadline ] || { echo "the broker did not start; see $DIR/logs/broker.log" >&2; exit 1; }
     sleep 0.1
   done
-  for role in "${ROLES[@]}"; do
-    local port; port=$(port_of "$role")
-    RUST_LOG="${RUST_LOG:-info}" "$CAUSEWAY_BIN" serve --role "$role" --node-id "$role" \
-      --data-dir "$DIR/$role" --listen "127.0.0.1:$port" --kafka-bootstrap "127.0.0.1:$KAFKA_PORT" \
-      >"$DIR/logs/$role.log" 2>&1 &
-    echo $! >"$DIR/pids/$role"
-  done
-  deadline=$((SECONDS + 120))
-  for role in "${ROLES[@]}"; do
-    local port; port=$(port_of "$role")
+  local role i port
+  # shellcheck disable=SC2086 # CAUSEWAY_NODE_ARGS is a list of words
+  while read -r role i port; do
+    local name="$role-$i"
+    RUST_LOG="${RUST_LOG:-info}" "$CAUSEWAY_BIN" serve --role "$role" --node-id "$name" \
+      --shard-count "${COUNT[$role]}" --shard-index "$i" --kafka-partitions "$PARTITIONS" \
+      --data-dir "$DIR/$name" --listen "127.0.0.1:$port" --kafka-bootstrap "127.0.0.1:$KAFKA_PORT" \
+      ${CAUSEWAY_NODE_ARGS:-} >"$DIR/logs/$name.log" 2>&1 &
+    echo $! >"$DIR/pids/$name"
+  done < <(nodes)
+  deadline=$((SECONDS + 180))
+  while read -r role i port; do
+    local name="$role-$i"
     until ready "$port"; do
-      if ! alive "$DIR/pids/$role"; then
-        echo "the $role node exited; see $DIR/logs/$role.log" >&2; stop; exit 1
+      if ! alive "$DIR/pids/$name"; then
+        echo "the $name node exited; see $DIR/logs/$name.log" >&2; stop; exit 1
       fi
-      [ $SECONDS -lt $deadline ] || { echo "the $role node is not ready; see $DIR/logs/$role.log" >&2; stop; exit 1; }
+      [ $SECONDS -lt $deadline ] || { echo "the $name node is not ready; see $DIR/logs/$name.log" >&2; stop; exit 1; }
       sleep 0.1
     done
-  done
-  echo "causeway cluster ready: REST (query node) http://127.0.0.1:$(port_of query), Kafka 127.0.0.1:$KAFKA_PORT"
+  done < <(nodes)
+  local queries=""
+  while read -r role i port; do
+    [ "$role" = query ] && queries+=" http://127.0.0.1:$port"
+  done < <(nodes)
+  echo "causeway cluster ready: REST (query nodes)$queries, Kafka 127.0.0.1:$KAFKA_PORT"
 }
 
 stop() {
-  local failed=0 role pid
-  for role in "${ROLES[@]}" broker; do
-    local f="$DIR/pids/$role"
+  load_counts
+  local failed=0 name pid role i port
+  local names=()
+  while read -r role i port; do names+=("$role-$i"); done < <(nodes)
+  # Every node drains at once, then the broker.
+  for name in "${names[@]}"; do
+    alive "$DIR/pids/$name" && kill -TERM "$(cat "$DIR/pids/$name")"
+  done
+  for name in "${names[@]}" broker; do
+    local f="$DIR/pids/$name"
     [ -f "$f" ] || continue
     pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    if [ "$name" = broker ] && kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
-      local deadline=$((SECONDS + 60))
-      while kill -0 "$pid" 2>/dev/null; do
-        if [ $SECONDS -ge $deadline ]; then
-          echo "$role did not stop in time; killing it" >&2
-          kill -KILL "$pid" 2>/dev/null || true
-          failed=1
-          break
-        fi
-        sleep 0.1
-      done
     fi
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$pid" 2>/dev/null; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "$name did not stop in time; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        failed=1
+        break
+      fi
+      sleep 0.1
+    done
     rm -f "$f"
   done
   echo "causeway cluster stopped"
@@ -97,17 +170,19 @@ stop() {
 }
 
 status() {
-  local role
-  for role in "${ROLES[@]}"; do
-    local port; port=$(port_of "$role")
-    if alive "$DIR/pids/$role" && ready "$port"; then echo "$role: ready on $port"; else echo "$role: down"; fi
-  done
-  if alive "$DIR/pids/broker"; then echo "broker: running on $KAFKA_PORT"; else echo "broker: down"; fi
+  load_counts
+  local role i port
+  while read -r role i port; do
+    local state=down
+    alive "$DIR/pids/$role-$i" && ready "$port" && state=ready
+    echo "$role $i http://127.0.0.1:$port $state"
+  done < <(nodes)
+  if alive "$DIR/pids/broker"; then echo "broker - tcp://127.0.0.1:$KAFKA_PORT running"; else echo "broker - tcp://127.0.0.1:$KAFKA_PORT down"; fi
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) shift; start "$@" ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) usage ;;
 esac

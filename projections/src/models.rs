@@ -261,6 +261,11 @@ impl SagaTimelines {
     }
 }
 
+/// ` <sku>` for a per-SKU step, nothing for a whole one.
+fn of_sku(sku: &Option<aggregates::Sku>) -> String {
+    sku.as_ref().map(|s| format!(" {s}")).unwrap_or_default()
+}
+
 impl Projection for SagaTimelines {
     fn name(&self) -> &str {
         Self::NAME
@@ -282,13 +287,15 @@ impl Projection for SagaTimelines {
             steps: Vec::new(),
         });
         let detail = match decode::<SagaEvent>(e)? {
-            SagaEvent::StepRequested(r) => Some(format!("{:?} attempt {}", r.step, r.attempt)),
-            SagaEvent::StepSucceeded(r) => Some(format!("{:?}", r.step)),
+            SagaEvent::StepRequested(r) => {
+                Some(format!("{:?}{} attempt {}", r.step, of_sku(&r.sku), r.attempt))
+            }
+            SagaEvent::StepSucceeded(r) => Some(format!("{:?}{}", r.step, of_sku(&r.sku))),
             SagaEvent::StepFailed(r) => Some(r.reason),
             SagaEvent::CompensationRequested(r) => {
-                Some(format!("{:?} attempt {}", r.compensation, r.attempt))
+                Some(format!("{:?}{} attempt {}", r.compensation, of_sku(&r.sku), r.attempt))
             }
-            SagaEvent::CompensationDone(r) => Some(format!("{:?}", r.compensation)),
+            SagaEvent::CompensationDone(r) => Some(format!("{:?}{}", r.compensation, of_sku(&r.sku))),
             SagaEvent::SagaCompleted(_) => {
                 t.status = "completed".into();
                 None

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use aggregates::saga::Service;
 use event_store::{EventStore, Storage};
 use projections::models::{DeadLetters, OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
 use projections::{Projection, ReadModels};
@@ -15,16 +14,13 @@ use uuid::Uuid;
 use crate::consumer;
 use crate::gateway::PaymentGateway;
 use crate::handlers::{HandlerError, Handlers};
-use crate::runtime::CommandConsumer;
+use crate::messages::ConsumerName;
+use crate::runtime::{CommandConsumer, Role};
 use crate::saga_runner::SagaRunner;
 
 /// The read models a node keeps.
 pub const PROJECTIONS: [&str; 5] =
     [OrderSummaries::NAME, StockLevels::NAME, PaymentLedger::NAME, SagaTimelines::NAME, DeadLetters::NAME];
-
-/// The consumers that can dead-letter a message.
-pub const CONSUMERS: [&str; 5] =
-    ["order-service", "inventory-service", "payment-service", "shipping-service", "saga-manager"];
 
 /// What went wrong with an admin operation.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +29,18 @@ pub enum AdminError {
     #[error("unknown read model {0:?}; one of {list}", list = PROJECTIONS.join(", "))]
     UnknownProjection(String),
     /// A consumer name that does not exist.
-    #[error("unknown consumer {0:?}; one of {list}", list = CONSUMERS.join(", "))]
+    #[error("{0}")]
     UnknownConsumer(String),
+    /// This node does not run the consumer (it holds, at most, a replica of its dead letters).
+    #[error("{consumer} does not run on this node ({role} role); {where_}")]
+    NotOwner {
+        /// The consumer.
+        consumer: ConsumerName,
+        /// This node's role.
+        role: &'static str,
+        /// Where the letter belongs.
+        where_: String,
+    },
     /// The dead letter to re-drive is not open.
     #[error("no open dead letter of {consumer} for event {event_id}")]
     NoSuchLetter {
@@ -154,12 +160,27 @@ pub async fn replay<S: Storage>(
 }
 
 /// Checks a consumer name.
-pub fn consumer_name(name: &str) -> Result<&'static str, AdminError> {
-    CONSUMERS
-        .iter()
-        .find(|c| **c == name)
-        .copied()
-        .ok_or_else(|| AdminError::UnknownConsumer(name.to_owned()))
+pub fn consumer_name(name: &str) -> Result<ConsumerName, AdminError> {
+    name.parse().map_err(AdminError::UnknownConsumer)
+}
+
+/// The refusal of a re-drive on a node that does not run `consumer`: names the role that does,
+/// and the node the letter came from when this node holds a replica of it.
+pub fn not_owner<S: Storage>(
+    store: &EventStore<S>,
+    role: Role,
+    consumer: ConsumerName,
+    event_id: Uuid,
+) -> AdminError {
+    let owner_role = Role::of_consumer(consumer).name();
+    let from = consumer::list_dead_letters_with_source(store, consumer.as_str()).ok().and_then(|letters| {
+        letters.into_iter().find(|(l, _)| l.letter.event_id == event_id).and_then(|(_, s)| s)
+    });
+    let where_ = match from {
+        Some(source) => format!("re-drive it on {source}, the {owner_role} pod whose letter this is"),
+        None => format!("re-drive it on the {owner_role} pod that dead-lettered it"),
+    };
+    AdminError::NotOwner { consumer, role: role.name(), where_ }
 }
 
 /// Re-drives the open dead letter of `consumer` for `event_id` through the node's own handlers
@@ -167,26 +188,26 @@ pub fn consumer_name(name: &str) -> Result<&'static str, AdminError> {
 pub async fn redrive<S: Storage, G: PaymentGateway>(
     store: &EventStore<S>,
     handlers: &Arc<Handlers<S, G>>,
-    saga: &SagaRunner<S>,
-    consumer_name_: &str,
+    saga: Option<&SagaRunner<S>>,
+    consumer: ConsumerName,
     event_id: Uuid,
 ) -> Result<(), AdminError> {
-    let name = consumer_name(consumer_name_)?;
-    let open = consumer::list_dead_letters(store, name)?
+    let open = consumer::list_dead_letters(store, consumer.as_str())?
         .into_iter()
         .any(|l| l.letter.event_id == event_id && !l.resolved);
     if !open {
-        return Err(AdminError::NoSuchLetter { consumer: name.to_owned(), event_id });
+        return Err(AdminError::NoSuchLetter { consumer: consumer.as_str().to_owned(), event_id });
     }
-    let outcome: Result<(), HandlerError> = match name {
-        "saga-manager" => consumer::redrive(store, saga, event_id).await?,
-        other => {
-            let service = match other {
-                "order-service" => Service::Order,
-                "inventory-service" => Service::Inventory,
-                "payment-service" => Service::Payment,
-                _ => Service::Shipping,
-            };
+    let outcome: Result<(), HandlerError> = match (consumer.service(), saga) {
+        (None, Some(saga)) => consumer::redrive(store, saga, event_id).await?,
+        (None, None) => {
+            return Err(AdminError::NotOwner {
+                consumer,
+                role: "this",
+                where_: "this node runs no saga manager".into(),
+            })
+        }
+        (Some(service), _) => {
             consumer::redrive(store, &CommandConsumer::new(handlers.clone(), service), event_id).await?
         }
     };

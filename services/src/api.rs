@@ -8,8 +8,8 @@
 //! (503), `internal` (500, generic message; the cause goes to the log). A client mistake is never
 //! a 5xx.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aggregates::order::{LineItem, OrderCommand};
 use aggregates::shipping::Address;
@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::handlers::{self, CommandError};
+use crate::commands::{self, Answers, CommandError};
+use crate::consumer::Readiness;
+use crate::messages::{Answer, ApiCommand, ConsumerName};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -44,22 +46,45 @@ pub struct ApiState<S: Storage> {
     pub store: EventStore<S>,
     /// The read models.
     pub models: ReadModels<S>,
-    /// Whether the node is ready to serve (consumers started).
-    pub ready: Arc<AtomicBool>,
+    /// Whether the node is ready to serve (its consumers hold their inputs and have read them).
+    pub ready: Readiness,
     /// The Prometheus recorder's handle (`/metrics` answers 404 without one).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Turns true when the node stops: live feeds end so the server can shut down.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The admin routes' token and hooks (`None`: the admin routes answer 403).
     pub admin: Option<AdminApi>,
-    /// Commands go to the roles that own their streams, through Kafka (202 Accepted), instead of
-    /// being decided here (the query role of a distributed deployment).
-    pub forward_commands: bool,
+    /// Where REST commands go.
+    pub commands: CommandRoute,
+}
+
+/// Where a node's REST commands go.
+#[derive(Debug, Clone)]
+pub enum CommandRoute {
+    /// Decided and appended here (the embedded node).
+    Local,
+    /// Forwarded through Kafka to the roles that own their streams (the query role of a
+    /// distributed deployment); the owner's answer is awaited up to `wait`, then the command is
+    /// answered 202 Accepted.
+    Forward {
+        /// The answers reaching this node.
+        answers: Answers,
+        /// This node's CloudEvents source (the owners address their answers to it).
+        source: String,
+        /// How long to wait for an answer.
+        wait: Duration,
+    },
+    /// Refused: this node owns one role's share of streams only (a role pod of a distributed
+    /// deployment); commands go to a query node.
+    Refuse {
+        /// This node's role.
+        role: &'static str,
+    },
 }
 
 /// Re-drives a dead letter `(consumer, original event id)` on the running node.
 pub type RedriveFn = Arc<
-    dyn Fn(String, Uuid) -> futures::future::BoxFuture<'static, Result<(), crate::admin::AdminError>>
+    dyn Fn(ConsumerName, Uuid) -> futures::future::BoxFuture<'static, Result<(), crate::admin::AdminError>>
         + Send
         + Sync,
 >;
@@ -91,7 +116,7 @@ impl<S: Storage> Clone for ApiState<S> {
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
             admin: self.admin.clone(),
-            forward_commands: self.forward_commands,
+            commands: self.commands.clone(),
         }
     }
 }
@@ -178,18 +203,15 @@ impl From<QueryRejection> for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::Rejected(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", m),
-            CommandError::KeyReused => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "this Idempotency-Key was already used for a different request",
-            ),
-            CommandError::Contention(m) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", format!("the {m} stream is busy; retry"))
+            CommandError::Rejected(r) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", r.to_string())
             }
-            CommandError::NotFound(m) => ApiError::not_found(m),
+            e @ CommandError::KeyReused => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            e @ CommandError::Contention(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            e @ CommandError::OrderNotFound(_) => ApiError::not_found(e.to_string()),
             CommandError::Store(e) if e.is_client_error() => ApiError::bad_request(e.to_string()),
             CommandError::Store(e) => ApiError::internal(e),
+            CommandError::Load(e) => ApiError::internal(e),
         }
     }
 }
@@ -201,6 +223,7 @@ impl From<crate::admin::AdminError> for ApiError {
             A::UnknownProjection(_) | A::UnknownConsumer(_) | A::NoSuchLetter { .. } => {
                 ApiError::not_found(e.to_string())
             }
+            A::NotOwner { .. } => ApiError::new(StatusCode::CONFLICT, "not_owner", e.to_string()),
             A::StillFailing(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", e.to_string()),
             A::Projection(e) => e.into(),
             A::Store(e) => e.into(),
@@ -347,6 +370,7 @@ pub struct Redriven {
     security(("bearer" = [])),
     responses((status = 200, body = Redriven), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "this node does not run that consumer (the answer names where to re-drive)", body = ErrorBody),
         (status = 422, description = "it failed again; the letter stays open", body = ErrorBody)))]
 async fn admin_redrive<S: Storage>(
     State(st): State<ApiState<S>>,
@@ -358,9 +382,9 @@ async fn admin_redrive<S: Storage>(
     let event_id: Uuid = event_id
         .parse()
         .map_err(|_| ApiError::bad_request(format!("{event_id:?} is not an event id (a UUID)")))?;
-    crate::admin::consumer_name(&consumer)?;
+    let name = crate::admin::consumer_name(&consumer)?;
     tracing::info!(%consumer, %event_id, "admin re-drive");
-    (admin.redrive)(consumer.clone(), event_id).await?;
+    (admin.redrive)(name, event_id).await?;
     Ok(Json(Redriven { consumer, event_id }))
 }
 
@@ -453,15 +477,21 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
-/// The node serves (its consumers are running).
+/// The node serves: its consumers hold their inputs (Kafka partitions, or the local log) and
+/// have read from them once.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
 async fn readyz<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Json<Ready>> {
-    if st.ready.load(Ordering::Acquire) {
-        Ok(Json(Ready { status: "ready".into(), head: st.store.head() }))
-    } else {
-        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting"))
+    if st.ready.is_ready() {
+        return Ok(Json(Ready { status: "ready".into(), head: st.store.head() }));
     }
+    let waiting = st.ready.waiting();
+    let message = if waiting.is_empty() {
+        "the node is not serving (starting or stopping)".to_owned()
+    } else {
+        format!("waiting for the inputs of {}", waiting.join(", "))
+    };
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<Uuid>> {
@@ -508,15 +538,66 @@ pub struct OrderLine {
 pub struct PlacedOrder {
     /// Its id (derived from the Idempotency-Key when one is given).
     pub order_id: OrderId,
-    /// The log position of OrderPlaced.
+    /// The log position of OrderPlaced on this node (of the forwarded command, on a query node).
     pub position: u64,
 }
 
-/// Places an order; its saga starts. With an `Idempotency-Key`, a retry returns the same order.
+/// What became of a command forwarded to its owner.
+enum Forwarded {
+    /// The owner carried it out (now, or before: the original outcome).
+    Done(u64),
+    /// No answer in time (or too many waiting): accepted, the outcome is not known yet.
+    Accepted(u64),
+}
+
+/// Appends a command for the role that owns its streams (the relay carries it there), then
+/// waits for the owner's answer addressed to this node.
+async fn forward<S: Storage>(st: &ApiState<S>, command: ApiCommand) -> ApiResult<Forwarded> {
+    let CommandRoute::Forward { answers, source, wait } = &st.commands else {
+        return Err(ApiError::internal("forward called on a node that does not forward"));
+    };
+    commands::precheck(&command)?;
+    let stream = command.stream().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let event = command.to_event();
+    let event_id = event.event_id;
+    let position = match st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![event]).await {
+        Ok(r) => r.last_position,
+        // This node forwarded this key before with another body.
+        Err(event_store::Error::EventIdReused { .. }) => return Err(CommandError::KeyReused.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let answer = answers.wait(&st.store, crate::messages::answer_id(event_id, source), *wait).await?;
+    match answer {
+        None => Ok(Forwarded::Accepted(position)),
+        Some(Answer::Done {}) => Ok(Forwarded::Done(position)),
+        Some(Answer::KeyReused) => Err(CommandError::KeyReused.into()),
+        Some(Answer::Rejected { reason }) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason))
+        }
+        Some(Answer::NotFound { reason }) => Err(ApiError::not_found(reason)),
+    }
+}
+
+/// The refusal of a command on a role pod.
+fn refuse_commands(role: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not_owner",
+        format!(
+            "this node runs the {role} role and owns only its share of that role's streams; send commands to a \
+             query node, which forwards them to their owners"
+        ),
+    )
+}
+
+/// Places an order; its saga starts. With an `Idempotency-Key`, a retry returns the same order;
+/// the same key with another body is a 409, on any node.
 #[utoipa::path(post, path = "/api/orders", tag = "commands", request_body = PlaceOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "1-200 characters; a retry with the same key and body has no second effect")),
-    responses((status = 201, body = PlacedOrder),
-        (status = 202, description = "forwarded to the order role (distributed query node)", body = PlacedOrder), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 201, description = "placed (on a query node: the order role placed it)", body = PlacedOrder),
+        (status = 202, description = "forwarded to the order role, which has not answered yet (query node)", body = PlacedOrder),
+        (status = 400, body = ErrorBody),
+        (status = 409, description = "the Idempotency-Key was used for another request, or this node takes no commands", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn place_order<S: Storage>(
     State(st): State<ApiState<S>>,
@@ -530,48 +611,41 @@ async fn place_order<S: Storage>(
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
     // The order id follows from the key, so a retried request lands on the same order.
     let order_id = OrderId(Uuid::new_v5(&key, b"order"));
-    let cmd = OrderCommand::Place {
-        order_id,
-        customer_id: CustomerId(req.customer_id),
-        items: req
-            .items
-            .into_iter()
-            .map(|l| LineItem {
-                sku: Sku(l.sku),
-                quantity: l.quantity,
-                unit_price: Money(l.unit_price_minor),
-            })
-            .collect(),
-        currency: Currency(req.currency),
-        shipping_address: req.shipping_address,
-    };
-    if st.forward_commands {
-        // Check what can be checked here (the decider is pure), then hand it to the order role.
-        aggregates::Decider::decide(&aggregates::order::Order::default(), cmd.clone())
-            .map_err(|e| ApiError::from(CommandError::Rejected(e.to_string())))?;
-        let OrderCommand::Place { customer_id, items, currency, shipping_address, .. } = cmd else {
-            return Err(ApiError::internal("not a place command"));
-        };
-        let position = forward(
-            &st,
-            crate::messages::ApiCommand::PlaceOrder {
+    let items: Vec<LineItem> = req
+        .items
+        .into_iter()
+        .map(|l| LineItem { sku: Sku(l.sku), quantity: l.quantity, unit_price: Money(l.unit_price_minor) })
+        .collect();
+    match &st.commands {
+        CommandRoute::Refuse { role } => Err(refuse_commands(role)),
+        CommandRoute::Forward { .. } => {
+            let command = ApiCommand::PlaceOrder {
                 key,
                 order_id,
-                customer_id: customer_id.0,
+                customer_id: req.customer_id,
                 items,
-                currency: currency.0,
-                shipping_address,
-            },
-        )
-        .await?;
-        return Ok((StatusCode::ACCEPTED, Json(PlacedOrder { order_id, position })));
+                currency: req.currency,
+                shipping_address: req.shipping_address,
+            };
+            Ok(match forward(&st, command).await? {
+                Forwarded::Done(position) => (StatusCode::CREATED, Json(PlacedOrder { order_id, position })),
+                Forwarded::Accepted(position) => {
+                    (StatusCode::ACCEPTED, Json(PlacedOrder { order_id, position }))
+                }
+            })
+        }
+        CommandRoute::Local => {
+            let cmd = OrderCommand::Place {
+                order_id,
+                customer_id: CustomerId(req.customer_id),
+                items,
+                currency: Currency(req.currency),
+                shipping_address: req.shipping_address,
+            };
+            let (_, r) = commands::place_order(&st.store, key, cmd).await?;
+            Ok((StatusCode::CREATED, Json(PlacedOrder { order_id, position: r.last_position })))
+        }
     }
-    let (_, r) = handlers::place_order(&st.store, key, cmd).await.map_err(|e| match e {
-        // The same key again after the order exists with other content.
-        CommandError::Rejected(m) if m.contains("already exists") => ApiError::from(CommandError::KeyReused),
-        other => other.into(),
-    })?;
-    Ok((StatusCode::CREATED, Json(PlacedOrder { order_id, position: r.last_position })))
 }
 
 /// A cancelled order.
@@ -579,7 +653,7 @@ async fn place_order<S: Storage>(
 pub struct CancelledOrder {
     /// The order.
     pub order_id: OrderId,
-    /// `cancelled`.
+    /// `cancelled`, or `cancel_requested` when forwarded and not answered yet.
     pub status: String,
 }
 
@@ -587,7 +661,9 @@ pub struct CancelledOrder {
 #[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "commands",
     params(("id" = Uuid, Path, description = "the order id"),
         ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
-    responses((status = 200, body = CancelledOrder), (status = 202, description = "forwarded to the order role", body = CancelledOrder), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = CancelledOrder),
+        (status = 202, description = "forwarded to the order role, which has not answered yet", body = CancelledOrder),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn cancel_order<S: Storage>(
     State(st): State<ApiState<S>>,
@@ -597,21 +673,29 @@ async fn cancel_order<S: Storage>(
     let Path(id) = id?;
     let id = order_id(&id)?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
-    if st.forward_commands {
-        forward(&st, crate::messages::ApiCommand::CancelOrder { key, order_id: id }).await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(CancelledOrder { order_id: id, status: "cancel_requested".into() }),
-        ));
+    let done =
+        |status: StatusCode, s: &str| (status, Json(CancelledOrder { order_id: id, status: s.into() }));
+    match &st.commands {
+        CommandRoute::Refuse { role } => Err(refuse_commands(role)),
+        CommandRoute::Forward { .. } => {
+            Ok(match forward(&st, ApiCommand::CancelOrder { key, order_id: id }).await? {
+                Forwarded::Done(_) => done(StatusCode::OK, "cancelled"),
+                Forwarded::Accepted(_) => done(StatusCode::ACCEPTED, "cancel_requested"),
+            })
+        }
+        CommandRoute::Local => {
+            commands::cancel_order(&st.store, key, id).await?;
+            Ok(done(StatusCode::OK, "cancelled"))
+        }
     }
-    handlers::cancel_order(&st.store, key, id).await?;
-    Ok((StatusCode::OK, Json(CancelledOrder { order_id: id, status: "cancelled".into() })))
 }
 
 /// `POST /api/products/{sku}/stock` body.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddStockRequest {
+    /// Units to add (at least 1).
+    #[schema(minimum = 1)]
     pub quantity: u64,
 }
 
@@ -622,7 +706,7 @@ pub struct StockAddedView {
     pub sku: String,
     /// Units added.
     pub added: u64,
-    /// The log position of StockAdded.
+    /// The log position of StockAdded on this node (of the forwarded command, on a query node).
     pub position: u64,
 }
 
@@ -630,8 +714,10 @@ pub struct StockAddedView {
 #[utoipa::path(post, path = "/api/products/{sku}/stock", tag = "commands", request_body = AddStockRequest,
     params(("sku" = String, Path, description = "1-64 of A-Z a-z 0-9 - _ ."),
         ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
-    responses((status = 200, body = StockAddedView), (status = 202, description = "forwarded to the inventory role", body = StockAddedView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = StockAddedView),
+        (status = 202, description = "forwarded to the inventory role, which has not answered yet", body = StockAddedView),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn add_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -641,34 +727,20 @@ async fn add_stock<S: Storage>(
     let Path(sku) = sku?;
     let Json(req) = body?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
-    if st.forward_commands {
-        let command = aggregates::inventory::InventoryCommand::AddStock {
-            sku: Sku(sku.clone()),
-            quantity: req.quantity,
-        };
-        aggregates::Decider::decide(&aggregates::inventory::Inventory::default(), command)
-            .map_err(|e| ApiError::from(CommandError::Rejected(e.to_string())))?;
-        if !Sku(sku.clone()).is_valid() {
-            return Err(CommandError::Rejected(format!("invalid SKU {sku:?}")).into());
+    let view = |position| Json(StockAddedView { sku: sku.clone(), added: req.quantity, position });
+    match &st.commands {
+        CommandRoute::Refuse { role } => Err(refuse_commands(role)),
+        CommandRoute::Forward { .. } => {
+            let command = ApiCommand::AddStock { key, sku: Sku(sku.clone()), quantity: req.quantity };
+            Ok(match forward(&st, command).await? {
+                Forwarded::Done(position) => (StatusCode::OK, view(position)),
+                Forwarded::Accepted(position) => (StatusCode::ACCEPTED, view(position)),
+            })
         }
-        let position = forward(
-            &st,
-            crate::messages::ApiCommand::AddStock { key, sku: Sku(sku.clone()), quantity: req.quantity },
-        )
-        .await?;
-        return Ok((StatusCode::ACCEPTED, Json(StockAddedView { sku, added: req.quantity, position })));
-    }
-    let r = handlers::add_stock(&st.store, key, Sku(sku.clone()), req.quantity).await?;
-    Ok((StatusCode::OK, Json(StockAddedView { sku, added: req.quantity, position: r.last_position })))
-}
-
-/// Appends a command for the role that owns its streams; the relay carries it there.
-async fn forward<S: Storage>(st: &ApiState<S>, command: crate::messages::ApiCommand) -> ApiResult<u64> {
-    let stream = command.stream().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    match st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![command.to_event()]).await {
-        Ok(r) => Ok(r.last_position),
-        Err(event_store::Error::EventIdReused { .. }) => Err(CommandError::KeyReused.into()),
-        Err(e) => Err(e.into()),
+        CommandRoute::Local => {
+            let r = commands::add_stock(&st.store, key, Sku(sku.clone()), req.quantity).await?;
+            Ok((StatusCode::OK, view(r.last_position)))
+        }
     }
 }
 

@@ -866,11 +866,11 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
     let state = crate::api::ApiState {
         store: store.clone(),
         models: node.models().clone(),
-        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        ready: node.readiness().clone(),
         metrics: None,
         stopping: http_stopped.clone(),
         admin: None,
-        forward_commands: false,
+        commands: crate::api::CommandRoute::Local,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -964,7 +964,7 @@ pub struct KafkaBenchArgs {
 /// headers, ordered delivery confirmation, checkpoints); the raw producer sends the very same
 /// records (same topics, keys, partitions, headers, payloads) and waits for every delivery.
 pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
-    use crate::kafka::{partition_for, relay, topic_for, KafkaConfig};
+    use crate::kafka::{partition_of_stream, relay, topic_for, KafkaConfig};
     use event_store::{ExpectedVersion, NewEvent, StreamId};
     use rdkafka::producer::FutureProducer;
 
@@ -1020,7 +1020,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
     let mut pending = std::collections::VecDeque::new();
     for e in &events {
         let topic = topic_for(&e.stream_id);
-        let record = relay::record(e, &topic, partition_for(e.stream_id.as_bytes(), 4), &source);
+        let record = relay::record(e, &topic, partition_of_stream(&e.stream_id, 4), &source);
         pending.push_back(producer.send_result(record).map_err(|(err, _)| err)?);
         // The same number in flight as the relay's window.
         if pending.len() >= raw_config.window {

@@ -87,6 +87,43 @@ fn checkpoint_name(consumer: &str) -> String {
     format!("consumer.{consumer}")
 }
 
+/// Whether a node's consumers hold their inputs and have read from them once (`/readyz`).
+/// Every consumer is registered, not ready, when the node starts it; it reports ready once its
+/// feeds have answered once (a local subscription at once; a Kafka partition with its first
+/// record or end-of-partition).
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    waiting: Arc<Mutex<BTreeSet<String>>>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Readiness {
+    /// Registers a consumer that is not ready yet.
+    pub fn expect(&self, consumer: &str) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(consumer.to_owned());
+    }
+
+    /// A registered consumer is ready.
+    pub fn ready(&self, consumer: &str) {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(consumer);
+    }
+
+    /// The node serves (or, with `false`, stops serving: it is draining).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The consumers not ready yet.
+    pub fn waiting(&self) -> Vec<String> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// The node serves and every consumer is ready.
+    pub fn is_ready(&self) -> bool {
+        self.serving.load(std::sync::atomic::Ordering::Acquire) && self.waiting().is_empty()
+    }
+}
+
 /// One item of a consumer's feed: an event with its sequence number in the feed (its log
 /// position locally, offset + 1 in a Kafka partition), or a record that could not be read.
 #[derive(Debug)]
@@ -104,6 +141,7 @@ pub async fn run<S: Storage, H: Handler>(
     handler: Arc<H>,
     config: ConsumerConfig,
     shutdown: watch::Receiver<bool>,
+    readiness: Readiness,
 ) -> Result<(), event_store::Error> {
     let cp_name = checkpoint_name(handler.name());
     let start = store.checkpoint(&cp_name)?.unwrap_or(0);
@@ -111,6 +149,8 @@ pub async fn run<S: Storage, H: Handler>(
         Source::All => store.subscribe_all(start),
         Source::Categories(cs) => store.subscribe_categories(&cs, start),
     };
+    // The local log is always there: the subscription is its feed.
+    readiness.ready(handler.name());
     let feed = futures::stream::unfold(sub, |mut sub| async move {
         let item = sub.next().await?;
         Some((item.map(|e| FeedItem::Event(e.position, e)), sub))
@@ -158,9 +198,12 @@ pub async fn run_feed<S: Storage, H: Handler>(
         let cp_name = cp_name.clone();
         tasks.spawn(async move {
             while let Some((seq, event)) = rx.recv().await {
-                process(&store, handler.as_ref(), &event, &cp_name, &tracker, config).await;
+                // A message that could be neither handled nor dead-lettered stays in flight, so
+                // the watermark never passes it: the consumer stops, and resumes before it.
+                process(&store, handler.as_ref(), &event, &cp_name, &tracker, config).await?;
                 lock(&tracker).in_flight.remove(&seq);
             }
+            Ok::<(), event_store::Error>(())
         });
     }
     let mut saved = start;
@@ -170,6 +213,16 @@ pub async fn run_feed<S: Storage, H: Handler>(
             biased;
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
+            }
+            Some(ended) = tasks.join_next() => {
+                // A worker only ends early on a failure it could not get past.
+                let failure = match ended {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => event_store::Error::Closed,
+                    Err(e) => event_store::Error::Storage(event_store::StorageError(format!("a worker panicked: {e}"))),
+                };
+                tasks.abort_all();
+                return Err(failure);
             }
             _ = tick.tick() => {
                 // A store that failed a sync takes the consumer (and so the node) down, whether
@@ -210,7 +263,15 @@ pub async fn run_feed<S: Storage, H: Handler>(
         }
     }
     drop(senders);
-    while tasks.join_next().await.is_some() {}
+    let mut failure = None;
+    while let Some(ended) = tasks.join_next().await {
+        if let Ok(Err(e)) = ended {
+            failure.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
     let w = lock(&tracker).watermark();
     if w > saved {
         store.save_checkpoint(&cp_name, w).await?;
@@ -222,6 +283,9 @@ fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Handles one message: retries transient failures, dead-letters what fails for good. An error
+/// means the message was neither handled nor dead-lettered (the store failed to take the dead
+/// letter, again and again).
 async fn process<S: Storage, H: Handler>(
     store: &EventStore<S>,
     handler: &H,
@@ -229,14 +293,14 @@ async fn process<S: Storage, H: Handler>(
     cp_name: &str,
     tracker: &Mutex<Tracker>,
     config: ConsumerConfig,
-) {
+) -> Result<(), event_store::Error> {
     let mut delay = config.retry_base;
     let mut attempt = 0;
     let reason = loop {
         attempt += 1;
         let checkpoint = (cp_name.to_owned(), lock(tracker).watermark());
         match handler.handle(event, checkpoint).await {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(HandlerError::Poison(reason)) => break reason,
             Err(HandlerError::Transient(reason)) if attempt >= config.max_attempts => {
                 break format!("retries exhausted after {attempt} attempts: {reason}");
@@ -251,10 +315,27 @@ async fn process<S: Storage, H: Handler>(
     };
     tracing::warn!(consumer = handler.name(), position = event.position, %reason, "dead-lettering a message");
     metrics::counter!("causeway_dead_letters_total", "consumer" => handler.name().to_owned()).increment(1);
-    if let Err(e) = dead_letter(store, handler.name(), event, &reason).await {
-        tracing::error!(error = %e, "writing a dead letter failed");
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=DEAD_LETTER_ATTEMPTS {
+        match dead_letter(store, handler.name(), event, &reason).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == DEAD_LETTER_ATTEMPTS || store.poisoned().is_some() => {
+                tracing::error!(consumer = handler.name(), position = event.position, error = %e,
+                    "writing a dead letter failed; the consumer stops before this message");
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(consumer = handler.name(), error = %e, retry_in = ?delay, "writing a dead letter failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
     }
+    Ok(())
 }
+
+/// Tries to write a dead letter before the consumer gives up (and stops).
+const DEAD_LETTER_ATTEMPTS: u32 = 8;
 
 /// Appends a dead letter for `event` (idempotent: one per consumer and event).
 pub async fn dead_letter<S: Storage>(
@@ -318,6 +399,28 @@ pub fn list_dead_letters<S: Storage>(
         }
     }
     Ok(letters)
+}
+
+/// The dead letters of `consumer` with the node each came from (`None`: this node's own; a
+/// query node's replicas name their source).
+pub fn list_dead_letters_with_source<S: Storage>(
+    store: &EventStore<S>,
+    consumer: &str,
+) -> Result<Vec<(DeadLetter, Option<String>)>, event_store::Error> {
+    let stream = messages::dead_letter_stream(consumer)?;
+    let mut out = Vec::new();
+    for e in store.read_stream(&stream, 1, event_store::Direction::Forward) {
+        let e = e?;
+        if e.event_type == "DeadLettered" {
+            if let Ok(letter) = serde_json::from_slice::<DeadLettered>(&e.payload) {
+                out.push((
+                    DeadLetter { letter, resolved: false },
+                    e.metadata.get(messages::REPLICA_OF).cloned(),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Re-drives the dead letter of `event_id`: hands the original event to `handler` again and, on

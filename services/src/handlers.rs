@@ -1,25 +1,26 @@
-//! Command handlers: load → decide → append, with bounded retry on version conflicts.
+//! The services' handlers of saga commands: load → decide → append, with bounded retry on
+//! version conflicts.
 //!
-//! Saga commands arrive as events on `<service>_commands-<order>` streams. A handler answers each
-//! with a `CommandReplied` event appended atomically with the domain events it decided (and the
-//! consumer's checkpoint). Every output id is derived from the command's idempotency key, and a
-//! command whose reply already exists is skipped, so a duplicate delivery has no second effect.
-//!
-//! The API's own commands (place an order, cancel it, add stock) are handled here too, with the
-//! client's `Idempotency-Key` as the source of the event ids.
+//! Saga commands arrive as events on `<service>_commands-<order>` streams (per SKU for stock:
+//! `inventory_commands-<sku>`). A handler answers each with a `CommandReplied` event appended
+//! atomically with the domain events it decided (and the consumer's checkpoint). Every output id
+//! is derived from the command's idempotency key. A command whose reply already exists has no
+//! second effect: it is answered again with a copy of the recorded reply (so a saga whose reply
+//! was lost, or dead-lettered, hears it when it retries), and the copy's id follows from the
+//! redelivery, so a repeat of that delivery adds nothing either.
 
 use std::collections::BTreeMap;
 
 use aggregates::codec::DomainEvent;
 use aggregates::inventory::{Inventory, InventoryCommand, InventoryEvent};
-use aggregates::order::{CancelReason, Order, OrderCommand};
+use aggregates::order::{Order, OrderCommand};
 use aggregates::payment::{Payment, PaymentCommand, PaymentEvent};
 use aggregates::saga::{Outcome, SagaCommand, SagaLine};
 use aggregates::shipping::{Address, Shipment, ShippingCommand, ShippingEvent};
-use aggregates::{Decider, OrderId, Sku};
+use aggregates::{Decider, Sku};
 use event_store::{
-    AppendRequest, AppendResult, Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot,
-    Storage, StreamId,
+    AppendRequest, Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, Storage,
+    StreamId,
 };
 use uuid::Uuid;
 
@@ -47,31 +48,29 @@ impl From<event_store::Error> for HandlerError {
     }
 }
 
-/// A refused API command or a failure, for the API layer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CommandError {
-    /// The domain refused it.
-    #[error("{0}")]
-    Rejected(String),
-    /// The idempotency key was used for a different request.
-    #[error("idempotency key reused with a different request")]
-    KeyReused,
-    /// Not found.
-    #[error("{0}")]
-    NotFound(String),
-    /// The stream kept changing under the command (hot stream); retry later.
-    #[error("the {0} stream is busy; retry")]
-    Contention(String),
-    /// Store failure.
+/// Why an aggregate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The store failed.
     #[error(transparent)]
-    Store(event_store::Error),
+    Store(#[from] event_store::Error),
+    /// An event of the stream cannot be read by this build.
+    #[error("{stream} version {version}: {error}")]
+    Undecodable {
+        /// The stream.
+        stream: String,
+        /// The event's version.
+        version: u64,
+        /// Why.
+        error: aggregates::DecodeError,
+    },
 }
 
-impl From<event_store::Error> for CommandError {
-    fn from(e: event_store::Error) -> Self {
+impl From<LoadError> for HandlerError {
+    fn from(e: LoadError) -> Self {
         match e {
-            event_store::Error::EventIdReused { .. } => CommandError::KeyReused,
-            other => CommandError::Store(other),
+            LoadError::Store(e) => e.into(),
+            e @ LoadError::Undecodable { .. } => HandlerError::Poison(e.to_string()),
         }
     }
 }
@@ -89,15 +88,16 @@ pub fn load_from<S: Storage, D>(
     stream: &StreamId,
     mut state: D,
     mut version: u64,
-) -> Result<(D, u64), HandlerError>
+) -> Result<(D, u64), LoadError>
 where
     D: Decider,
     D::Event: DomainEvent,
 {
     for e in store.read_stream(stream, version + 1, Direction::Forward) {
         let e = e?;
-        let event = D::Event::decode(&e.event_type, e.schema_version, &e.payload)
-            .map_err(|err| HandlerError::Poison(format!("{stream} version {}: {err}", e.version)))?;
+        let event = D::Event::decode(&e.event_type, e.schema_version, &e.payload).map_err(|error| {
+            LoadError::Undecodable { stream: stream.to_string(), version: e.version, error }
+        })?;
         state = state.evolve(&event);
         version = e.version;
     }
@@ -105,7 +105,7 @@ where
 }
 
 /// Rebuilds an aggregate from its whole stream.
-pub fn load<S: Storage, D>(store: &EventStore<S>, stream: &StreamId) -> Result<(D, u64), HandlerError>
+pub fn load<S: Storage, D>(store: &EventStore<S>, stream: &StreamId) -> Result<(D, u64), LoadError>
 where
     D: Decider,
     D::Event: DomainEvent,
@@ -117,7 +117,7 @@ where
 pub fn load_inventory<S: Storage>(
     store: &EventStore<S>,
     stream: &StreamId,
-) -> Result<(Inventory, u64), HandlerError> {
+) -> Result<(Inventory, u64), LoadError> {
     if let Ok(Some(snap)) = store.load_snapshot(stream) {
         if snap.schema_version == INVENTORY_SNAPSHOT_SCHEMA {
             if let Ok(state) = serde_json::from_slice::<Inventory>(&snap.payload) {
@@ -140,7 +140,8 @@ fn maybe_snapshot<S: Storage>(store: &EventStore<S>, stream: &StreamId, state: &
     }
 }
 
-fn events_for<E: DomainEvent>(
+/// A decider's events as log events with ids derived from `cause` (one per stream and index).
+pub fn events_for<E: DomainEvent>(
     events: &[E],
     cause: Uuid,
     stream: &StreamId,
@@ -207,7 +208,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
 
     /// Loads an inventory: from the cache when the stream has not moved since, else from its
     /// snapshot and events.
-    fn inventory(&self, stream: &StreamId) -> Result<(Inventory, u64), HandlerError> {
+    fn inventory(&self, stream: &StreamId) -> Result<(Inventory, u64), LoadError> {
         let cached =
             self.inventory_cache.lock().unwrap_or_else(|p| p.into_inner()).get(stream.as_str()).cloned();
         if let Some((state, version)) = cached {
@@ -238,38 +239,6 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         &self.gateway
     }
 
-    /// Handles a REST command forwarded from another node (idempotent by its key). A command
-    /// the domain refuses is a poison message: it goes to the dead letters with the reason.
-    pub async fn handle_forwarded(&self, command: messages::ApiCommand) -> Result<(), HandlerError> {
-        use messages::ApiCommand as A;
-        let outcome = match command {
-            A::PlaceOrder { key, order_id, customer_id, items, currency, shipping_address } => {
-                let cmd = OrderCommand::Place {
-                    order_id,
-                    customer_id: aggregates::CustomerId(customer_id),
-                    items,
-                    currency: aggregates::Currency(currency),
-                    shipping_address,
-                };
-                match place_order(&self.store, key, cmd).await {
-                    // Placed by an earlier delivery of the same command.
-                    Err(CommandError::Rejected(m)) if m.contains("already exists") => Ok(()),
-                    other => other.map(|_| ()),
-                }
-            }
-            A::CancelOrder { key, order_id } => cancel_order(&self.store, key, order_id).await.map(|_| ()),
-            A::AddStock { key, sku, quantity } => {
-                add_stock(&self.store, key, sku, quantity).await.map(|_| ())
-            }
-        };
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(CommandError::Contention(m)) => Err(HandlerError::Transient(format!("{m} is busy"))),
-            Err(CommandError::Store(e)) if !e.is_client_error() => Err(e.into()),
-            Err(e) => Err(HandlerError::Poison(e.to_string())),
-        }
-    }
-
     /// Handles one command event; appends the outcome with `checkpoint` in the same write.
     pub async fn handle_command(
         &self,
@@ -278,9 +247,21 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
     ) -> Result<(), HandlerError> {
         let (command_id, command) = messages::decode_command(e).map_err(HandlerError::Poison)?;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            // Already answered: a duplicate delivery or a retry of a processed command.
-            if self.store.find_event(derived_id(command_id, "reply", 0))?.is_some() {
-                return Ok(());
+            // Already answered (a duplicate delivery, or a retry of a processed command): no
+            // second effect, but the answer again, in case the first one was lost on its way.
+            if let Some(reply) = self.store.find_event(derived_id(command_id, "reply", 0))? {
+                let mut request = AppendRequest::single(
+                    messages::replies_stream(command.order_id()),
+                    ExpectedVersion::Any,
+                    vec![messages::resent_reply(&reply, e)],
+                );
+                if let Some((name, value)) = &checkpoint {
+                    request = request.with_checkpoint(name.clone(), *value);
+                }
+                return match self.store.append(request).await {
+                    Ok(_) | Err(event_store::Error::EventIdReused { .. }) => Ok(()),
+                    Err(err) => Err(err.into()),
+                };
             }
             let decision = self.decide(command_id, &command, e).await?;
             let mut request = decision.request;
@@ -571,99 +552,4 @@ fn merge_lines(lines: &[SagaLine]) -> BTreeMap<Sku, u64> {
         *merged.entry(l.sku.clone()).or_insert(0u64) += l.quantity;
     }
     merged
-}
-
-/// Places an order. `idempotency_key` makes a retry return the first result.
-pub async fn place_order<S: Storage>(
-    store: &EventStore<S>,
-    idempotency_key: Uuid,
-    command: OrderCommand,
-) -> Result<(OrderId, AppendResult), CommandError> {
-    let OrderCommand::Place { order_id, .. } = &command else {
-        return Err(CommandError::Rejected("not a place-order command".into()));
-    };
-    let order_id = *order_id;
-    let stream = messages::order_stream(order_id);
-    let events = Order::default().decide(command).map_err(|e| CommandError::Rejected(e.to_string()))?;
-    let new = events_for(&events, idempotency_key, &stream, order_id.0, idempotency_key);
-    let r = store.append_to(&stream, ExpectedVersion::NoStream, new).await.map_err(|e| match e {
-        event_store::Error::Conflict { .. } => {
-            CommandError::Rejected(format!("order {order_id} already exists"))
-        }
-        other => other.into(),
-    })?;
-    Ok((order_id, r))
-}
-
-/// Load → decide → append on one stream, retrying version conflicts. `decide` sees the state
-/// and its version; no events means nothing to do (an empty result).
-async fn decide_and_append<S: Storage, D>(
-    store: &EventStore<S>,
-    stream: &StreamId,
-    idempotency_key: Uuid,
-    correlation: Uuid,
-    load: impl Fn() -> Result<(D, u64), HandlerError>,
-    decide: impl Fn(&D, u64) -> Result<Vec<D::Event>, CommandError>,
-) -> Result<AppendResult, CommandError>
-where
-    D: Decider,
-    D::Event: DomainEvent,
-{
-    let mut backoff = std::time::Duration::from_millis(1);
-    for _ in 0..API_CONFLICT_RETRIES {
-        let (state, version) = load().map_err(|e| CommandError::Rejected(e.to_string()))?;
-        let events = decide(&state, version)?;
-        if events.is_empty() {
-            return Ok(AppendResult { first_position: 0, last_position: 0, streams: vec![] });
-        }
-        let new = events_for(&events, idempotency_key, stream, correlation, idempotency_key);
-        match store.append_to(stream, ExpectedVersion::Exact(version), new).await {
-            Err(event_store::Error::Conflict { .. }) => {
-                // A hot stream: back off with jitter so concurrent writers stop colliding.
-                tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>())).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
-            }
-            other => return other.map_err(Into::into),
-        }
-    }
-    Err(CommandError::Contention(stream.to_string()))
-}
-
-/// Conflict retries of an API command before it answers "busy".
-const API_CONFLICT_RETRIES: usize = 16;
-
-/// Cancels an order on the customer's request.
-pub async fn cancel_order<S: Storage>(
-    store: &EventStore<S>,
-    idempotency_key: Uuid,
-    order_id: OrderId,
-) -> Result<AppendResult, CommandError> {
-    let stream = messages::order_stream(order_id);
-    let load = || load::<S, Order>(store, &stream);
-    let decide = |state: &Order, version: u64| {
-        if version == 0 {
-            return Err(CommandError::NotFound(format!("order {order_id} does not exist")));
-        }
-        state
-            .decide(OrderCommand::Cancel { order_id, reason: CancelReason::CustomerRequest })
-            .map_err(|e| CommandError::Rejected(e.to_string()))
-    };
-    decide_and_append(store, &stream, idempotency_key, order_id.0, load, decide).await
-}
-
-/// Adds stock to a SKU.
-pub async fn add_stock<S: Storage>(
-    store: &EventStore<S>,
-    idempotency_key: Uuid,
-    sku: Sku,
-    quantity: u64,
-) -> Result<AppendResult, CommandError> {
-    let stream = messages::inventory_stream(&sku).map_err(|e| CommandError::Rejected(e.to_string()))?;
-    let load = || load_inventory(store, &stream);
-    let decide = |state: &Inventory, _| {
-        state
-            .decide(InventoryCommand::AddStock { sku: sku.clone(), quantity })
-            .map_err(|e| CommandError::Rejected(e.to_string()))
-    };
-    decide_and_append(store, &stream, idempotency_key, idempotency_key, load, decide).await
 }

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod api;
 pub mod bench;
+pub mod commands;
 pub mod consumer;
 pub mod gateway;
 pub mod handlers;

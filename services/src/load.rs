@@ -14,8 +14,8 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::commands;
 use crate::gateway::PaymentGateway;
-use crate::handlers;
 use crate::runtime::Runtime;
 
 /// What to drive.
@@ -101,7 +101,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
     let store: EventStore<S> = rt.store().clone();
     let per_sku = spec.orders * 3 + 100;
     for s in 0..spec.skus {
-        handlers::add_stock(&store, Uuid::now_v7(), Sku(format!("SKU-{s}")), per_sku).await?;
+        commands::add_stock(&store, Uuid::now_v7(), Sku(format!("SKU-{s}")), per_sku).await?;
     }
     let placed: Arc<Mutex<HashMap<OrderId, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let slots = Arc::new(Semaphore::new(spec.concurrency.max(1)));
@@ -113,7 +113,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         let placed = placed.clone();
         let slots = slots.clone();
         let bar = bar.clone();
-        let saga = rt.saga().clone();
+        let saga = rt.saga().cloned();
         let total = spec.orders;
         let checkpoint = spec.memory_checkpoint;
         tokio::spawn(async move {
@@ -139,12 +139,12 @@ pub async fn run<S: Storage, G: PaymentGateway>(
                     b.set_position(ended);
                 }
                 if checkpoint > 0 && ended % checkpoint == 0 {
-                    memory.push((ended, rss_mib(), saga.in_flight()));
+                    memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight())));
                 }
             }
             let ended = completed + compensated + failed;
             if memory.last().map(|m: &(u64, f64, usize)| m.0) != Some(ended) {
-                memory.push((ended, rss_mib(), saga.in_flight()));
+                memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight())));
             }
             anyhow::Ok((completed, compensated, failed, latency, memory))
         })
@@ -176,7 +176,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         placed.lock().map_err(|_| anyhow::anyhow!("lock"))?.insert(order_id, Instant::now());
         let store = store.clone();
         tokio::spawn(async move {
-            if let Err(e) = handlers::place_order(&store, Uuid::now_v7(), cmd).await {
+            if let Err(e) = commands::place_order(&store, Uuid::now_v7(), cmd).await {
                 tracing::error!(error = %e, "placing an order failed");
             }
         });

@@ -214,6 +214,10 @@ enum Cmd {
         /// Kafka.
         #[arg(long, env = "CAUSEWAY_ROLE", value_enum, default_value = "all")]
         role: services::runtime::Role,
+        /// Query role: how long a forwarded command waits for its owner's answer before it is
+        /// answered 202 Accepted, in ms.
+        #[arg(long, env = "CAUSEWAY_FORWARD_WAIT_MS", default_value_t = 5_000)]
+        forward_wait_ms: u64,
     },
     /// Rebuild a lost log from Kafka, byte for byte, and verify it (counts and digest). Refuses a
     /// data directory that holds a store unless --force (which moves the old one aside). NOT safe
@@ -407,7 +411,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway, listen, admin_token, kafka, role } => {
+        Cmd::Serve { store, gateway, listen, admin_token, kafka, role, forward_wait_ms } => {
             let kafka = kafka.config()?;
             if role != services::runtime::Role::All && kafka.is_none() {
                 bail!(
@@ -416,7 +420,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     role.name()
                 );
             }
-            serve(store, gateway, listen, admin_token, kafka, role).await
+            serve(store, gateway, listen, admin_token, kafka, role, Duration::from_millis(forward_wait_ms))
+                .await
         }
         Cmd::Restore { from_kafka: _, data_dir, force, kafka } => {
             let config = kafka.required()?;
@@ -591,10 +596,11 @@ async fn serve(
     admin_token: Option<String>,
     kafka: Option<services::kafka::KafkaConfig>,
     role: services::runtime::Role,
+    forward_wait: Duration,
 ) -> Result<ExitCode> {
+    use services::api::CommandRoute;
+    use services::runtime::Role;
     use std::future::IntoFuture;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     if let Some(t) = &admin_token {
         if t.chars().count() < services::api::MIN_ADMIN_TOKEN
             || t.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -610,21 +616,28 @@ async fn serve(
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let mirrored = kafka.is_some();
+    let source = kafka.as_ref().map(|k| k.source()).unwrap_or_default();
     let node =
         Runtime::start_role(store, gateway, RuntimeConfig { kafka, ..RuntimeConfig::default() }, role)?;
-    let ready = Arc::new(AtomicBool::new(false));
     let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    let commands = match (role, node.answers()) {
+        (Role::All, _) => CommandRoute::Local,
+        (Role::Query, Some(answers)) => {
+            CommandRoute::Forward { answers: answers.clone(), source, wait: forward_wait }
+        }
+        (other, _) => CommandRoute::Refuse { role: other.name() },
+    };
     let state = services::api::ApiState {
         store: node.store().clone(),
         models: node.models().clone(),
-        ready: ready.clone(),
+        ready: node.readiness().clone(),
         metrics: Some(metrics),
         stopping: http_stopped.clone(),
         admin: admin_token.map(|token| services::api::AdminApi { token, redrive: node.redriver() }),
-        forward_commands: role == services::runtime::Role::Query,
+        commands,
     };
     let server = tokio::spawn(
         axum::serve(listener, services::api::app(state))
@@ -633,7 +646,6 @@ async fn serve(
             })
             .into_future(),
     );
-    ready.store(true, Ordering::Release);
     tracing::info!(head = node.store().head(), %listen, role = role.name(), "causeway node running");
     if mirrored {
         tracing::info!("mirroring the log to Kafka");
@@ -643,7 +655,6 @@ async fn serve(
         tracing::info!("shutting down: finishing in-flight work");
     };
     let outcome = node.run_until(stop).await;
-    ready.store(false, Ordering::Release);
     let _ = stop_http.send(true);
     server.await.context("the HTTP server task failed")?.context("the HTTP server failed")?;
     outcome.map_err(anyhow::Error::msg)?;
@@ -681,7 +692,13 @@ fn verify(store: StoreArgs) -> Result<ExitCode> {
     let store = store.open()?;
     let log = store.verify()?;
     println!("log: {} events, {} streams", log.events, log.streams);
-    let inv = invariants::check(&store)?;
+    // A node of a distributed deployment checks what its own log can answer for.
+    let role = services::kafka::shard::recorded(&store)?
+        .and_then(|l| services::runtime::Role::from_name(&l.role))
+        .unwrap_or(services::runtime::Role::All);
+    let scope = invariants::Scope::of_role(role);
+    println!("role: {} ({scope:?})", role.name());
+    let inv = invariants::check_scope(&store, scope)?;
     println!(
         "sagas: {} completed, {} compensated, {} failed, {} unfinished; {} SKUs",
         inv.completed,
@@ -729,27 +746,41 @@ async fn dead_letters(
 ) -> Result<ExitCode> {
     use services::gateway::Breaker;
     use services::handlers::{Handlers, SimulatedCarrier};
+    use services::messages::ConsumerName;
+    use services::runtime::Role;
     use services::saga_runner::SagaRunner;
     use std::sync::Arc;
 
-    if let Some(c) = &consumer {
-        admin::consumer_name(c)?;
-    }
+    let consumer = consumer.as_deref().map(admin::consumer_name).transpose()?;
     if !store.data_dir.join("db").exists() {
         bail!("no store at {} (expected a sled database there)", store.data_dir.display());
     }
     let config = RuntimeConfig::default();
     let gateway = gateway.build()?;
     let store = store.open()?;
-    if let (Some(id), Some(name)) = (redrive, consumer.as_deref()) {
+    if let (Some(id), Some(name)) = (redrive, consumer) {
+        // A node of a distributed deployment re-drives only the consumers it runs.
+        let role = services::kafka::shard::recorded(&store)?
+            .and_then(|l| Role::from_name(&l.role))
+            .unwrap_or(Role::All);
+        if !role.consumers().contains(&name) {
+            let e = admin::not_owner(&store, role, name, id);
+            println!("{e}");
+            return Ok(ExitCode::from(1));
+        }
         let handlers = Arc::new(Handlers::new(
             store.clone(),
             Breaker::new(gateway, config.breaker),
             SimulatedCarrier::default(),
         ));
-        let saga = SagaRunner::new(store.clone(), config.policy);
-        saga.recover()?;
-        return match admin::redrive(&store, &handlers, &saga, name, id).await {
+        let saga = if role.runs_saga() {
+            let saga = SagaRunner::new(store.clone(), config.policy);
+            saga.recover()?;
+            Some(saga)
+        } else {
+            None
+        };
+        return match admin::redrive(&store, &handlers, saga.as_ref(), name, id).await {
             Ok(()) => {
                 println!("re-driven: {id}");
                 Ok(ExitCode::SUCCESS)
@@ -761,13 +792,13 @@ async fn dead_letters(
             Err(e) => Err(e.into()),
         };
     }
-    let names: Vec<&str> = match consumer.as_deref() {
+    let names: Vec<ConsumerName> = match consumer {
         Some(c) => vec![c],
-        None => admin::CONSUMERS.to_vec(),
+        None => ConsumerName::ALL.to_vec(),
     };
     let mut out = std::io::stdout().lock();
     for name in names {
-        for l in services::consumer::list_dead_letters(&store, name)? {
+        for l in services::consumer::list_dead_letters(&store, name.as_str())? {
             let line = if json {
                 serde_json::to_string(&l)?
             } else {

@@ -7,11 +7,18 @@
 //! | `payment-<order id>`, `shipment-<order id>` | Payment and Shipping events |
 //! | `saga-<order id>` | the saga's own events |
 //! | `<service>_commands-<order id>` | commands the saga sent to a service (one event per send) |
+//! | `inventory_commands-<sku>` | the saga's per-SKU stock commands, and stock added through the API |
 //! | `replies-<order id>` | `CommandReplied`: a service's answer to a command |
+//! | `answers-<key>` | `CommandAnswered`: the owner's answer to a REST command another node forwarded |
 //! | `deadletters-<consumer>` | `DeadLettered` / `DeadLetterResolved` |
 //!
 //! Output events get deterministic ids ([`derived_id`]) from what caused them, so processing the
 //! same input twice appends the same ids and the store's idempotency makes the second a no-op.
+//!
+//! Every stream has a **shard key** ([`shard_key`]): the part of its id after the category, i.e.
+//! the order id for everything one order's saga touches and the SKU for stock. A distributed
+//! deployment routes by it (the Kafka key), so a pod that owns a partition number owns all it
+//! needs, and a stream's records share a key (per-stream order holds).
 
 use aggregates::codec::DomainEvent;
 use aggregates::saga::{Outcome, SagaCommand, Service};
@@ -22,6 +29,19 @@ use uuid::Uuid;
 
 /// Metadata key holding a command's idempotency key.
 pub const COMMAND_ID: &str = "command_id";
+
+/// Metadata key added to an event that arrived from another node (read from Kafka): the
+/// CloudEvents source of the node that recorded it.
+pub const SOURCE_KEY: &str = "kafka.source";
+
+/// Metadata key of an event copied into the query role's log: the node it came from.
+pub const REPLICA_OF: &str = "replica_of";
+
+/// The categories of every node's events other than commands and dead letters (each has a
+/// `<category>_domain_events` topic): the aggregates', the saga's, and the answers between
+/// services and to forwarding nodes.
+pub const EVENT_CATEGORIES: [&str; 7] =
+    ["order", "inventory", "payment", "shipment", "saga", "replies", "answers"];
 
 /// `order-<id>`.
 pub fn order_stream(id: OrderId) -> StreamId {
@@ -61,6 +81,38 @@ pub fn commands_category(service: Service) -> String {
 /// `<service>_commands-<id>`.
 pub fn commands_stream(service: Service, id: OrderId) -> StreamId {
     stream(&commands_category(service), id)
+}
+
+/// The stream a saga command is sent on: one SKU's stock command goes to
+/// `inventory_commands-<sku>` (the inventory service shards by SKU), every other command to
+/// `<service>_commands-<order id>`.
+pub fn command_stream(command: &SagaCommand) -> StreamId {
+    use SagaCommand as C;
+    if let C::ReserveStock { lines, .. } | C::CommitStock { lines, .. } | C::ReleaseStock { lines, .. } =
+        command
+    {
+        if let [line] = lines.as_slice() {
+            if let Ok(stream) = StreamId::compose(&commands_category(Service::Inventory), &line.sku) {
+                return stream;
+            }
+        }
+    }
+    commands_stream(command.service(), command.order_id())
+}
+
+/// The shard key of a stream: its id after the category (`order-<id>` → `<id>`,
+/// `inventory-<sku>` → `<sku>`). A stream without a category is its own key.
+pub fn shard_key(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or(stream_id, |(_, key)| key)
+}
+
+/// A stable hash of a stream's shard key, for spreading work over local workers so that
+/// everything of one key stays in order.
+pub fn shard_hash(stream_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    shard_key(stream_id).hash(&mut h);
+    h.finish()
 }
 
 /// `deadletters-<consumer>`.
@@ -248,6 +300,15 @@ impl ApiCommand {
         }
     }
 
+    /// The client's idempotency key.
+    pub fn key(&self) -> Uuid {
+        match self {
+            ApiCommand::PlaceOrder { key, .. }
+            | ApiCommand::CancelOrder { key, .. }
+            | ApiCommand::AddStock { key, .. } => *key,
+        }
+    }
+
     /// The stream it is appended to on the forwarding node.
     pub fn stream(&self) -> Result<StreamId, event_store::Error> {
         match self {
@@ -262,11 +323,7 @@ impl ApiCommand {
 
     /// The event to append (its id follows from the key, so a repeated request adds nothing).
     pub fn to_event(&self) -> NewEvent {
-        let key = match self {
-            ApiCommand::PlaceOrder { key, .. }
-            | ApiCommand::CancelOrder { key, .. }
-            | ApiCommand::AddStock { key, .. } => *key,
-        };
+        let key = self.key();
         let correlation = match self {
             ApiCommand::PlaceOrder { order_id, .. } | ApiCommand::CancelOrder { order_id, .. } => order_id.0,
             ApiCommand::AddStock { .. } => key,
@@ -289,4 +346,150 @@ impl ApiCommand {
         }
         Ok(Some(cmd))
     }
+}
+
+/// `answers-<key>`.
+pub fn answers_stream(key: Uuid) -> StreamId {
+    StreamId::compose("answers", key).unwrap_or_else(|_| unreachable_stream())
+}
+
+/// The event type of an answer to a forwarded command.
+pub const ANSWER_TYPE: &str = "CommandAnswered";
+
+/// How the owner answered a REST command another node forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// Carried out now, or by an earlier delivery of the same command (the original outcome).
+    Done {},
+    /// The idempotency key was used before for a different request.
+    KeyReused,
+    /// The domain refused it.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// What it names does not exist.
+    NotFound {
+        /// What is missing.
+        reason: String,
+    },
+}
+
+/// `CommandAnswered`: the owner's answer to a forwarded command, addressed to the node that
+/// forwarded it (each forwarding node gets its own answer, so two query pods that forwarded the
+/// same key with different bodies hear the truth each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAnswered {
+    /// The client's idempotency key.
+    pub key: Uuid,
+    /// The forwarded command's event type.
+    pub command: String,
+    /// The CloudEvents source of the node that forwarded it.
+    pub to: String,
+    /// The answer.
+    #[serde(flatten)]
+    pub answer: Answer,
+}
+
+/// The id of the answer to the forwarded command `forwarded` (its event id) from the node
+/// `source`: the forwarding node waits for this id.
+pub fn answer_id(forwarded: Uuid, source: &str) -> Uuid {
+    Uuid::new_v5(&forwarded, format!("answer/{source}").as_bytes())
+}
+
+/// The answer event.
+pub fn answer_event(forwarded: &RecordedEvent, key: Uuid, source: &str, answer: Answer) -> NewEvent {
+    let body = CommandAnswered { key, command: forwarded.event_type.clone(), to: source.to_owned(), answer };
+    NewEvent::json(ANSWER_TYPE, serde_json::to_vec(&body).unwrap_or_default())
+        .with_id(answer_id(forwarded.event_id, source))
+        .caused_by(forwarded.correlation_id, forwarded.event_id)
+}
+
+/// A consumer that can dead-letter a message: the four services' command consumers and the saga
+/// manager. The one list every place iterates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConsumerName {
+    /// `order-service`.
+    OrderService,
+    /// `inventory-service`.
+    InventoryService,
+    /// `payment-service`.
+    PaymentService,
+    /// `shipping-service`.
+    ShippingService,
+    /// `saga-manager`.
+    SagaManager,
+}
+
+impl ConsumerName {
+    /// Every consumer.
+    pub const ALL: [ConsumerName; 5] = [
+        ConsumerName::OrderService,
+        ConsumerName::InventoryService,
+        ConsumerName::PaymentService,
+        ConsumerName::ShippingService,
+        ConsumerName::SagaManager,
+    ];
+
+    /// The consumer of a service's commands.
+    pub fn of_service(service: Service) -> Self {
+        match service {
+            Service::Order => ConsumerName::OrderService,
+            Service::Inventory => ConsumerName::InventoryService,
+            Service::Payment => ConsumerName::PaymentService,
+            Service::Shipping => ConsumerName::ShippingService,
+        }
+    }
+
+    /// The service whose commands it handles (`None`: the saga manager).
+    pub fn service(self) -> Option<Service> {
+        match self {
+            ConsumerName::OrderService => Some(Service::Order),
+            ConsumerName::InventoryService => Some(Service::Inventory),
+            ConsumerName::PaymentService => Some(Service::Payment),
+            ConsumerName::ShippingService => Some(Service::Shipping),
+            ConsumerName::SagaManager => None,
+        }
+    }
+
+    /// Its name (checkpoints, dead-letter streams, metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerName::OrderService => "order-service",
+            ConsumerName::InventoryService => "inventory-service",
+            ConsumerName::PaymentService => "payment-service",
+            ConsumerName::ShippingService => "shipping-service",
+            ConsumerName::SagaManager => "saga-manager",
+        }
+    }
+}
+
+impl std::fmt::Display for ConsumerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ConsumerName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ConsumerName::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = ConsumerName::ALL.iter().map(|c| c.as_str()).collect();
+            format!("unknown consumer {s:?}; one of {}", names.join(", "))
+        })
+    }
+}
+
+/// Metadata key of a re-sent reply: the id of the reply it repeats.
+pub const RESENT_OF: &str = "resent_of";
+
+/// A copy of `reply` (a recorded `CommandReplied`), answering the redelivered command event
+/// `redelivered`: the same answer again, so a saga whose reply was lost hears it. Its id follows
+/// from the redelivery, so a repeat of that delivery adds nothing.
+pub fn resent_reply(reply: &RecordedEvent, redelivered: &RecordedEvent) -> NewEvent {
+    NewEvent::json(REPLY_TYPE, reply.payload.clone())
+        .with_id(derived_id(redelivered.event_id, "reply-again", 0))
+        .caused_by(reply.correlation_id, redelivered.event_id)
+        .with_metadata(RESENT_OF, reply.event_id.to_string())
 }

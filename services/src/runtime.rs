@@ -9,10 +9,11 @@ use event_store::{EventStore, RecordedEvent, Storage};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::consumer::{self, ConsumerConfig, Handler, Source};
+use crate::commands::Answers;
+use crate::consumer::{self, ConsumerConfig, Handler, Readiness, Source};
 use crate::gateway::{Breaker, BreakerConfig, PaymentGateway};
 use crate::handlers::{HandlerError, Handlers, SimulatedCarrier};
-use crate::messages;
+use crate::messages::{self, ConsumerName};
 use crate::saga_runner::SagaRunner;
 use projections::models::{DeadLetters, OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
 use projections::{Projection, ReadModels};
@@ -85,8 +86,17 @@ impl Role {
         }
     }
 
+    /// Every role, in the order deployments list them.
+    pub const ALL: [Role; 7] =
+        [Role::All, Role::Order, Role::Inventory, Role::Payment, Role::Shipping, Role::Saga, Role::Query];
+
+    /// The role of a name.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
     /// The service whose commands it handles.
-    fn service(self) -> Option<Service> {
+    pub fn service(self) -> Option<Service> {
         match self {
             Role::Order => Some(Service::Order),
             Role::Inventory => Some(Service::Inventory),
@@ -95,14 +105,38 @@ impl Role {
             _ => None,
         }
     }
+
+    /// Whether it runs the saga manager.
+    pub fn runs_saga(self) -> bool {
+        matches!(self, Role::All | Role::Saga)
+    }
+
+    /// The consumers it runs (those whose dead letters it owns).
+    pub fn consumers(self) -> Vec<ConsumerName> {
+        match self {
+            Role::All => ConsumerName::ALL.to_vec(),
+            Role::Saga => vec![ConsumerName::SagaManager],
+            Role::Query => vec![],
+            other => other.service().map(ConsumerName::of_service).into_iter().collect(),
+        }
+    }
+
+    /// The role that runs a consumer in a distributed deployment.
+    pub fn of_consumer(consumer: ConsumerName) -> Role {
+        match consumer {
+            ConsumerName::OrderService => Role::Order,
+            ConsumerName::InventoryService => Role::Inventory,
+            ConsumerName::PaymentService => Role::Payment,
+            ConsumerName::ShippingService => Role::Shipping,
+            ConsumerName::SagaManager => Role::Saga,
+        }
+    }
 }
 
 /// Every topic of a distributed deployment (the query role reads them all).
 pub fn all_topics() -> Vec<String> {
-    let mut t: Vec<String> = ["order", "inventory", "payment", "shipment", "saga", "replies"]
-        .iter()
-        .map(|c| format!("{c}_domain_events"))
-        .collect();
+    let mut t: Vec<String> =
+        messages::EVENT_CATEGORIES.iter().map(|c| format!("{c}_domain_events")).collect();
     t.extend(
         [Service::Order, Service::Inventory, Service::Payment, Service::Shipping]
             .into_iter()
@@ -117,19 +151,19 @@ pub fn all_topics() -> Vec<String> {
 pub struct CommandConsumer<S: Storage, G: PaymentGateway> {
     handlers: Arc<Handlers<S, G>>,
     service: Service,
-    name: String,
+    name: ConsumerName,
 }
 
 impl<S: Storage, G: PaymentGateway> CommandConsumer<S, G> {
     /// The consumer of `service`'s commands.
     pub fn new(handlers: Arc<Handlers<S, G>>, service: Service) -> Self {
-        Self { handlers, service, name: format!("{}-service", service.name()) }
+        Self { handlers, service, name: ConsumerName::of_service(service) }
     }
 }
 
 impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
     fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
     fn source(&self) -> Source {
         Source::Categories(vec![messages::commands_category(self.service)])
@@ -138,14 +172,14 @@ impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
         true
     }
     fn partition_key(&self, e: &RecordedEvent) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        e.stream_id.hash(&mut h);
-        h.finish()
+        // One order's (or one SKU's) commands in order, on one worker.
+        messages::shard_hash(&e.stream_id)
     }
     async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
         match messages::ApiCommand::decode(e).map_err(HandlerError::Poison)? {
-            Some(forwarded) => self.handlers.handle_forwarded(forwarded).await,
+            Some(forwarded) => {
+                crate::commands::handle_forwarded(self.handlers.store(), e, &forwarded, checkpoint).await
+            }
             None => self.handlers.handle_command(e, Some(checkpoint)).await,
         }
     }
@@ -155,16 +189,34 @@ impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
 #[derive(Debug)]
 pub struct Runtime<S: Storage, G: PaymentGateway> {
     store: EventStore<S>,
+    role: Role,
     handlers: Arc<Handlers<S, G>>,
-    saga: Arc<SagaRunner<S>>,
+    saga: Option<Arc<SagaRunner<S>>>,
+    consumers: Vec<ConsumerName>,
     models: ReadModels<S>,
+    readiness: Readiness,
+    answers: Option<Answers>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration does not fit the role.
+    #[error("{0}")]
+    Config(String),
+    /// The node was started with another shard layout than its store was written under.
+    #[error(transparent)]
+    Layout(#[from] crate::kafka::shard::LayoutError),
+    /// Recovering the in-flight sagas failed.
+    #[error("recovering in-flight sagas: {0}")]
+    Recovery(#[from] HandlerError),
+}
+
 impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     /// Starts every consumer and the saga timer on `store` (the embedded default).
-    pub fn start(store: EventStore<S>, gateway: G, config: RuntimeConfig) -> Result<Self, HandlerError> {
+    pub fn start(store: EventStore<S>, gateway: G, config: RuntimeConfig) -> Result<Self, StartError> {
         Self::start_role(store, gateway, config, Role::All)
     }
 
@@ -175,50 +227,84 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         gateway: G,
         config: RuntimeConfig,
         role: Role,
-    ) -> Result<Self, HandlerError> {
+    ) -> Result<Self, StartError> {
         let kafka = match (role, &config.kafka) {
             (Role::All, _) => None,
             (_, Some(k)) => Some(k.clone()),
-            (_, None) => {
-                return Err(HandlerError::Poison(format!("the {} role needs Kafka", role.name())));
-            }
+            (_, None) => return Err(StartError::Config(format!("the {} role needs Kafka", role.name()))),
         };
+        // A role's pods share its input partitions; the query role reads every partition.
+        let shard = match role {
+            Role::All | Role::Query => (0, 1),
+            _ => kafka.as_ref().map_or((0, 1), |k| k.shard),
+        };
+        if role != Role::All {
+            let (index, count) = shard;
+            crate::kafka::shard::check_layout(
+                &store,
+                crate::kafka::shard::Layout { role: role.name().into(), index, count, partitions: None },
+            )?;
+        }
         let handlers = Arc::new(Handlers::new(
             store.clone(),
             Breaker::new(gateway, config.breaker),
             config.carrier.clone(),
         ));
-        let saga = Arc::new(SagaRunner::new(store.clone(), config.policy));
-        let recovered = saga.recover()?;
-        if recovered > 0 {
-            tracing::info!(recovered, "resuming in-flight sagas");
-        }
+        // Only a node that runs the saga manager keeps sagas in memory.
+        let saga = if role.runs_saga() {
+            let saga = Arc::new(SagaRunner::new(store.clone(), config.policy));
+            let recovered = saga.recover()?;
+            if recovered > 0 {
+                tracing::info!(recovered, "resuming in-flight sagas");
+            }
+            Some(saga)
+        } else {
+            None
+        };
+        let readiness = Readiness::default();
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let services = match (role, role.service()) {
-            (Role::All, _) => vec![Service::Order, Service::Inventory, Service::Payment, Service::Shipping],
-            (_, Some(s)) => vec![s],
-            _ => vec![],
-        };
-        for service in services {
-            let c = Arc::new(CommandConsumer::new(handlers.clone(), service));
-            let topics = vec![messages::commands_category(service)];
-            spawn_consumer(&mut tasks, &store, c, config.consumer, kafka.as_ref().map(|k| (k, topics)), &rx);
+        let consumers = role.consumers();
+        let inputs = |topics: Vec<String>| kafka.as_ref().map(|k| (k, topics, shard));
+        for name in &consumers {
+            match (name.service(), &saga) {
+                (Some(service), _) => {
+                    let c = Arc::new(CommandConsumer::new(handlers.clone(), service));
+                    let topics = vec![messages::commands_category(service)];
+                    spawn_consumer(&mut tasks, &store, c, config.consumer, inputs(topics), &rx, &readiness);
+                }
+                (None, Some(saga)) => {
+                    let topics = vec!["order_domain_events".to_owned(), "replies_domain_events".to_owned()];
+                    spawn_consumer(
+                        &mut tasks,
+                        &store,
+                        saga.clone(),
+                        config.consumer,
+                        inputs(topics),
+                        &rx,
+                        &readiness,
+                    );
+                }
+                (None, None) => {}
+            }
         }
-        if matches!(role, Role::All | Role::Saga) {
-            let topics = vec!["order_domain_events".to_owned(), "replies_domain_events".to_owned()];
+        let mut answers = None;
+        if let (Role::Query, Some(k)) = (role, &kafka) {
+            let replica = Arc::new(crate::kafka::consume::Replica::new(store.clone(), k.source()));
             spawn_consumer(
                 &mut tasks,
                 &store,
-                saga.clone(),
+                replica,
                 config.consumer,
-                kafka.as_ref().map(|k| (k, topics)),
+                Some((k, all_topics(), (0, 1))),
                 &rx,
+                &readiness,
             );
-        }
-        if let (Role::Query, Some(k)) = (role, &kafka) {
-            let replica = Arc::new(crate::kafka::consume::Replica::new(store.clone(), k.source()));
-            spawn_consumer(&mut tasks, &store, replica, config.consumer, Some((k, all_topics())), &rx);
+            // It forwards REST commands and waits for their owners' answers.
+            let a = Answers::default();
+            let (a2, store, rx) = (a.clone(), store.clone(), rx.clone());
+            tasks.spawn(async move { a2.run(store, rx).await.map_err(|e| e.to_string()) });
+            answers = Some(a);
         }
         let models = ReadModels::new(store.clone());
         let opts = config.projections;
@@ -229,7 +315,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         spawn_projection(&mut tasks, &models, DeadLetters, opts, rx.clone());
         if let Some(kafka) = config.kafka.clone() {
             let health = crate::kafka::relay::RelayHealth::default();
-            if role == Role::Saga {
+            if let (Role::Saga, Some(saga)) = (role, &saga) {
                 // Its commands reach the services only through Kafka.
                 saga.hold_deadlines_while_stalled(health.clone());
             }
@@ -238,14 +324,15 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 crate::kafka::relay::run_observed(store, kafka, rx, health).await.map_err(|e| e.to_string())
             });
         }
-        if matches!(role, Role::All | Role::Saga) {
+        if let Some(saga) = &saga {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {
                 saga.run_timer(interval, rx).await;
                 Ok(())
             });
         }
-        Ok(Self { store, handlers, saga, models, shutdown, tasks })
+        readiness.set_serving(true);
+        Ok(Self { store, role, handlers, saga, consumers, models, readiness, answers, shutdown, tasks })
     }
 
     /// The read models.
@@ -258,24 +345,45 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         &self.store
     }
 
+    /// The role it runs.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// The handlers (and through them the gateway).
     pub fn handlers(&self) -> &Arc<Handlers<S, G>> {
         &self.handlers
     }
 
-    /// The saga manager.
-    pub fn saga(&self) -> &Arc<SagaRunner<S>> {
-        &self.saga
+    /// The saga manager (on the nodes that run it: `all` and `saga`).
+    pub fn saga(&self) -> Option<&Arc<SagaRunner<S>>> {
+        self.saga.as_ref()
+    }
+
+    /// Whether its consumers hold their inputs and have read them once (and the node serves).
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The answers to the REST commands this node forwards (the query role).
+    pub fn answers(&self) -> Option<&Answers> {
+        self.answers.as_ref()
     }
 
     /// Re-drives dead letters through this node's own handlers and saga manager (for the admin
-    /// API).
+    /// API). A consumer this node does not run is refused, naming where its letters come from:
+    /// the node never runs handlers on streams it does not own (a query node holds replicas).
     pub fn redriver(&self) -> crate::api::RedriveFn {
         let (store, handlers, saga) = (self.store.clone(), self.handlers.clone(), self.saga.clone());
-        Arc::new(move |consumer: String, event_id: uuid::Uuid| {
-            let (store, handlers, saga) = (store.clone(), handlers.clone(), saga.clone());
+        let (consumers, role) = (self.consumers.clone(), self.role);
+        Arc::new(move |consumer: ConsumerName, event_id: uuid::Uuid| {
+            let (store, handlers, saga, consumers) =
+                (store.clone(), handlers.clone(), saga.clone(), consumers.clone());
             Box::pin(async move {
-                crate::admin::redrive(&store, &handlers, saga.as_ref(), &consumer, event_id).await
+                if !consumers.contains(&consumer) {
+                    return Err(crate::admin::not_owner(&store, role, consumer, event_id));
+                }
+                crate::admin::redrive(&store, &handlers, saga.as_deref(), consumer, event_id).await
             })
         })
     }
@@ -300,6 +408,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
 
     /// Graceful stop: stop reading new events, finish what is in flight, save checkpoints.
     pub async fn shutdown(mut self) -> Result<(), String> {
+        self.readiness.set_serving(false);
         let _ = self.shutdown.send(true);
         let mut first_error = None;
         while let Some(r) = self.tasks.join_next().await {
@@ -312,24 +421,27 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     }
 }
 
-/// Runs a handler until shutdown, on the local log or (with Kafka settings and its topics) on
-/// Kafka partitions: the same handler on either transport.
+/// Runs a handler until shutdown, on the local log or (with Kafka settings, its topics and its
+/// share of their partitions) on Kafka partitions: the same handler on either transport.
 fn spawn_consumer<S: Storage, H: Handler>(
     tasks: &mut JoinSet<Result<(), String>>,
     store: &EventStore<S>,
     handler: Arc<H>,
     config: ConsumerConfig,
-    kafka: Option<(&crate::kafka::KafkaConfig, Vec<String>)>,
+    kafka: Option<(&crate::kafka::KafkaConfig, Vec<String>, (i32, i32))>,
     shutdown: &watch::Receiver<bool>,
+    readiness: &Readiness,
 ) {
-    let (store, rx) = (store.clone(), shutdown.clone());
+    let (store, rx, readiness) = (store.clone(), shutdown.clone(), readiness.clone());
+    readiness.expect(handler.name());
     match kafka {
-        None => tasks
-            .spawn(async move { consumer::run(store, handler, config, rx).await.map_err(|e| e.to_string()) }),
-        Some((k, topics)) => {
+        None => tasks.spawn(async move {
+            consumer::run(store, handler, config, rx, readiness).await.map_err(|e| e.to_string())
+        }),
+        Some((k, topics, shard)) => {
             let k = k.clone();
             tasks.spawn(async move {
-                crate::kafka::consume::run(store, handler, config, k, topics, rx)
+                crate::kafka::consume::run(store, handler, config, k, topics, shard, rx, readiness)
                     .await
                     .map_err(|e| e.to_string())
             })

@@ -113,6 +113,33 @@ impl<S: Storage> SagaRunner<S> {
         Ok(recovered)
     }
 
+    /// Reads a saga afresh from its stream (after a conflict, or an input decided before) and
+    /// keeps it, with its deadline, exactly as the log has it: a saga in flight never leaves the
+    /// cache while its deadline stays behind, or the low-water mark could pass it by.
+    fn reload(&self, order: OrderId) -> Result<(), HandlerError> {
+        let stream = messages::saga_stream(order);
+        let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
+        let started_at = match self.store.read_stream(&stream, 1, event_store::Direction::Forward).next() {
+            Some(first) => first?.position,
+            None => 0,
+        };
+        if version == 0 {
+            self.forget(order);
+        } else {
+            self.remember(order, saga, version, started_at);
+        }
+        Ok(())
+    }
+
+    /// Drops a saga from the cache together with its deadline.
+    fn forget(&self, order: OrderId) {
+        let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = active.remove(&order).and_then(|a| a.saga.next_deadline_ns()) {
+            deadlines.remove(&(old, order));
+        }
+    }
+
     fn remember(&self, order: OrderId, saga: Saga, version: u64, started_at: u64) {
         let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,24 +190,27 @@ impl<S: Storage> SagaRunner<S> {
             }
             let mut state = saga.clone();
             let mut saga_events = Vec::with_capacity(events.len());
-            let mut commands: Vec<(aggregates::saga::Service, event_store::NewEvent)> = Vec::new();
+            // Commands by stream: one stream may carry several (an order's per-SKU commands all go
+            // to their SKUs' streams, but two sends to one stream in one decision are one write).
+            let mut commands: Vec<(event_store::StreamId, Vec<event_store::NewEvent>)> = Vec::new();
             for (i, ev) in events.iter().enumerate() {
                 let id = derived_id(cause, &format!("saga/{version}"), i);
                 saga_events.push(messages::domain_event(ev, id, order.0, cause));
                 state = state.evolve(ev);
                 if let Some((command_id, command)) = state.command_of(ev) {
                     let send_id = derived_id(id, "send", 0);
-                    commands.push((
-                        command.service(),
-                        messages::command_event(command_id, send_id, id, &command),
-                    ));
+                    let stream = messages::command_stream(&command);
+                    let event = messages::command_event(command_id, send_id, id, &command);
+                    match commands.iter_mut().find(|(s, _)| *s == stream) {
+                        Some((_, events)) => events.push(event),
+                        None => commands.push((stream, vec![event])),
+                    }
                 }
             }
             let mut request =
                 AppendRequest::single(stream.clone(), ExpectedVersion::Exact(version), saga_events);
-            for (service, cmd) in commands {
-                request =
-                    request.and(messages::commands_stream(service, order), ExpectedVersion::Any, vec![cmd]);
+            for (stream, cmds) in commands {
+                request = request.and(stream, ExpectedVersion::Any, cmds);
             }
             if let Some((name, value)) = &checkpoint {
                 request = request.with_checkpoint(name.clone(), *value);
@@ -193,12 +223,13 @@ impl<S: Storage> SagaRunner<S> {
                     return Ok(());
                 }
                 Err(event_store::Error::Conflict { .. }) => {
-                    self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&order);
+                    // Someone else moved the saga on: decide again on what the log holds.
+                    self.reload(order)?;
                     continue;
                 }
                 Err(event_store::Error::EventIdReused { .. }) => {
-                    // Decided before (a redelivered input): reload and carry on.
-                    self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&order);
+                    // Decided before (a redelivered input): carry on from what the log holds.
+                    self.reload(order)?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),

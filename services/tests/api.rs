@@ -1,7 +1,5 @@
 //! The REST API through the router (`oneshot`): every route, including bad input.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -51,11 +49,11 @@ fn node_with_admin(admin: bool) -> (Rt, axum::Router) {
     let state = ApiState {
         store,
         models: rt.models().clone(),
-        ready: Arc::new(AtomicBool::new(true)),
+        ready: rt.readiness().clone(),
         metrics: Some(recorder()),
         stopping: never_stopping(),
         admin: admin.then(|| services::api::AdminApi { token: TOKEN.into(), redrive: rt.redriver() }),
-        forward_commands: false,
+        commands: services::api::CommandRoute::Local,
     };
     (rt, app(state))
 }

@@ -17,8 +17,9 @@ use event_store::{EventStore, RecordedEvent, SledConfig, SledStorage, Storage, S
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use services::commands;
 use services::gateway::SimulatedGateway;
-use services::handlers::{self, load};
+use services::handlers::load;
 use services::kafka::relay::CHECKPOINT;
 use services::kafka::KafkaConfig;
 use services::runtime::{Runtime, RuntimeConfig};
@@ -40,7 +41,7 @@ fn start<S: Storage>(store: EventStore<S>, kafka: KafkaConfig) -> Runtime<S, Sim
 }
 
 async fn orders<S: Storage>(rt: &Runtime<S, SimulatedGateway>, n: usize) -> Vec<OrderId> {
-    handlers::add_stock(rt.store(), Uuid::now_v7(), Sku::from("A"), 1000).await.expect("stock");
+    commands::add_stock(rt.store(), Uuid::now_v7(), Sku::from("A"), 1000).await.expect("stock");
     let mut ids = Vec::new();
     for i in 0..n {
         let order_id = OrderId(Uuid::now_v7());
@@ -57,7 +58,7 @@ async fn orders<S: Storage>(rt: &Runtime<S, SimulatedGateway>, n: usize) -> Vec<
                 country: if i % 5 == 4 { "XX".into() } else { "DE".into() },
             }),
         };
-        handlers::place_order(rt.store(), Uuid::now_v7(), cmd).await.expect("place");
+        commands::place_order(rt.store(), Uuid::now_v7(), cmd).await.expect("place");
         ids.push(order_id);
     }
     ids
@@ -187,7 +188,9 @@ fn assert_mirrored(log: &[RecordedEvent], records: &[Record]) {
             c => format!("{c}_domain_events"),
         };
         assert_eq!(r.topic, topic);
-        assert_eq!(r.key, e.stream_id);
+        // The key is the shard key: the stream id after its category (the order id, the SKU).
+        assert_eq!(r.key, e.stream_id.split_once('-').map_or(e.stream_id.as_str(), |(_, k)| k));
+        assert_eq!(r.headers["ce_partitionkey"], r.key);
         assert_eq!(r.headers["ce_specversion"], "1.0");
         assert_eq!(r.headers["ce_id"], e.event_id.to_string());
         assert_eq!(r.headers["ce_type"], e.event_type);
@@ -206,14 +209,18 @@ fn assert_mirrored(log: &[RecordedEvent], records: &[Record]) {
         assert_eq!(r.value, e.payload);
         serde_json::from_slice::<serde_json::Value>(&r.value).expect("the value is JSON");
     }
-    // Per key, in one partition, versions in order.
+    // Per stream, in one partition, versions in order; per key (and topic), one partition.
     let mut last: HashMap<&str, (i32, u64)> = HashMap::new();
+    let mut key_partition: HashMap<(&str, &str), i32> = HashMap::new();
     for r in ours {
         let v: u64 = r.headers["ce_streamversion"].parse().expect("version");
-        if let Some((p, prev)) = last.insert(&r.key, (r.partition, v)) {
-            assert_eq!(p, r.partition, "{} spans partitions", r.key);
-            assert_eq!(v, prev + 1, "{} out of order", r.key);
+        let stream = r.headers["ce_subject"].as_str();
+        if let Some((p, prev)) = last.insert(stream, (r.partition, v)) {
+            assert_eq!(p, r.partition, "{stream} spans partitions");
+            assert_eq!(v, prev + 1, "{stream} out of order");
         }
+        let p = *key_partition.entry((r.topic.as_str(), r.key.as_str())).or_insert(r.partition);
+        assert_eq!(p, r.partition, "key {} spans partitions of {}", r.key, r.topic);
     }
 }
 

@@ -1,5 +1,5 @@
-//! `deploy/local/cluster.sh`: starts the broker and one process per role, takes orders through
-//! the query node, and stops everything cleanly.
+//! `deploy/local/cluster.sh`: starts the broker and two pods of every role (the production
+//! overlay's topology), takes orders through both query nodes, and stops everything cleanly.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,11 +8,14 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway");
 
-/// A run of 6 free consecutive ports.
+/// Nodes of two pods per role.
+const NODES: u16 = 12;
+
+/// A run of free consecutive ports, one per node.
 fn free_ports() -> u16 {
     for _ in 0..100 {
         let base: u16 = 20_000 + rand::random::<u16>() % 30_000;
-        if (base..base + 6).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (base..base + NODES).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
@@ -26,13 +29,18 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
     let kafka = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/cluster.sh");
     let run = |action: &str| {
+        let mut args = vec![action];
+        if action == "start" {
+            args.extend(["--replicas", "2"]);
+        }
         Command::new("bash")
             .arg(script)
-            .arg(action)
+            .args(&args)
             .env("CAUSEWAY_BIN", BIN)
             .env("CLUSTER_DIR", dir.path())
             .env("BASE_PORT", base.to_string())
             .env("KAFKA_PORT", kafka.to_string())
+            .env("KAFKA_PARTITIONS", "4")
             .env("RUST_LOG", "warn")
             .output()
             .expect("run cluster.sh")
@@ -41,15 +49,44 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ready"), "{text}");
-    let status = run("status");
-    assert_eq!(String::from_utf8_lossy(&status.stdout).matches(": ready on").count(), 6);
+    // One line per node: role, index, URL, state.
+    let status = String::from_utf8_lossy(&run("status").stdout).into_owned();
+    let nodes: Vec<Vec<&str>> = status.lines().map(|l| l.split(' ').collect()).collect();
+    let ready: Vec<(String, String)> = nodes
+        .iter()
+        .filter(|n| n.len() == 4 && n[3] == "ready" && n[0] != "broker")
+        .map(|n| (n[0].to_owned(), n[1].to_owned()))
+        .collect();
+    for role in ["order", "inventory", "payment", "shipping", "saga", "query"] {
+        for i in ["0", "1"] {
+            assert!(ready.contains(&(role.to_owned(), i.to_owned())), "{role} {i} is not ready:\n{status}");
+        }
+    }
+    let queries: Vec<String> = nodes.iter().filter(|n| n[0] == "query").map(|n| n[2].to_owned()).collect();
+    assert_eq!(queries.len(), 2, "{status}");
 
-    let query = format!("http://127.0.0.1:{}", base + 5);
     let client = reqwest::Client::new();
-    let r =
-        client.post(format!("{query}/api/products/SKU-L/stock")).json(&json!({"quantity": 5})).send().await;
-    assert_eq!(r.expect("stock").status().as_u16(), 202);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = client
+        .post(format!("{}/api/products/SKU-L/stock", queries[0]))
+        .json(&json!({"quantity": 5}))
+        .send()
+        .await;
+    assert_eq!(r.expect("stock").status().as_u16(), 200, "the inventory pod that owns SKU-L answered");
+    // The stock reached both query nodes' read models before the orders that need it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for q in &queries {
+        while !client
+            .get(format!("{q}/api/products/SKU-L/stock"))
+            .send()
+            .await
+            .expect("get")
+            .status()
+            .is_success()
+        {
+            assert!(Instant::now() < deadline, "the stock never reached {q}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut ids = Vec::new();
     for i in 0..5 {
         let body = json!({
@@ -59,7 +96,7 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
             "shipping_address": {"line1": "2 Side St", "city": "Paris", "postal_code": "75001", "country": "FR"},
         });
         let r = client
-            .post(format!("{query}/api/orders"))
+            .post(format!("{}/api/orders", queries[i % 2]))
             .header("Idempotency-Key", format!("lc-{i}"))
             .json(&body)
             .send();
@@ -68,16 +105,18 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     for id in &ids {
-        loop {
-            let r = client.get(format!("{query}/api/orders/{id}")).send().await.expect("get");
-            if r.status().is_success() {
-                let order: Value = r.json().await.expect("json");
-                if order["status"] == "confirmed" {
-                    break;
+        for q in &queries {
+            loop {
+                let r = client.get(format!("{q}/api/orders/{id}")).send().await.expect("get");
+                if r.status().is_success() {
+                    let order: Value = r.json().await.expect("json");
+                    if order["status"] == "confirmed" {
+                        break;
+                    }
                 }
+                assert!(Instant::now() < deadline, "order {id} was not confirmed on {q}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(Instant::now() < deadline, "order {id} was not confirmed");
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -89,5 +128,8 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
     let status = run("status");
-    assert_eq!(String::from_utf8_lossy(&status.stdout).matches(": down").count(), 7);
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout).lines().filter(|l| l.ends_with(" down")).count(),
+        NODES as usize + 1
+    );
 }

@@ -9,7 +9,8 @@
 //! | `ce_source` | `causeway://<node id>` |
 //! | `ce_type` | the event type, e.g. `OrderPlaced` |
 //! | `ce_time` | recorded-at, RFC 3339 with nanoseconds |
-//! | `ce_subject` | the stream id (also the record key) |
+//! | `ce_subject` | the stream id |
+//! | `ce_partitionkey` | the shard key, also the record key (CloudEvents partitioning extension) |
 //! | `content-type` | the payload's media type |
 //! | `ce_position` | the global log position |
 //! | `ce_streamversion` | the version within the stream |
@@ -31,13 +32,14 @@ pub const SPEC_VERSION: &str = "1.0";
 pub fn headers(e: &RecordedEvent, source: &str) -> OwnedHeaders {
     let time = e.recorded_at().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let metadata = serde_json::to_string(&e.metadata).unwrap_or_else(|_| "{}".into());
-    let fields: [(&str, String); 14] = [
+    let fields: [(&str, String); 15] = [
         ("ce_specversion", SPEC_VERSION.to_owned()),
         ("ce_id", e.event_id.to_string()),
         ("ce_source", source.to_owned()),
         ("ce_type", e.event_type.clone()),
         ("ce_time", time),
         ("ce_subject", e.stream_id.clone()),
+        ("ce_partitionkey", crate::messages::shard_key(&e.stream_id).to_owned()),
         ("content-type", e.content_type.clone()),
         ("ce_position", e.position.to_string()),
         ("ce_streamversion", e.version.to_string()),

@@ -23,10 +23,7 @@ use super::{cloudevents, KafkaConfig, KafkaError};
 use crate::consumer::{self, ConsumerConfig, FeedItem, Handler, Source};
 use crate::handlers::HandlerError;
 
-/// Metadata key added to an event read from Kafka: the CloudEvents source it came from.
-pub const SOURCE_KEY: &str = "kafka.source";
-/// Metadata key of an event copied into the query role's log: the node it came from.
-pub const REPLICA_OF: &str = "replica_of";
+pub use crate::messages::{REPLICA_OF, SOURCE_KEY};
 
 fn item(m: &BorrowedMessage<'_>) -> FeedItem {
     let seq = m.offset().max(0) as u64 + 1;
@@ -62,16 +59,23 @@ fn item(m: &BorrowedMessage<'_>) -> FeedItem {
     }
 }
 
-/// Runs `handler` on every partition of `topics` (created when missing) until `shutdown`.
+/// Runs `handler` on its share of the partitions of `topics` (created when missing) until
+/// `shutdown`: with `shard = (index, count)` the partitions `p % count == index` (one pod of a
+/// scaled-out role; `(0, 1)` takes all). A sharded consumer first checks that its topics have one
+/// partition count, the one its node recorded. It reports ready once every partition it reads
+/// has answered a fetch (a record, or the end of the partition).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S: Storage, H: Handler>(
     store: EventStore<S>,
     handler: Arc<H>,
     config: ConsumerConfig,
     kafka: KafkaConfig,
     topics: Vec<String>,
+    shard: (i32, i32),
     shutdown: watch::Receiver<bool>,
+    readiness: consumer::Readiness,
 ) -> Result<(), KafkaError> {
-    let (index, count) = kafka.shard;
+    let (index, count) = shard;
     // The broker may be down while the node starts: wait for it rather than fail the node.
     let mut backoff = Duration::from_millis(200);
     let mut shutdown = shutdown;
@@ -87,6 +91,10 @@ pub async fn run<S: Storage, H: Handler>(
             }
         }
     };
+    if count > 1 {
+        super::shard::check_partitions(&store, handler.name(), &found)
+            .map_err(|e| KafkaError::Other(e.to_string()))?;
+    }
     let partitions: Vec<(String, Vec<i32>)> =
         found.into_iter().map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect())).collect();
     let total: i32 = partitions.iter().map(|(_, ps)| ps.len() as i32).sum();
@@ -98,6 +106,8 @@ pub async fn run<S: Storage, H: Handler>(
     let client: StreamConsumer = kafka
         .reader(&format!("consumer-{name}"))
         .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
+        // The end of a partition is reported: it tells that a fetch of it was answered.
+        .set("enable.partition.eof", "true")
         .create()?;
     let client = Arc::new(client);
     let mut tpl = TopicPartitionList::new();
@@ -110,19 +120,31 @@ pub async fn run<S: Storage, H: Handler>(
         }
     }
     client.assign(&tpl)?;
+    let unfetched = Arc::new(std::sync::atomic::AtomicUsize::new(starts.len()));
+    if starts.is_empty() {
+        readiness.ready(&name);
+    }
     let mut tasks = JoinSet::new();
     for (topic, p, start) in starts {
         let queue = client
             .split_partition_queue(&topic, p)
             .ok_or_else(|| KafkaError::Other(format!("cannot read {topic}/{p} on its own")))?;
-        let feed = futures::stream::unfold(queue, move |q| async move {
+        let fetched = Fetched {
+            once: false,
+            unfetched: unfetched.clone(),
+            readiness: readiness.clone(),
+            name: name.clone(),
+        };
+        let feed = futures::stream::unfold((queue, fetched), move |(q, mut fetched)| async move {
             loop {
                 match q.recv().await {
                     Ok(m) => {
+                        fetched.mark();
                         let it = item(&m);
                         drop(m);
-                        return Some((Ok(it), q));
+                        return Some((Ok(it), (q, fetched)));
                     }
+                    Err(rdkafka::error::KafkaError::PartitionEOF(_)) => fetched.mark(),
                     Err(e) => {
                         tracing::warn!(error = %e, "reading Kafka failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -164,6 +186,25 @@ pub async fn run<S: Storage, H: Handler>(
     result
 }
 
+/// Counts a partition's first answered fetch towards its consumer's readiness.
+struct Fetched {
+    once: bool,
+    unfetched: Arc<std::sync::atomic::AtomicUsize>,
+    readiness: consumer::Readiness,
+    name: String,
+}
+
+impl Fetched {
+    fn mark(&mut self) {
+        if !self.once {
+            self.once = true;
+            if self.unfetched.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                self.readiness.ready(&self.name);
+            }
+        }
+    }
+}
+
 /// The query role's handler: copies other nodes' events into the local log.
 #[derive(Debug)]
 pub struct Replica<S: Storage> {
@@ -189,10 +230,7 @@ impl<S: Storage> Handler for Replica<S> {
         e.metadata.get(SOURCE_KEY).is_some_and(|s| *s != self.own_source)
     }
     fn partition_key(&self, e: &RecordedEvent) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        e.stream_id.hash(&mut h);
-        h.finish()
+        crate::messages::shard_hash(&e.stream_id)
     }
     async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
         let stream =

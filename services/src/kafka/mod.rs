@@ -4,14 +4,16 @@
 //!
 //! Topics: a stream `<category>-<id>` goes to `<category>_domain_events`, except saga commands
 //! (`<service>_commands-<id>`, to `<service>_commands`) and dead letters (`deadletters-<consumer>`,
-//! to `dead_letters`). The key is the stream id and the partition is Kafka's default for that
-//! key (murmur2, as the Java client computes it), so one stream keeps its order in one partition
-//! and any client finds it where it expects.
+//! to `dead_letters`). The key is the stream's shard key (the order id, or the SKU for stock:
+//! [`shard`]) and the partition is Kafka's default for that key (murmur2, as the Java client
+//! computes it), so one stream keeps its order in one partition, everything one order's saga
+//! needs lands in one partition number of each topic, and any client finds it where it expects.
 
 pub mod cloudevents;
 pub mod consume;
 pub mod relay;
 pub mod restore;
+pub mod shard;
 
 use std::time::Duration;
 
@@ -184,39 +186,7 @@ pub fn is_causeway_topic(topic: &str) -> bool {
     topic == "dead_letters" || topic.ends_with("_domain_events") || topic.ends_with("_commands")
 }
 
-/// Kafka's default partitioner (the Java client's murmur2 of the key).
-pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
-}
-
-fn murmur2(data: &[u8]) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h as i32
-}
+pub use shard::{partition_for, partition_of_stream};
 
 /// Creates the missing `topics` with the configured partitions and replication factor, and
 /// returns each topic's partition count.
@@ -291,18 +261,6 @@ mod tests {
         assert_eq!(topic_for("inventory_commands-0192f0c4"), "inventory_commands");
         assert_eq!(topic_for("deadletters-saga-manager"), "dead_letters");
         assert!(is_causeway_topic("saga_domain_events") && !is_causeway_topic("__consumer_offsets"));
-    }
-
-    #[test]
-    fn the_partitioner_matches_the_java_client() {
-        // Values from org.apache.kafka.common.utils.Utils.murmur2.
-        assert_eq!(murmur2(b"21"), -973_932_308);
-        assert_eq!(murmur2(b"foobar"), -790_332_482);
-        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58_897_971);
-        assert_eq!(murmur2(b"abc"), 479_470_107);
-        assert_eq!(partition_for(b"foobar", 4), (-790_332_482i32 & 0x7fff_ffff) % 4);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::{cloudevents, partition_for, topic_for, KafkaConfig, KafkaError};
+use super::{cloudevents, partition_of_stream, topic_for, KafkaConfig, KafkaError};
 
 /// The checkpoint the relay keeps in the store.
 pub const CHECKPOINT: &str = "kafka-relay";
@@ -349,7 +349,7 @@ async fn send_window(
     for e in batch {
         let topic = topic_for(&e.stream_id);
         let partitions = topics.partitions.get(&topic).copied().unwrap_or(1);
-        let partition = partition_for(e.stream_id.as_bytes(), partitions);
+        let partition = partition_of_stream(&e.stream_id, partitions);
         // Copies of other nodes' events (the query role's) are theirs to publish; and what the
         // fence says is in Kafka already is not sent again.
         if e.metadata.contains_key(super::consume::REPLICA_OF)
@@ -370,8 +370,8 @@ async fn send_window(
     settle(in_flight, cp).await
 }
 
-/// The Kafka record of `e`: key = stream id, the given partition, CreateTime = recorded-at,
-/// CloudEvents headers with `source`.
+/// The Kafka record of `e`: key = the stream's shard key, the given partition, CreateTime =
+/// recorded-at, CloudEvents headers with `source`.
 pub fn record<'a>(
     e: &'a RecordedEvent,
     topic: &'a str,
@@ -379,7 +379,7 @@ pub fn record<'a>(
     source: &str,
 ) -> FutureRecord<'a, [u8], [u8]> {
     FutureRecord::to(topic)
-        .key(e.stream_id.as_bytes())
+        .key(crate::messages::shard_key(&e.stream_id).as_bytes())
         .payload(e.payload.as_slice())
         .partition(partition)
         .timestamp((e.recorded_at_ns / 1_000_000) as i64)
