@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Causeway test on a fresh machine: installs what the tests need when it is missing
-# (a C toolchain, the Nisshi Kafka broker the Kafka tests start), then runs the whole workspace's
-# tests. Build output goes outside the clone so runs reuse it.
+# (a C toolchain, the Nisshi Kafka broker the Kafka tests start, Schemathesis for the API fuzz),
+# runs the whole workspace's tests (unit, property, kill -9 crash, Kafka, the sharded cluster
+# under faults), then fuzzes the REST API from its OpenAPI document. Build output goes outside
+# the clone so runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/causeway-target}"
@@ -9,3 +11,4 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 source scripts/deps.sh
 
 cargo test --workspace --locked "$@"
+bash scripts/api-fuzz.sh

@@ -6,6 +6,7 @@
 //! | `g` name | current generation (u32) |
 //! | `c` name gen | checkpoint: last position applied (u64) |
 //! | `d` name gen key | document (JSON) |
+//! | `v` name gen | the version of the projection that built the generation (u32) |
 //! | `b` name checkpoint | a complete backup: its document count (u64) |
 //! | `B` name checkpoint key | a backed-up document (JSON) |
 //!
@@ -348,6 +349,29 @@ impl<S: Storage> ReadModels<S> {
         Ok(())
     }
 
+    /// The version of the projection that built generation `gen` of `name` (`None`: recorded
+    /// before versions were, which is version 1, or never built).
+    pub fn built_by(&self, name: &str, gen: u32) -> Result<Option<u32>> {
+        match self.store.storage().get(&gen_key(b'v', name, gen))? {
+            None => Ok(None),
+            Some(v) => {
+                let a: [u8; 4] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| ProjectionError::Corrupt(format!("version of {name} generation {gen}")))?;
+                Ok(Some(u32::from_be_bytes(a)))
+            }
+        }
+    }
+
+    /// Records that generation `gen` of `name` is built by version `version` of its projection.
+    pub fn set_built_by(&self, name: &str, gen: u32, version: u32) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put(gen_key(b'v', name, gen), version.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(())
+    }
+
     /// Makes `gen` the generation queries read.
     pub fn switch(&self, name: &str, gen: u32) -> Result<()> {
         let mut batch = WriteBatch::default();
@@ -361,6 +385,7 @@ impl<S: Storage> ReadModels<S> {
         self.delete_prefix(&gen_key(b'd', name, gen))?;
         let mut batch = WriteBatch::default();
         batch.delete(gen_key(b'c', name, gen));
+        batch.delete(gen_key(b'v', name, gen));
         self.store.storage().apply(batch)?;
         Ok(())
     }

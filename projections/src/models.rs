@@ -78,13 +78,14 @@ impl OrderSummaries {
         format!("order/{id}")
     }
 
-    /// The key prefix of a customer's history.
+    /// The key prefix of a customer's history. The customer id is escaped (`%` and `/` as
+    /// `%25` and `%2F`), so one customer's prefix never covers another's (`bob` and `bob/x`).
     pub fn customer_prefix(customer: &str) -> String {
-        format!("customer/{customer}/")
+        format!("customer/{}/", escape_key_part(customer))
     }
 
     fn customer_key(s: &OrderSummary) -> String {
-        format!("customer/{}/{:020}/{}", s.customer_id, s.placed_at_ns, s.order_id)
+        format!("{}{:020}/{}", Self::customer_prefix(&s.customer_id), s.placed_at_ns, s.order_id)
     }
 
     fn save<S: Storage>(tx: &mut Tx<'_, S>, s: OrderSummary) -> Result<()> {
@@ -105,9 +106,19 @@ fn order_of_stream(stream: &str) -> Option<OrderId> {
     stream.split_once('-').and_then(|(_, id)| id.parse().ok()).map(OrderId)
 }
 
+/// A key part with `%` and `/` escaped, so it cannot reach into the next part of a key.
+fn escape_key_part(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F")
+}
+
 impl Projection for OrderSummaries {
     fn name(&self) -> &str {
         Self::NAME
+    }
+
+    /// 2: customer ids are escaped in the history keys.
+    fn version(&self) -> u32 {
+        2
     }
 
     fn categories(&self) -> &[&str] {

@@ -22,6 +22,12 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The categories whose events it folds (the others are skipped without being decoded).
     fn categories(&self) -> &[&str];
+    /// The version of its fold and document layout. Raise it when a change makes documents
+    /// built by the old code wrong (a new key layout, say): a node that finds its read model
+    /// built by another version rebuilds it before serving from it.
+    fn version(&self) -> u32 {
+        1
+    }
     /// Folds one event (ignoring the ones it does not care about).
     fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, event: &RecordedEvent) -> Result<()>;
 }
@@ -159,6 +165,25 @@ pub async fn run_with<S: Storage, P: Projection>(
     mut shutdown: watch::Receiver<bool>,
     options: RunOptions,
 ) -> Result<()> {
+    // A read model built by another version of the projection is rebuilt first (queries keep
+    // reading the old generation meanwhile).
+    {
+        let name = projection.name().to_owned();
+        let gen = models.generation(&name)?;
+        let built_by = models.built_by(&name, gen)?;
+        let fresh = models.checkpoint(&name, gen)? == 0;
+        match built_by {
+            Some(v) if v == projection.version() => {}
+            None if fresh || projection.version() == 1 => {
+                models.set_built_by(&name, gen, projection.version())?
+            }
+            _ => {
+                tracing::info!(projection = %name, built_by = built_by.unwrap_or(1), version = projection.version(),
+                    "the read model was built by another version of its projection; rebuilding it");
+                rebuild(&models, projection.clone()).await?;
+            }
+        }
+    }
     let mut head = models.store().watch_head();
     let mut first = true;
     let catch_up_now = |models: ReadModels<S>, p: Arc<P>| {
@@ -238,6 +263,7 @@ fn build_next_generation<S: Storage, P: Projection>(
             return Err(ProjectionError::Task(format!("{name} was rebuilt concurrently; try again")));
         }
         let checkpoint = catch_up_with(m, p, &name, next, m.store().head(), Fold::REBUILD)?;
+        m.set_built_by(&name, next, p.version())?;
         m.switch(&name, next)?;
         (current, checkpoint)
     };

@@ -386,3 +386,99 @@ fn a_change_takes_documents_out_and_puts_them_back_without_copies() {
     let mut tx = models.begin("docs", 1);
     assert_eq!(tx.take::<u64>("a").expect("from the model"), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_customers_history_never_holds_another_customers_orders() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let (stop, task) = start(&models, OrderSummaries);
+    let bob = place(&store, "bob", 1).await;
+    let bob_x = place(&store, "bob/x", 1).await;
+    let percent = place(&store, "bob%2Fx", 1).await;
+    wait_caught_up(&models, OrderSummaries::NAME).await;
+    let history = |customer: &str| -> Vec<OrderId> {
+        models
+            .scan::<CustomerOrder>(
+                OrderSummaries::NAME,
+                &OrderSummaries::customer_prefix(customer),
+                None,
+                100,
+            )
+            .expect("scan")
+            .into_iter()
+            .map(|(_, o)| o.order_id)
+            .collect()
+    };
+    assert_eq!(history("bob"), vec![bob]);
+    assert_eq!(history("bob/x"), vec![bob_x]);
+    assert_eq!(history("bob%2Fx"), vec![percent]);
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}
+
+/// OrderSummaries as it was before customer ids were escaped in its keys (version 1).
+struct OldOrderSummaries;
+
+impl Projection for OldOrderSummaries {
+    fn name(&self) -> &str {
+        OrderSummaries::NAME
+    }
+    fn categories(&self) -> &[&str] {
+        OrderSummaries.categories()
+    }
+    fn apply<S: event_store::Storage>(
+        &self,
+        tx: &mut projections::Tx<'_, S>,
+        e: &event_store::RecordedEvent,
+    ) -> projections::Result<()> {
+        // The old layout put the customer id into keys as it was: write such a key too.
+        OrderSummaries.apply(tx, e)?;
+        if let Ok(OrderEvent::OrderPlaced(p)) =
+            OrderEvent::decode(&e.event_type, e.schema_version, &e.payload)
+        {
+            let key = format!("customer/{}/{:020}/{}", p.customer_id.0, e.recorded_at_ns, p.order_id);
+            let doc = CustomerOrder {
+                order_id: p.order_id,
+                status: OrderStatus::Pending,
+                total: p.total,
+                placed_at_ns: 0,
+            };
+            tx.put(&key, doc)?;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_built_by_an_older_projection_is_rebuilt_before_it_serves() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let bob = place(&store, "bob", 1).await;
+    let bob_x = place(&store, "bob/x", 1).await;
+    // Built by the old code (no version recorded: version 1).
+    catch_up_with(&models, &OldOrderSummaries, OrderSummaries::NAME, 0, store.head(), Fold::LIVE)
+        .expect("fold");
+    let scan = |models: &ReadModels<MemoryStorage>| -> Vec<OrderId> {
+        models
+            .scan::<CustomerOrder>(OrderSummaries::NAME, "customer/bob/", None, 100)
+            .expect("scan")
+            .into_iter()
+            .map(|(_, o)| o.order_id)
+            .collect()
+    };
+    assert!(scan(&models).contains(&bob_x), "the old layout mixes bob/x into bob's keys");
+    // The current projection finds the model built by version 1 and rebuilds it.
+    let (stop, task) = start(&models, OrderSummaries);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while models
+        .built_by(OrderSummaries::NAME, models.generation(OrderSummaries::NAME).expect("gen"))
+        .expect("v")
+        != Some(2)
+    {
+        assert!(std::time::Instant::now() < deadline, "the read model was not rebuilt");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(scan(&models), vec![bob]);
+    let _ = stop.send(true);
+    task.await.expect("join").expect("run");
+}

@@ -249,26 +249,63 @@ impl From<event_store::Error> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The router. Tests call it directly (`tower::ServiceExt::oneshot`).
+/// The handler of one documented operation (`None`: the document names an operation this build
+/// has no handler for, which the API tests catch).
+fn handler<S: Storage>(method: &str, path: &str) -> Option<axum::routing::MethodRouter<ApiState<S>>> {
+    Some(match (method, path) {
+        ("get", "/healthz") => get(healthz),
+        ("get", "/readyz") => get(readyz::<S>),
+        ("get", "/metrics") => get(prometheus::<S>),
+        ("get", "/api/openapi.json") => get(openapi),
+        ("post", "/api/orders") => post(place_order::<S>),
+        ("get", "/api/orders/{id}") => get(get_order::<S>),
+        ("post", "/api/orders/{id}/cancel") => post(cancel_order::<S>),
+        ("get", "/api/orders/{id}/payments") => get(get_payments::<S>),
+        ("get", "/api/customers/{id}/orders") => get(customer_orders::<S>),
+        ("post", "/api/products/{sku}/stock") => post(add_stock::<S>),
+        ("get", "/api/products/{sku}/stock") => get(get_stock::<S>),
+        ("get", "/api/sagas/{id}") => get(get_saga::<S>),
+        ("get", "/api/dead-letters") => get(dead_letters::<S>),
+        ("get", "/api/streams/{id}/events") => get(stream_events::<S>),
+        ("get", "/api/events") => get(log_events::<S>),
+        ("get", "/api/events/live") => get(live_events::<S>),
+        ("post", "/api/admin/projections/{name}/replay") => post(admin_replay::<S>),
+        ("post", "/api/admin/dead-letters/{consumer}/{event_id}/redrive") => post(admin_redrive::<S>),
+        _ => return None,
+    })
+}
+
+/// The router, built from the OpenAPI document: every operation the document lists is routed to
+/// its handler, and nothing else is served (so no route can be served undocumented). Tests call
+/// it directly (`tower::ServiceExt::oneshot`).
 pub fn app<S: Storage>(state: ApiState<S>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
-        .route("/api/orders", post(place_order::<S>))
-        .route("/api/orders/{id}", get(get_order::<S>))
-        .route("/api/orders/{id}/cancel", post(cancel_order::<S>))
-        .route("/api/orders/{id}/payments", get(get_payments::<S>))
-        .route("/api/customers/{id}/orders", get(customer_orders::<S>))
-        .route("/api/products/{sku}/stock", post(add_stock::<S>).get(get_stock::<S>))
-        .route("/api/sagas/{id}", get(get_saga::<S>))
-        .route("/api/dead-letters", get(dead_letters::<S>))
-        .route("/api/streams/{id}/events", get(stream_events::<S>))
-        .route("/api/events", get(log_events::<S>))
-        .route("/api/events/live", get(live_events::<S>))
-        .route("/metrics", get(prometheus::<S>))
-        .route("/api/openapi.json", get(openapi))
-        .route("/api/admin/projections/{name}/replay", post(admin_replay::<S>))
-        .route("/api/admin/dead-letters/{consumer}/{event_id}/redrive", post(admin_redrive::<S>))
+    use utoipa::OpenApi;
+    let mut router = Router::new();
+    for (path, item) in ApiDoc::openapi().paths.paths {
+        let operations = [
+            ("get", item.get.is_some()),
+            ("post", item.post.is_some()),
+            ("put", item.put.is_some()),
+            ("delete", item.delete.is_some()),
+            ("patch", item.patch.is_some()),
+        ];
+        let mut methods: Option<axum::routing::MethodRouter<ApiState<S>>> = None;
+        for (method, _) in operations.iter().filter(|(_, present)| *present) {
+            match handler::<S>(method, &path) {
+                Some(h) => {
+                    methods = Some(match methods {
+                        None => h,
+                        Some(m) => m.merge(h),
+                    })
+                }
+                None => tracing::error!(%method, %path, "a documented operation has no handler"),
+            }
+        }
+        if let Some(m) = methods {
+            router = router.route(&path, m);
+        }
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(http_metrics))
@@ -311,9 +348,11 @@ fn authorize<S: Storage>(st: &ApiState<S>, headers: &HeaderMap) -> ApiResult<Adm
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// Restore the state at this time (RFC 3339; from the newest backup before it when there is
-    /// one) and apply everything after it.
+    /// one) and apply everything after it. At most one of `from`, `as_of`, `backup`.
+    #[schema(format = DateTime)]
     pub from: Option<String>,
     /// Build the state as of this time (RFC 3339) into a separate read model.
+    #[schema(format = DateTime)]
     pub as_of: Option<String>,
     /// Back up the current model at its checkpoint.
     #[serde(default)]
@@ -327,11 +366,12 @@ fn rfc3339(s: &str) -> ApiResult<time::OffsetDateTime> {
 
 /// Rebuild, replay from a time, as-of or back up a read model (or `all`), on the running node.
 #[utoipa::path(post, path = "/api/admin/projections/{name}/replay", tag = "admin",
-    params(("name" = String, Path, description = "order-summaries, stock-levels, payment-ledger, saga-timelines, dead-letters, or all")),
+    params(("name" = ReadModelName, Path, description = "a read model, or all")),
     request_body(content = ReplayRequest, description = "empty object: full rebuild"),
     security(("bearer" = [])),
     responses((status = 200, body = [crate::admin::ReplayOutcome]), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 async fn admin_replay<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -425,10 +465,14 @@ pub struct LiveQuery {
     pub from_position: Option<u64>,
 }
 
-/// Server-Sent Events: every event from a position on, then live (`id` = position, `event` =
-/// type, `data` = the event as JSON).
+/// Server-Sent Events: every event from a position on, then live. Each event of the log is one
+/// SSE event whose `id` is its position (a client resumes with `from_position` = last id + 1),
+/// whose `event` is its event type (`OrderPlaced`, ...) and whose `data` is the event as JSON
+/// (an `EventView`); an `error` event carries a read failure as text; comments keep the
+/// connection alive.
 #[utoipa::path(get, path = "/api/events/live", tag = "events", params(LiveQuery),
-    responses((status = 200, content_type = "text/event-stream", body = EventView), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "a text/event-stream of SSE events: id = position, event = event type, data = EventView (JSON)",
+        content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody)))]
 async fn live_events<S: Storage>(
     State(st): State<ApiState<S>>,
     q: Result<Query<LiveQuery>, QueryRejection>,
@@ -494,6 +538,29 @@ async fn readyz<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Json<Rea
     Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message))
 }
 
+/// The `Idempotency-Key` header of the commands.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// 1-200 characters of text; a retry with the same key and body has no second effect, the
+    /// same key with another body is a 409 (on any node).
+    #[serde(rename = "Idempotency-Key")]
+    #[param(min_length = 1, max_length = 200)]
+    pub key: Option<String>,
+}
+
+/// A read model's name in the admin routes.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadModelName {
+    OrderSummaries,
+    StockLevels,
+    PaymentLedger,
+    SagaTimelines,
+    DeadLetters,
+    All,
+}
+
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<Uuid>> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -518,8 +585,14 @@ fn order_id(s: &str) -> ApiResult<OrderId> {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
+    /// 1 to 200 characters, not all blank.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub customer_id: String,
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderLine>,
+    /// An ISO 4217 code, like EUR.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
     pub shipping_address: Option<Address>,
 }
@@ -528,8 +601,13 @@ pub struct PlaceOrderRequest {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
+    /// 1-64 of A-Z a-z 0-9 - _ .
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
+    /// At least 1.
+    #[schema(minimum = 1)]
     pub quantity: u32,
+    /// Price of one, in minor units (the order's total must fit in 64 bits).
     pub unit_price_minor: u64,
 }
 
@@ -593,7 +671,7 @@ fn refuse_commands(role: &str) -> ApiError {
 /// Places an order; its saga starts. With an `Idempotency-Key`, a retry returns the same order;
 /// the same key with another body is a 409, on any node.
 #[utoipa::path(post, path = "/api/orders", tag = "commands", request_body = PlaceOrderRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-200 characters; a retry with the same key and body has no second effect")),
+    params(IdempotencyHeader),
     responses((status = 201, description = "placed (on a query node: the order role placed it)", body = PlacedOrder),
         (status = 202, description = "forwarded to the order role, which has not answered yet (query node)", body = PlacedOrder),
         (status = 400, body = ErrorBody),
@@ -660,7 +738,7 @@ pub struct CancelledOrder {
 /// Cancels an order (its saga compensates whatever was done).
 #[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "commands",
     params(("id" = Uuid, Path, description = "the order id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
+        IdempotencyHeader),
     responses((status = 200, body = CancelledOrder),
         (status = 202, description = "forwarded to the order role, which has not answered yet", body = CancelledOrder),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -713,7 +791,7 @@ pub struct StockAddedView {
 /// Adds stock to a SKU (creating it).
 #[utoipa::path(post, path = "/api/products/{sku}/stock", tag = "commands", request_body = AddStockRequest,
     params(("sku" = String, Path, description = "1-64 of A-Z a-z 0-9 - _ ."),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-200 characters")),
+        IdempotencyHeader),
     responses((status = 200, body = StockAddedView),
         (status = 202, description = "forwarded to the inventory role, which has not answered yet", body = StockAddedView),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -809,6 +887,7 @@ pub struct CustomerOrdersQuery {
     /// The cursor from the previous page.
     pub after: Option<String>,
     /// Page size (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -872,7 +951,10 @@ async fn customer_orders<S: Storage>(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLettersQuery {
+    /// Only this consumer's.
     pub consumer: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -934,7 +1016,10 @@ fn view(e: RecordedEvent) -> EventView {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
+    /// From this version (default 1).
     pub from_version: Option<u64>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -965,9 +1050,13 @@ async fn stream_events<S: Storage>(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
+    /// From this position (default 1); not with `from_time`.
     pub from_position: Option<u64>,
-    /// RFC 3339.
+    /// From this time (RFC 3339); not with `from_position`.
+    #[param(format = DateTime)]
     pub from_time: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -1014,6 +1103,7 @@ impl utoipa::Modify for BearerAuth {
     paths(healthz, readyz, prometheus, openapi, place_order, cancel_order, add_stock, get_order, get_payments,
         customer_orders, get_stock, get_saga, dead_letters, stream_events, log_events, live_events,
         admin_replay, admin_redrive),
+    components(schemas(ReadModelName)),
     modifiers(&BearerAuth),
     tags((name = "commands"), (name = "queries"), (name = "events"), (name = "admin"), (name = "health"))
 )]

@@ -88,9 +88,9 @@ fn checkpoint_name(consumer: &str) -> String {
 }
 
 /// Whether a node's consumers hold their inputs and have read from them once (`/readyz`).
-/// Every consumer is registered, not ready, when the node starts it; it reports ready once its
-/// feeds have answered once (a local subscription at once; a Kafka partition with its first
-/// record or end-of-partition).
+/// Every consumer of Kafka is registered, not ready, when the node starts it; it reports ready
+/// once each of its partitions has answered a fetch (its first record, or the end of the
+/// partition). A consumer of the local log needs nothing: its input is always there.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     waiting: Arc<Mutex<BTreeSet<String>>>,
@@ -141,7 +141,6 @@ pub async fn run<S: Storage, H: Handler>(
     handler: Arc<H>,
     config: ConsumerConfig,
     shutdown: watch::Receiver<bool>,
-    readiness: Readiness,
 ) -> Result<(), event_store::Error> {
     let cp_name = checkpoint_name(handler.name());
     let start = store.checkpoint(&cp_name)?.unwrap_or(0);
@@ -149,8 +148,6 @@ pub async fn run<S: Storage, H: Handler>(
         Source::All => store.subscribe_all(start),
         Source::Categories(cs) => store.subscribe_categories(&cs, start),
     };
-    // The local log is always there: the subscription is its feed.
-    readiness.ready(handler.name());
     let feed = futures::stream::unfold(sub, |mut sub| async move {
         let item = sub.next().await?;
         Some((item.map(|e| FeedItem::Event(e.position, e)), sub))

@@ -433,12 +433,11 @@ fn spawn_consumer<S: Storage, H: Handler>(
     readiness: &Readiness,
 ) {
     let (store, rx, readiness) = (store.clone(), shutdown.clone(), readiness.clone());
-    readiness.expect(handler.name());
     match kafka {
-        None => tasks.spawn(async move {
-            consumer::run(store, handler, config, rx, readiness).await.map_err(|e| e.to_string())
-        }),
+        None => tasks
+            .spawn(async move { consumer::run(store, handler, config, rx).await.map_err(|e| e.to_string()) }),
         Some((k, topics, shard)) => {
+            readiness.expect(handler.name());
             let k = k.clone();
             tasks.spawn(async move {
                 crate::kafka::consume::run(store, handler, config, k, topics, shard, rx, readiness)

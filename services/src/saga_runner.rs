@@ -94,6 +94,7 @@ impl<S: Storage> SagaRunner<S> {
     /// Rebuilds in-flight sagas and their deadlines from the saga streams after the low-water mark.
     pub fn recover(&self) -> Result<usize, HandlerError> {
         let from = self.store.checkpoint(LOW_WATER)?.unwrap_or(0);
+        tracing::info!(from_position = from, head = self.store.head(), "recovering in-flight sagas");
         let mut first_seen: BTreeMap<String, u64> = BTreeMap::new();
         for e in self.store.read_category("saga", from) {
             let e = e?;
@@ -366,5 +367,99 @@ impl<S: Storage> Handler for SagaRunner<S> {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aggregates::saga::{Outcome, SagaEvent, Step, StepSucceeded};
+    use aggregates::Sku;
+    use event_store::{MemoryStorage, StoreConfig};
+
+    fn runner() -> SagaRunner<MemoryStorage> {
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+        SagaRunner::new(store, RetryPolicy::default())
+    }
+
+    fn start(order: OrderId, now_ns: u64) -> impl Fn(&Saga) -> Option<SagaInput> {
+        move |_| {
+            Some(SagaInput::Start {
+                order_id: order,
+                lines: vec![SagaLine { sku: Sku::from("A"), quantity: 1 }],
+                amount: aggregates::Money(1),
+                address: None,
+                now_ns,
+                policy: RetryPolicy::default(),
+            })
+        }
+    }
+
+    /// The runner's view of a saga: cached version, and its deadline entries.
+    fn tracked(r: &SagaRunner<MemoryStorage>, order: OrderId) -> (Option<u64>, Vec<u64>) {
+        let version = r.active.lock().expect("lock").get(&order).map(|a| a.version);
+        let deadlines =
+            r.deadlines.lock().expect("lock").iter().filter(|(_, o)| *o == order).map(|(d, _)| *d).collect();
+        (version, deadlines)
+    }
+
+    fn the_log_says(r: &SagaRunner<MemoryStorage>, order: OrderId) -> (u64, Option<u64>) {
+        let (saga, version) =
+            load_from::<MemoryStorage, Saga>(&r.store, &messages::saga_stream(order), Saga::default(), 0)
+                .expect("load");
+        (version, saga.next_deadline_ns())
+    }
+
+    #[tokio::test]
+    async fn a_conflict_leaves_the_saga_cached_as_the_log_has_it_with_one_deadline() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        r.apply(order, start(order, 1_000), uuid::Uuid::now_v7(), None).await.expect("start");
+        // Another writer moves the saga on behind the runner's back: its cache is stale.
+        let part = SagaEvent::StepSucceeded(StepSucceeded {
+            step: Step::ReserveStock,
+            detail: None,
+            sku: Some(Sku::from("A")),
+        });
+        let e = messages::domain_event(&part, uuid::Uuid::now_v7(), order.0, order.0);
+        r.store
+            .append_to(&messages::saga_stream(order), ExpectedVersion::Exact(2), vec![e])
+            .await
+            .expect("append");
+        // An input that decides nothing on the fresh state: the conflict, then a reload.
+        let stale_reply = |_: &Saga| {
+            Some(SagaInput::Reply {
+                command_id: aggregates::saga::part_command_id(
+                    order,
+                    "step/reserve_stock",
+                    Some(&Sku::from("A")),
+                ),
+                outcome: Outcome::Succeeded,
+                detail: None,
+                now_ns: 2_000,
+                policy: RetryPolicy::default(),
+            })
+        };
+        r.apply(order, stale_reply, uuid::Uuid::now_v7(), None).await.expect("apply");
+        let (version, deadline) = the_log_says(&r, order);
+        assert_eq!(tracked(&r, order), (Some(version), deadline.into_iter().collect()));
+        assert!(r.low_water() < r.store.head(), "the low-water mark stays before the saga");
+    }
+
+    #[tokio::test]
+    async fn an_input_decided_before_leaves_the_saga_cached_as_the_log_has_it() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        let cause = uuid::Uuid::now_v7();
+        r.apply(order, start(order, 1_000), cause, None).await.expect("start");
+        let (version, deadline) = the_log_says(&r, order);
+        // The cache is behind (it lost the saga's events) and the same input comes again, read
+        // a moment later: the same event ids with other deadlines, which the store refuses as
+        // reused ids.
+        r.forget(order);
+        r.remember(order, Saga::default(), 0, 1);
+        r.apply(order, start(order, 5_000), cause, None).await.expect("redelivered");
+        assert_eq!(tracked(&r, order), (Some(version), deadline.into_iter().collect()));
+        assert!(r.low_water() < r.store.head());
     }
 }

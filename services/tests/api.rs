@@ -262,6 +262,17 @@ async fn bad_input_is_a_clear_4xx() {
             StatusCode::BAD_REQUEST,
             "bad_request",
         ),
+        // An error is classified by its type, never by its words: a currency that reads like
+        // another error's message is still just a bad currency.
+        (
+            "POST",
+            "/api/orders".into(),
+            Some(
+                json!({"customer_id": "a", "items": [{"sku": "A", "quantity": 1, "unit_price_minor": 1}], "currency": "already exists", "shipping_address": null}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rejected",
+        ),
         (
             "POST",
             "/api/products/SKU-1/stock".into(),

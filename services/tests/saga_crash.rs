@@ -1,6 +1,7 @@
 //! Crash in the middle of sagas with a real `kill -9`: `causeway load` is killed while hundreds of
-//! sagas are in flight, then a restarted node is killed again during recovery, then a node runs
-//! to the end. `causeway verify` must then find every saga ended and every invariant kept.
+//! sagas are in flight, then a restarted node is killed again as soon as its log says it began
+//! recovering them (with sagas still unfinished), then a node runs to the end. `causeway verify`
+//! must then find every saga ended and every invariant kept.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -69,10 +70,26 @@ fn sagas_finish_and_invariants_hold_after_kill_9() {
     assert!(!ok && report.contains("unfinished saga"), "sagas were in flight at the kill:\n{report}");
     assert!(!report.contains("problem:"), "the log and the invariants hold even mid-flight:\n{report}");
 
-    // 2. A node restarted on the log, killed during recovery.
-    let node = spawn(&["serve", "--listen", "127.0.0.1:0"], &data);
-    std::thread::sleep(Duration::from_millis(400));
+    // 2. A node restarted on the log, killed as soon as it says it began recovering.
+    let log_path = dir.path().join("recovering.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let node = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn causeway");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("recovering in-flight sagas") {
+        assert!(Instant::now() < deadline, "the restarted node never began recovering");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     kill9(node);
+    let (ok, report) = verify(&data);
+    assert!(!ok && report.contains("unfinished saga"), "it was killed with sagas still in flight:\n{report}");
+    assert!(!report.contains("problem:"), "the log and the invariants hold after the second kill:\n{report}");
 
     // 3. A node that runs until every saga ended, then stops gracefully.
     let mut last = String::new();

@@ -54,6 +54,11 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
+
+    /// The keys it writes or removes, in order (for engines and wrappers that inspect a batch).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.writes.iter().map(|(k, _)| k.as_slice())
+    }
 }
 
 /// An ordered key-value engine. Keys compare as byte strings.

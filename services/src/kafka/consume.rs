@@ -80,7 +80,12 @@ pub async fn run<S: Storage, H: Handler>(
     let mut backoff = Duration::from_millis(200);
     let mut shutdown = shutdown;
     let found = loop {
-        match super::ensure_topics(&kafka, &topics).await {
+        // A stop does not wait for a broker that does not answer.
+        let ensured = tokio::select! {
+            r = super::ensure_topics(&kafka, &topics) => r,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        match ensured {
             Ok(found) => break found,
             Err(e) => {
                 tracing::warn!(consumer = handler.name(), error = %e, retry_in = ?backoff, "waiting for Kafka");

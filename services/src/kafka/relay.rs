@@ -241,8 +241,12 @@ pub async fn run_observed<S: Storage>(
                     }
                 };
                 Ok::<_, KafkaError>(())
-            }
-            .await;
+            };
+            // A stop does not wait for a broker that does not answer.
+            let result = tokio::select! {
+                r = result => r,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
             if let Err(e) = result {
                 if store.head() > cp {
                     health.started();
