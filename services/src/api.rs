@@ -636,7 +636,7 @@ async fn forward<S: Storage>(st: &ApiState<S>, command: ApiCommand) -> ApiResult
     };
     commands::precheck(&command)?;
     let stream = command.stream().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let event = command.to_event();
+    let event = command.to_event(source);
     let event_id = event.event_id;
     let position = match st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![event]).await {
         Ok(r) => r.last_position,

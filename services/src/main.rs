@@ -114,6 +114,33 @@ impl GatewayArgs {
     }
 }
 
+/// The saga's step deadlines and retries (the nodes that run the saga manager).
+#[derive(Debug, Clone, clap::Args)]
+struct SagaArgs {
+    /// How long a step may wait for its reply before it is sent again, in ms.
+    #[arg(long, env = "CAUSEWAY_STEP_TIMEOUT_MS", default_value_t = 5_000)]
+    step_timeout_ms: u64,
+    /// Sends of a step (the first one included) before the saga gives up and compensates.
+    #[arg(long, env = "CAUSEWAY_STEP_ATTEMPTS", default_value_t = 4)]
+    step_attempts: u32,
+}
+
+impl SagaArgs {
+    fn policy(&self) -> Result<aggregates::saga::RetryPolicy> {
+        if !(100..=3_600_000).contains(&self.step_timeout_ms) {
+            bail!("--step-timeout-ms must be between 100 and 3600000");
+        }
+        if !(1..=100).contains(&self.step_attempts) {
+            bail!("--step-attempts must be between 1 and 100");
+        }
+        Ok(aggregates::saga::RetryPolicy {
+            step_timeout_ms: self.step_timeout_ms,
+            max_attempts: self.step_attempts,
+            ..aggregates::saga::RetryPolicy::default()
+        })
+    }
+}
+
 /// Kafka: the relay that mirrors the log, restore, re-publish.
 #[derive(Debug, Clone, clap::Args)]
 struct KafkaArgs {
@@ -218,6 +245,8 @@ enum Cmd {
         /// answered 202 Accepted, in ms.
         #[arg(long, env = "CAUSEWAY_FORWARD_WAIT_MS", default_value_t = 5_000)]
         forward_wait_ms: u64,
+        #[command(flatten)]
+        saga: SagaArgs,
     },
     /// Rebuild a lost log from Kafka, byte for byte, and verify it (counts and digest). Refuses a
     /// data directory that holds a store unless --force (which moves the old one aside). NOT safe
@@ -411,7 +440,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway, listen, admin_token, kafka, role, forward_wait_ms } => {
+        Cmd::Serve { store, gateway, listen, admin_token, kafka, role, forward_wait_ms, saga } => {
             let kafka = kafka.config()?;
             if role != services::runtime::Role::All && kafka.is_none() {
                 bail!(
@@ -420,7 +449,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     role.name()
                 );
             }
-            serve(store, gateway, listen, admin_token, kafka, role, Duration::from_millis(forward_wait_ms))
+            let config = RuntimeConfig { kafka, policy: saga.policy()?, ..RuntimeConfig::default() };
+            serve(store, gateway, listen, admin_token, config, role, Duration::from_millis(forward_wait_ms))
                 .await
         }
         Cmd::Restore { from_kafka: _, data_dir, force, kafka } => {
@@ -594,7 +624,7 @@ async fn serve(
     gateway: GatewayArgs,
     listen: std::net::SocketAddr,
     admin_token: Option<String>,
-    kafka: Option<services::kafka::KafkaConfig>,
+    config: RuntimeConfig,
     role: services::runtime::Role,
     forward_wait: Duration,
 ) -> Result<ExitCode> {
@@ -615,10 +645,9 @@ async fn serve(
     let store = store.open()?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let mirrored = kafka.is_some();
-    let source = kafka.as_ref().map(|k| k.source()).unwrap_or_default();
-    let node =
-        Runtime::start_role(store, gateway, RuntimeConfig { kafka, ..RuntimeConfig::default() }, role)?;
+    let mirrored = config.kafka.is_some();
+    let source = config.kafka.as_ref().map(|k| k.source()).unwrap_or_default();
+    let node = Runtime::start_role(store, gateway, config, role)?;
     let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

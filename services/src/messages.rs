@@ -321,15 +321,17 @@ impl ApiCommand {
         }
     }
 
-    /// The event to append (its id follows from the key, so a repeated request adds nothing).
-    pub fn to_event(&self) -> NewEvent {
+    /// The event the node `source` appends (its id follows from the key and the node, so a
+    /// repeated request to the same node adds nothing, and two nodes that forward the same key
+    /// record two events: the owner's effect is idempotent by the key itself).
+    pub fn to_event(&self, source: &str) -> NewEvent {
         let key = self.key();
         let correlation = match self {
             ApiCommand::PlaceOrder { order_id, .. } | ApiCommand::CancelOrder { order_id, .. } => order_id.0,
             ApiCommand::AddStock { .. } => key,
         };
         NewEvent::json(self.event_type(), serde_json::to_vec(self).unwrap_or_default())
-            .with_id(derived_id(key, "forwarded", 0))
+            .with_id(derived_id(key, &format!("forwarded/{source}"), 0))
             .with_metadata(COMMAND_ID, key.to_string())
             .caused_by(correlation, key)
     }

@@ -5,18 +5,16 @@
 //! restarted, and a malformed record is put on a commands topic. Then every saga has ended, the invariants hold over the query node's copy of every log,
 //! the query node holds every owner's events unchanged, and its read models agree with its log.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use causeway_tests::broker::Broker;
 use event_store::{EventStore, SledConfig, SledStorage, StoreConfig};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use support::broker::Broker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway");
 const ROLES: [&str; 6] = ["order", "inventory", "payment", "shipping", "saga", "query"];

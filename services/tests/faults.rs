@@ -137,7 +137,7 @@ fn forwarded_place(key: Uuid, customer: &str, source: &str) -> (ApiCommand, Reco
         currency: "EUR".into(),
         shipping_address: None,
     };
-    let e = command.to_event();
+    let e = command.to_event(source);
     let mut recorded = RecordedEvent {
         position: 1,
         stream_id: command.stream().expect("stream").to_string(),

@@ -4,8 +4,6 @@
 //! its own stamped at any time; a broker outage loses nothing; and a lost store is restored from
 //! the topics byte for byte.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -13,6 +11,7 @@ use aggregates::order::{LineItem, OrderCommand};
 use aggregates::saga::Saga;
 use aggregates::shipping::Address;
 use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
+use causeway_tests::broker::Broker;
 use event_store::{EventStore, RecordedEvent, SledConfig, SledStorage, Storage, StoreConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -24,7 +23,6 @@ use services::kafka::relay::CHECKPOINT;
 use services::kafka::KafkaConfig;
 use services::runtime::{Runtime, RuntimeConfig};
 use services::{invariants, messages};
-use support::broker::Broker;
 use uuid::Uuid;
 
 fn kafka(broker: &Broker) -> KafkaConfig {

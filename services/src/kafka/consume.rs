@@ -62,8 +62,8 @@ fn item(m: &BorrowedMessage<'_>) -> FeedItem {
 /// Runs `handler` on its share of the partitions of `topics` (created when missing) until
 /// `shutdown`: with `shard = (index, count)` the partitions `p % count == index` (one pod of a
 /// scaled-out role; `(0, 1)` takes all). A sharded consumer first checks that its topics have one
-/// partition count, the one its node recorded. It reports ready once every partition it reads
-/// has answered a fetch (a record, or the end of the partition).
+/// partition count, the one its node recorded. It reports ready once the broker has answered for
+/// every partition it reads.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<S: Storage, H: Handler>(
     store: EventStore<S>,
@@ -111,8 +111,6 @@ pub async fn run<S: Storage, H: Handler>(
     let client: StreamConsumer = kafka
         .reader(&format!("consumer-{name}"))
         .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
-        // The end of a partition is reported: it tells that a fetch of it was answered.
-        .set("enable.partition.eof", "true")
         .create()?;
     let client = Arc::new(client);
     let mut tpl = TopicPartitionList::new();
@@ -125,31 +123,19 @@ pub async fn run<S: Storage, H: Handler>(
         }
     }
     client.assign(&tpl)?;
-    let unfetched = Arc::new(std::sync::atomic::AtomicUsize::new(starts.len()));
-    if starts.is_empty() {
-        readiness.ready(&name);
-    }
     let mut tasks = JoinSet::new();
-    for (topic, p, start) in starts {
+    for (topic, p, start) in starts.iter().cloned() {
         let queue = client
             .split_partition_queue(&topic, p)
             .ok_or_else(|| KafkaError::Other(format!("cannot read {topic}/{p} on its own")))?;
-        let fetched = Fetched {
-            once: false,
-            unfetched: unfetched.clone(),
-            readiness: readiness.clone(),
-            name: name.clone(),
-        };
-        let feed = futures::stream::unfold((queue, fetched), move |(q, mut fetched)| async move {
+        let feed = futures::stream::unfold(queue, move |q| async move {
             loop {
                 match q.recv().await {
                     Ok(m) => {
-                        fetched.mark();
                         let it = item(&m);
                         drop(m);
-                        return Some((Ok(it), (q, fetched)));
+                        return Some((Ok(it), q));
                     }
-                    Err(rdkafka::error::KafkaError::PartitionEOF(_)) => fetched.mark(),
                     Err(e) => {
                         tracing::warn!(error = %e, "reading Kafka failed; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -161,6 +147,33 @@ pub async fn run<S: Storage, H: Handler>(
         let (store, handler, shutdown) = (store.clone(), handler.clone(), shutdown.clone());
         tasks.spawn(async move {
             consumer::run_feed(store, handler, per_partition, shutdown, cp_name, start, Box::pin(feed)).await
+        });
+    }
+    // Ready once the broker has answered for every partition this consumer reads (its leader
+    // is reachable and knows the partition), asked again until it has.
+    {
+        let (client, readiness, name) = (client.clone(), readiness.clone(), name.clone());
+        let mut shutdown = shutdown.clone();
+        let partitions: Vec<(String, i32)> = starts.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        tokio::spawn(async move {
+            let mut left = partitions;
+            while !left.is_empty() {
+                let (c, asked) = (client.clone(), left.clone());
+                let unanswered = tokio::task::spawn_blocking(move || {
+                    asked
+                        .into_iter()
+                        .filter(|(t, p)| c.fetch_watermarks(t, *p, Duration::from_secs(5)).is_err())
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                left = unanswered.unwrap_or(left);
+                if !left.is_empty()
+                    && super::relay::sleep_or_stop(Duration::from_millis(500), &mut shutdown).await
+                {
+                    return;
+                }
+            }
+            readiness.ready(&name);
         });
     }
     // The client's own queue must be served (events, errors); no messages arrive on it.
@@ -189,25 +202,6 @@ pub async fn run<S: Storage, H: Handler>(
     }
     events.abort();
     result
-}
-
-/// Counts a partition's first answered fetch towards its consumer's readiness.
-struct Fetched {
-    once: bool,
-    unfetched: Arc<std::sync::atomic::AtomicUsize>,
-    readiness: consumer::Readiness,
-    name: String,
-}
-
-impl Fetched {
-    fn mark(&mut self) {
-        if !self.once {
-            self.once = true;
-            if self.unfetched.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-                self.readiness.ready(&self.name);
-            }
-        }
-    }
 }
 
 /// The query role's handler: copies other nodes' events into the local log.

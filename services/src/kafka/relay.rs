@@ -41,7 +41,7 @@ struct Topics {
 /// for a broker that stamps records with its own clock (`LogAppendTime`) a little behind ours.
 const FENCE_CLOCK_MARGIN_MS: i64 = 60_000;
 
-/// Reads, in each partition of `topics`, the highest position of this node's records stamped at
+/// Reads, in each partition of `wanted`, the highest position of this node's records stamped at
 /// or after `since_ms` (blocking).
 ///
 /// The relay sends events in log order with CreateTime = recorded-at, and recorded-at never
@@ -49,10 +49,11 @@ const FENCE_CLOCK_MARGIN_MS: i64 = 60_000;
 /// the recorded-at time of the first event past it. Each partition is therefore read forward
 /// from the broker's offset for that time (a timestamp lookup, bounded by what was written since
 /// then), never walked back over what other nodes wrote: a node that restarts into a busy
-/// cluster fences in one short read.
+/// cluster fences in one short read. And only the partitions the events past the checkpoint go
+/// to are read: no other partition can hold an unconfirmed record of ours.
 fn read_fence(
     config: &KafkaConfig,
-    topics: &HashMap<String, i32>,
+    wanted: &[(String, i32)],
     since_ms: i64,
 ) -> Result<HashMap<(String, i32), u64>, KafkaError> {
     let source = config.source();
@@ -61,17 +62,21 @@ fn read_fence(
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "50")
         .create()?;
-    let mut lookup = TopicPartitionList::new();
-    for (topic, &count) in topics {
-        for p in 0..count {
-            lookup.add_partition_offset(topic, p, Offset::Offset(since_ms.max(0)))?;
-        }
-    }
     let mut fence = HashMap::new();
-    if lookup.count() == 0 {
+    if wanted.is_empty() {
         return Ok(fence);
     }
-    let starts = consumer.offsets_for_times(lookup, Duration::from_secs(10))?;
+    let mut at_time = TopicPartitionList::new();
+    let mut at_end = TopicPartitionList::new();
+    for (topic, p) in wanted {
+        at_time.add_partition_offset(topic, *p, Offset::Offset(since_ms.max(0)))?;
+        at_end.add_partition_offset(topic, *p, Offset::End)?;
+    }
+    // Two lookups for every partition at once: the offset of the time, and the end.
+    let starts = consumer.offsets_for_times(at_time, Duration::from_secs(10))?;
+    let ends = consumer.offsets_for_times(at_end, Duration::from_secs(10))?;
+    let end_of: HashMap<(String, i32), Offset> =
+        ends.elements().iter().map(|e| ((e.topic().to_owned(), e.partition()), e.offset())).collect();
     // Where each partition's read starts and ends (its end as of now: later records are not ours,
     // since this relay is the only sender of this node's records and it is not sending).
     let mut reads = TopicPartitionList::new();
@@ -81,12 +86,16 @@ fn read_fence(
             return Err(err.into());
         }
         let Offset::Offset(start) = e.offset() else { continue }; // nothing stamped since then
-        let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?;
+        let key = (e.topic().to_owned(), e.partition());
+        let high = match end_of.get(&key) {
+            Some(Offset::Offset(high)) => *high,
+            _ => consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))?.1,
+        };
         if start >= high {
             continue;
         }
         reads.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
-        ends.insert((e.topic().to_owned(), e.partition()), high);
+        ends.insert(key, high);
     }
     if ends.is_empty() {
         return Ok(fence);
@@ -211,13 +220,22 @@ pub async fn run_observed<S: Storage>(
             break;
         }
         metrics::gauge!("causeway_relay_lag_events").set(store.head().saturating_sub(cp) as f64);
+        if store.head() > cp {
+            // Events wait for Kafka from now on (a fence read included): a distributed saga
+            // holds its deadlines meanwhile.
+            health.started();
+        }
         if !fenced {
-            // Only events past the checkpoint can be in Kafka unconfirmed; with none past it there
-            // is no fence to read. (A failing store ends the relay here, as anywhere else.)
-            let since_ms = store
-                .read_event(cp + 1)?
+            // Only events past the checkpoint can be in Kafka unconfirmed: at most the window in
+            // flight beyond a checkpoint saved up to a window late. With none past it there is no
+            // fence to read. (A failing store ends the relay here, as anywhere else.)
+            let pending: Vec<RecordedEvent> =
+                store.read_all(cp + 1).take(config.window.saturating_mul(2)).collect::<Result<_, _>>()?;
+            let since_ms = pending
+                .first()
                 .map(|first| (first.recorded_at_ns / 1_000_000) as i64 - FENCE_CLOCK_MARGIN_MS);
-            // The topics this node wrote before, and the fence in each of their partitions.
+            // The topics this node wrote before, and the fence in the partitions the pending
+            // events go to.
             let result = async {
                 let known = {
                     let c = config.clone();
@@ -229,9 +247,19 @@ pub async fn run_observed<S: Storage>(
                 topics.fence = match since_ms {
                     None => HashMap::new(),
                     Some(since_ms) => {
-                        let (c, t) = (config.clone(), topics.partitions.clone());
+                        let mut wanted: Vec<(String, i32)> = pending
+                            .iter()
+                            .filter_map(|e| {
+                                let topic = topic_for(&e.stream_id);
+                                let n = *topics.partitions.get(&topic)?;
+                                Some((topic, partition_of_stream(&e.stream_id, n)))
+                            })
+                            .collect();
+                        wanted.sort();
+                        wanted.dedup();
+                        let c = config.clone();
                         let started = Instant::now();
-                        let fence = tokio::task::spawn_blocking(move || read_fence(&c, &t, since_ms))
+                        let fence = tokio::task::spawn_blocking(move || read_fence(&c, &wanted, since_ms))
                             .await
                             .map_err(|e| KafkaError::Other(e.to_string()))??;
                         if started.elapsed() > Duration::from_secs(2) {
@@ -248,9 +276,6 @@ pub async fn run_observed<S: Storage>(
                 _ = shutdown.wait_for(|s| *s) => break,
             };
             if let Err(e) = result {
-                if store.head() > cp {
-                    health.started();
-                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "the relay cannot reach Kafka");
                 metrics::counter!("causeway_relay_errors_total").increment(1);
                 if sleep_or_stop(backoff, &mut shutdown).await {

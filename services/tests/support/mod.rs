@@ -1,2 +1,1 @@
-pub mod broker;
 pub mod faulty;

@@ -2,8 +2,6 @@
 //! storage in a temporary directory (so it survives a stop and a `kill -9`). `scripts/test.sh`
 //! installs it; set `NISSHI_BIN` to use another binary.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
