@@ -132,6 +132,15 @@ def semantic(docs, name):
                     problems.append(f"{name}: {wn}: Secret {ref['name']} is not in the manifests")
                 if not c.get("envFrom"):
                     problems.append(f"{name}: {wn}: configuration must come from the ConfigMap")
+                # A sharded role's pods split its partitions by ordinal: the shard count must be
+                # the pod count (or keys land on pods that do not exist, or on two pods).
+                role_name = env.get("CAUSEWAY_ROLE", {}).get("value")
+                count = env.get("CAUSEWAY_SHARD_COUNT", {}).get("value")
+                replicas = w["spec"].get("replicas", 1)
+                if role_name != "query" and count != str(replicas):
+                    problems.append(f"{name}: {wn}: CAUSEWAY_SHARD_COUNT {count!r} is not its {replicas} replicas")
+                if role_name != "query" and replicas > 1 and env.get("CAUSEWAY_SHARD_INDEX", {}).get("value") != "auto":
+                    problems.append(f"{name}: {wn}: CAUSEWAY_SHARD_INDEX must be auto (the pod ordinal)")
     # Services select pods that exist.
     pod_labels = [w["spec"]["template"]["metadata"].get("labels", {}) for w in workloads]
     for s in services.values():
@@ -249,6 +258,7 @@ def self_test():
             e for e in sts(d, "kafka")["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "KAFKA_MIN_INSYNC_REPLICAS"
         ).update(value="1"),
         "grace": lambda d: sts(d, "causeway-shipping")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=10),
+        "shard count": lambda d: sts(d, "causeway-inventory")["spec"].update(replicas=3),
         "publishNotReady": lambda d: next(
             x for x in d if x["kind"] == "Service" and x["metadata"]["name"] == "kafka-headless"
         )["spec"].pop("publishNotReadyAddresses"),

@@ -24,13 +24,14 @@ GRACE_SECONDS = 60
 
 # role: (replicas, shardable, cpu request, memory request, memory limit, storage)
 ROLES = {
-    # Orders, payments, shipments and sagas are keyed by order id: pods split the partitions.
+    # Orders, payments, shipments and sagas are keyed by order id: pods split the partitions
+    # (pod k of n takes the partitions p % n == k), so each owns the orders whose keys land there.
     "order": (2, True, "250m", "256Mi", "1Gi", "10Gi"),
     "payment": (2, True, "250m", "256Mi", "1Gi", "10Gi"),
     "shipping": (2, True, "250m", "256Mi", "1Gi", "10Gi"),
     "saga": (2, True, "500m", "512Mi", "2Gi", "20Gi"),
-    # One writer per SKU stream: inventory runs one pod (a standby comes with a pod restart).
-    "inventory": (1, False, "250m", "256Mi", "1Gi", "10Gi"),
+    # Stock is keyed by SKU (the saga sends one command per SKU): pods split the SKUs the same way.
+    "inventory": (2, True, "250m", "256Mi", "1Gi", "10Gi"),
     # Every query pod folds every topic: they scale out freely behind the client Service.
     "query": (2, False, "500m", "512Mi", "2Gi", "20Gi"),
 }
