@@ -18,9 +18,10 @@ pub enum InventoryCommand {
     AddStock { sku: Sku, quantity: u64 },
     /// Hold units for an order.
     Reserve { sku: Sku, order_id: OrderId, quantity: u64 },
-    /// Give an order's held units back (compensation).
+    /// Give an order's held or committed units back (compensation, before the order is
+    /// confirmed).
     Release { sku: Sku, order_id: OrderId },
-    /// The order's held units left the warehouse.
+    /// The order's held units are picked for its shipment.
     Commit { sku: Sku, order_id: OrderId },
 }
 
@@ -60,7 +61,7 @@ pub struct StockReleased {
 }
 impl Upcast for StockReleased {}
 
-/// `StockCommitted`: shipped.
+/// `StockCommitted`: picked for the order's shipment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockCommitted {
     pub sku: Sku,
@@ -68,6 +69,16 @@ pub struct StockCommitted {
     pub quantity: u64,
 }
 impl Upcast for StockCommitted {}
+
+/// `StockReturned`: committed stock put back on the shelf, because the order's saga compensated
+/// before the order was confirmed (its shipment was cancelled, so the goods never left).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReturned {
+    pub sku: Sku,
+    pub order_id: OrderId,
+    pub quantity: u64,
+}
+impl Upcast for StockReturned {}
 
 domain_events! {
     /// Events.
@@ -77,6 +88,7 @@ domain_events! {
     StockReservationRejected(StockReservationRejected),
     StockReleased(StockReleased),
     StockCommitted(StockCommitted),
+    StockReturned(StockReturned),
 }
 }
 
@@ -191,10 +203,14 @@ impl Decider for Inventory {
                     Some(&quantity) => {
                         vec![InventoryEvent::StockReleased(StockReleased { sku, order_id, quantity })]
                     }
-                    // Already released, or shipped: nothing to do.
-                    None if self.released.contains(&order_id) || self.committed.contains_key(&order_id) => {
-                        vec![]
+                    // Committed for a shipment that the compensating saga cancelled: back on
+                    // the shelf.
+                    None if self.committed.contains_key(&order_id) => {
+                        let quantity = self.committed.get(&order_id).copied().unwrap_or(0);
+                        vec![InventoryEvent::StockReturned(StockReturned { sku, order_id, quantity })]
                     }
+                    // Already released or returned: nothing to do.
+                    None if self.released.contains(&order_id) => vec![],
                     // Never reserved: a zero release leaves a tombstone, so a reservation that
                     // arrives late (a re-driven or delayed command) is refused.
                     None => vec![InventoryEvent::StockReleased(StockReleased { sku, order_id, quantity: 0 })],
@@ -242,6 +258,13 @@ impl Decider for Inventory {
                     self.shipped += q;
                     self.committed.insert(e.order_id, q);
                 }
+            }
+            InventoryEvent::StockReturned(e) => {
+                if let Some(q) = self.committed.remove(&e.order_id) {
+                    self.shipped -= q.min(self.shipped);
+                    self.available += q;
+                }
+                self.released.insert(e.order_id);
             }
         }
         self
@@ -357,13 +380,34 @@ mod tests {
         assert_eq!((s.available, s.reserved_total(), s.shipped), (6, 0, 4));
         assert!(s.is_conserved());
         given::<Inventory>([added(10), reserved(1, 4), committed.clone()]).when(commit()).then([]);
-        // A committed order's reservation cannot be repeated or released.
-        given::<Inventory>([added(10), reserved(1, 4), committed.clone()]).when(reserve(1, 4)).then([]);
-        given::<Inventory>([added(10), reserved(1, 4), committed])
-            .when(InventoryCommand::Release { sku: sku(), order_id: order(1) })
-            .then([]);
+        // A committed order's reservation is not repeated.
+        given::<Inventory>([added(10), reserved(1, 4), committed]).when(reserve(1, 4)).then([]);
         given::<Inventory>([added(10)])
             .when(commit())
+            .then_error(InventoryError::NoReservation { sku: sku(), order_id: order(1) });
+    }
+
+    #[test]
+    fn releasing_committed_stock_returns_it_to_the_shelf_once() {
+        let release = || InventoryCommand::Release { sku: sku(), order_id: order(1) };
+        let committed =
+            InventoryEvent::StockCommitted(StockCommitted { sku: sku(), order_id: order(1), quantity: 4 });
+        let returned =
+            InventoryEvent::StockReturned(StockReturned { sku: sku(), order_id: order(1), quantity: 4 });
+        let s = given::<Inventory>([added(10), reserved(1, 4), committed.clone()])
+            .when(release())
+            .then([returned.clone()]);
+        assert_eq!((s.available, s.reserved_total(), s.shipped), (10, 0, 0));
+        assert!(s.is_conserved());
+        assert!(!s.committed.contains_key(&order(1)));
+        let after = [added(10), reserved(1, 4), committed, returned];
+        // Once returned: a repeated release does nothing, the order can neither reserve nor commit.
+        given::<Inventory>(after.clone()).when(release()).then([]);
+        given::<Inventory>(after.clone())
+            .when(reserve(1, 4))
+            .then_error(InventoryError::Released { sku: sku(), order_id: order(1) });
+        given::<Inventory>(after)
+            .when(InventoryCommand::Commit { sku: sku(), order_id: order(1) })
             .then_error(InventoryError::NoReservation { sku: sku(), order_id: order(1) });
     }
 
@@ -380,6 +424,7 @@ mod tests {
             }),
             InventoryEvent::StockReleased(StockReleased { sku: sku(), order_id: order(1), quantity: 1 }),
             InventoryEvent::StockCommitted(StockCommitted { sku: sku(), order_id: order(1), quantity: 1 }),
+            InventoryEvent::StockReturned(StockReturned { sku: sku(), order_id: order(1), quantity: 1 }),
         ];
         for e in events {
             assert_eq!(

@@ -48,7 +48,9 @@ impl Step {
             Step::ReserveStock => Some(Compensation::ReleaseStock),
             Step::TakePayment => Some(Compensation::RefundPayment),
             Step::CreateShipment => Some(Compensation::CancelShipment),
-            // Committed stock has left the warehouse; confirming is the last step.
+            // Releasing the stock (above) also puts committed stock back: until the order is
+            // confirmed its shipment is cancellable, so the goods have not left. Confirming is
+            // the last step.
             Step::CommitStock | Step::ConfirmOrder => None,
         }
     }
@@ -417,10 +419,13 @@ pub struct Part {
 impl Part {
     /// The next attempt and its deadline, or `None` when the attempts are used up.
     fn retry(&self, now_ns: u64, jitter: f64, policy: &RetryPolicy) -> Option<(u32, u64)> {
-        (self.attempt < policy.max_attempts).then(|| {
-            let delay = policy.step_timeout_ms + policy.backoff_ms(self.attempt, jitter);
-            (self.attempt + 1, now_ns.saturating_add(ms(delay)))
-        })
+        (self.attempt < policy.max_attempts).then(|| self.retry_anyway(now_ns, jitter, policy))
+    }
+
+    /// The next attempt even past the policy's count (a step that must not give up).
+    fn retry_anyway(&self, now_ns: u64, jitter: f64, policy: &RetryPolicy) -> (u32, u64) {
+        let delay = policy.step_timeout_ms + policy.backoff_ms(self.attempt, jitter);
+        (self.attempt.saturating_add(1), now_ns.saturating_add(ms(delay)))
     }
 
     fn overdue(&self, now_ns: u64) -> bool {
@@ -833,8 +838,13 @@ impl Decider for Saga {
                 let order_id = self.oid()?;
                 if let Some(stage) = &self.step {
                     let overdue: Vec<&Part> = stage.parts.iter().filter(|p| p.overdue(now_ns)).collect();
+                    // Confirming is past the point of no return: the stock, the money and the
+                    // shipment are undone only while the order is not confirmed, and a confirm
+                    // that timed out may have been applied. So it is sent until answered (a
+                    // cancelled order answers it with a refusal, which compensates).
+                    let gives_up = stage.what != Step::ConfirmOrder;
                     if let Some(exhausted) =
-                        overdue.iter().find(|p| p.retry(now_ns, jitter, &policy).is_none())
+                        overdue.iter().find(|p| gives_up && p.retry(now_ns, jitter, &policy).is_none())
                     {
                         let failed = StepFailed {
                             step: stage.what,
@@ -852,15 +862,15 @@ impl Decider for Saga {
                     if !overdue.is_empty() {
                         return Ok(overdue
                             .iter()
-                            .filter_map(|p| {
-                                let (attempt, deadline_ns) = p.retry(now_ns, jitter, &policy)?;
-                                Some(SagaEvent::StepRequested(StepRequested {
+                            .map(|p| {
+                                let (attempt, deadline_ns) = p.retry_anyway(now_ns, jitter, &policy);
+                                SagaEvent::StepRequested(StepRequested {
                                     step: stage.what,
                                     command_id: p.command_id,
                                     attempt,
                                     deadline_ns,
                                     sku: p.sku.clone(),
-                                }))
+                                })
                             })
                             .collect());
                     }

@@ -690,3 +690,58 @@ fn a_saga_recorded_before_the_per_sku_split_carries_on() {
         |e| matches!(e, SagaEvent::CompensationRequested(r) if r.compensation == Compensation::ReleaseStock)
     ));
 }
+
+#[test]
+fn a_stock_commit_refused_after_another_sku_committed_compensates_every_sku() {
+    let (mut state, _) = step(Saga::default(), start_two());
+    for sku in ["A", "B"] {
+        state = step(state, reply(part_cid("step/reserve_stock", sku), Outcome::Succeeded)).0;
+    }
+    state = step(state, reply(command_id(oid(), "step/take_payment"), Outcome::Succeeded)).0;
+    state = step(state, reply(command_id(oid(), "step/create_shipment"), Outcome::Succeeded)).0;
+    assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::CommitStock));
+    // A committed, B's commit is refused: the shipment is cancelled, the money refunded and the
+    // stock of both SKUs released (the inventory puts A's committed stock back on the shelf).
+    let (state, _) = step(state, reply(part_cid("step/commit_stock", "A"), Outcome::Succeeded));
+    let (mut state, events) = step(
+        state,
+        reply(part_cid("step/commit_stock", "B"), Outcome::Rejected { reason: "no reservation".into() }),
+    );
+    assert_eq!(state.status, SagaStatus::Compensating);
+    assert!(events.iter().any(
+        |e| matches!(e, SagaEvent::CompensationRequested(r) if r.compensation == Compensation::CancelShipment)
+    ));
+    for c in [Compensation::CancelShipment, Compensation::RefundPayment] {
+        state = step(state, reply(command_id(oid(), compensation_name(c)), Outcome::Succeeded)).0;
+    }
+    let released: Vec<Option<String>> = state
+        .compensation
+        .as_ref()
+        .map(|c| c.parts.iter().map(|p| p.sku.as_ref().map(|s| s.to_string())).collect())
+        .unwrap_or_default();
+    assert_eq!(released, vec![Some("A".to_owned()), Some("B".to_owned())]);
+}
+
+#[test]
+fn confirming_the_order_is_retried_past_the_attempt_limit_never_compensated() {
+    // Attempt 3 of the confirm is the policy's last, and it is overdue: a confirm that timed out
+    // may have been applied, so it is sent again instead of undoing stock, money and shipment.
+    let deadline = NOW + 1_000_000_000;
+    let mut h = running_at(Step::ConfirmOrder);
+    h.extend([
+        requested(Step::ConfirmOrder, 2, deadline + 2_000_000_000),
+        requested(Step::ConfirmOrder, 3, deadline + 5_000_000_000),
+    ]);
+    let now = deadline + 5_000_000_000;
+    let backoff = policy().backoff_ms(3, 0.0);
+    given::<Saga>(h.clone())
+        .when(SagaInput::Tick { now_ns: now, jitter: 0.0, policy: policy() })
+        .then([requested(Step::ConfirmOrder, 4, now + (1000 + backoff) * 1_000_000)]);
+    // Its answer still ends the saga: done, or refused (the customer cancelled first) which
+    // compensates.
+    h.push(requested(Step::ConfirmOrder, 4, now + 2_000_000_000));
+    let waiting = given::<Saga>(h).state().clone();
+    assert_eq!(step(waiting.clone(), ok(cid(Step::ConfirmOrder))).0.status, SagaStatus::Completed);
+    let (refused, _) = step(waiting, rejected(cid(Step::ConfirmOrder), "cancelled"));
+    assert_eq!(refused.status, SagaStatus::Compensating);
+}

@@ -7,7 +7,7 @@
 //! | `c` name gen | checkpoint: last position applied (u64) |
 //! | `d` name gen key | document (JSON) |
 //! | `v` name gen | the version of the projection that built the generation (u32) |
-//! | `b` name checkpoint | a complete backup: its document count (u64) |
+//! | `b` name checkpoint | a complete backup: its document count (u64), the version of the projection that built it (u32; absent: 1) |
 //! | `B` name checkpoint key | a backed-up document (JSON) |
 //!
 //! Queries read the current generation. A rebuild fills the next generation while queries keep
@@ -157,11 +157,14 @@ impl<S: Storage> ReadModels<S> {
     pub fn backup_locked(&self, name: &str) -> Result<u64> {
         let gen = self.generation(name)?;
         let checkpoint = self.checkpoint(name, gen)?;
+        let version = self.built_by(name, gen)?.unwrap_or(1);
         let target = backup_docs_prefix(name, checkpoint);
         self.delete_prefix(&target)?;
         let docs = self.copy_prefix(&gen_key(b'd', name, gen), &target)?;
+        let mut index = docs.to_be_bytes().to_vec();
+        index.extend_from_slice(&version.to_be_bytes());
         let mut batch = WriteBatch::default();
-        batch.put(backup_index_key(name, checkpoint), docs.to_be_bytes().to_vec());
+        batch.put(backup_index_key(name, checkpoint), index);
         self.store.storage().apply(batch)?;
         Ok(checkpoint)
     }
@@ -171,6 +174,28 @@ impl<S: Storage> ReadModels<S> {
         let lock = self.writer(name);
         let _guard = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.backup_locked(name)
+    }
+
+    /// The complete backups of `name` with the version of the projection that built each, by
+    /// checkpoint, oldest first.
+    pub fn backup_versions(&self, name: &str) -> Result<Vec<(u64, u32)>> {
+        let prefix = base(b'b', name);
+        let mut out = Vec::new();
+        for item in self.store.storage().range(&prefix, &upper(&prefix), false) {
+            let (k, v) = item?;
+            let cp = u64_of(&k.as_ref()[prefix.len()..], &format!("backup index of {name}"))?;
+            let version = match v.as_ref().len() {
+                8 => 1,
+                12 => u32::from_be_bytes([v.as_ref()[8], v.as_ref()[9], v.as_ref()[10], v.as_ref()[11]]),
+                n => {
+                    return Err(ProjectionError::Corrupt(format!(
+                        "backup index of {name} at {cp}: {n} bytes"
+                    )))
+                }
+            };
+            out.push((cp, version));
+        }
+        Ok(out)
     }
 
     /// The complete backups of `name`, by checkpoint, oldest first.

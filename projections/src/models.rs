@@ -220,6 +220,7 @@ impl Projection for StockLevels {
             InventoryEvent::StockReservationRejected(x) => &x.sku,
             InventoryEvent::StockReleased(x) => &x.sku,
             InventoryEvent::StockCommitted(x) => &x.sku,
+            InventoryEvent::StockReturned(x) => &x.sku,
         };
         let key = Self::key(&sku.0);
         let mut s = tx
@@ -241,6 +242,10 @@ impl Projection for StockLevels {
             InventoryEvent::StockCommitted(x) => {
                 s.reserved = s.reserved.saturating_sub(x.quantity);
                 s.shipped += x.quantity;
+            }
+            InventoryEvent::StockReturned(x) => {
+                s.shipped = s.shipped.saturating_sub(x.quantity);
+                s.available += x.quantity;
             }
             InventoryEvent::StockReservationRejected(_) => return Ok(()),
         }

@@ -288,7 +288,7 @@ fn position_at<S: Storage>(models: &ReadModels<S>, t: OffsetDateTime) -> Result<
 }
 
 /// Replays `projection` from time `t`: restores the model to its state at `t` (from the newest
-/// backup at or before `t`, or from the start of the log when there is none, folding the log up
+/// backup at or before `t` that this version of the projection made, or from the start of the log when there is none, folding the log up
 /// to `t` into a new generation), applies everything recorded after `t`, and switches to it.
 pub async fn replay_from<S: Storage, P: Projection>(
     models: &ReadModels<S>,
@@ -298,7 +298,12 @@ pub async fn replay_from<S: Storage, P: Projection>(
     let (m, p) = (models.clone(), projection);
     blocking(move || {
         let at = position_at(&m, t)?;
-        let backup = m.backups(p.name())?.into_iter().rfind(|cp| *cp <= at);
+        // A backup made by another version of the projection holds documents of another shape.
+        let backup = m
+            .backup_versions(p.name())?
+            .into_iter()
+            .rfind(|(cp, version)| *cp <= at && *version == p.version())
+            .map(|(cp, _)| cp);
         build_next_generation(&m, p.as_ref(), backup, at)
     })
     .await

@@ -326,22 +326,57 @@ fn answer_id_of(forwarded: &RecordedEvent, source: &str) -> Uuid {
 /// command is answered 202 at once (accepted, outcome not awaited).
 pub const MAX_ANSWER_WAITERS: usize = 10_000;
 
-type AnswerSenders = std::collections::HashMap<Uuid, Vec<tokio::sync::oneshot::Sender<Answer>>>;
+/// The waiters, by answer id; each with its own token, so a waiter that leaves (its answer
+/// came, it timed out, its client went away) removes itself and no one else.
+#[derive(Debug, Default)]
+struct Waiters {
+    by_id: std::collections::HashMap<Uuid, Vec<(u64, tokio::sync::oneshot::Sender<Answer>)>>,
+    count: usize,
+    next_token: u64,
+}
 
 /// The answers to the commands this node forwarded, as they reach its log (replicated from the
 /// owners): [`Answers::wait`] waits for one, [`Answers::run`] hands them out.
 #[derive(Debug, Clone, Default)]
 pub struct Answers {
-    waiting: std::sync::Arc<std::sync::Mutex<AnswerSenders>>,
+    waiting: std::sync::Arc<std::sync::Mutex<Waiters>>,
 }
 
 fn decode_answer(e: &RecordedEvent) -> Option<Answer> {
     serde_json::from_slice::<messages::CommandAnswered>(&e.payload).ok().map(|a| a.answer)
 }
 
+/// One waiter's place in [`Answers`]; dropping it (on every way out of [`Answers::wait`],
+/// a dropped request future included) gives the place back.
+struct Registration<'a> {
+    answers: &'a Answers,
+    answer_id: Uuid,
+    token: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut guard = self.answers.lock();
+        let w = &mut *guard;
+        let Some(senders) = w.by_id.get_mut(&self.answer_id) else { return };
+        if let Some(i) = senders.iter().position(|(t, _)| *t == self.token) {
+            senders.swap_remove(i);
+            w.count -= 1;
+        }
+        if senders.is_empty() {
+            w.by_id.remove(&self.answer_id);
+        }
+    }
+}
+
 impl Answers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, AnswerSenders> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many requests wait for an answer now.
+    pub fn waiting(&self) -> usize {
+        self.lock().count
     }
 
     /// Waits up to `timeout` for the answer with id `answer_id` (`None`: not in time, or too
@@ -353,29 +388,22 @@ impl Answers {
         timeout: std::time::Duration,
     ) -> Result<Option<Answer>, event_store::Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        {
-            let mut waiting = self.lock();
-            if waiting.values().map(Vec::len).sum::<usize>() >= MAX_ANSWER_WAITERS {
+        let _registration = {
+            let mut w = self.lock();
+            if w.count >= MAX_ANSWER_WAITERS {
                 return Ok(None);
             }
-            waiting.entry(answer_id).or_default().push(tx);
-        }
+            w.next_token += 1;
+            let token = w.next_token;
+            w.by_id.entry(answer_id).or_default().push((token, tx));
+            w.count += 1;
+            Registration { answers: self, answer_id, token }
+        };
         // Registered first, then looked up: an answer that arrives in between is not missed.
         if let Some(e) = store.find_event(answer_id)? {
-            self.lock().remove(&answer_id);
             return Ok(decode_answer(&e));
         }
-        let answer = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
-        if answer.is_none() {
-            let mut waiting = self.lock();
-            if let Some(senders) = waiting.get_mut(&answer_id) {
-                senders.retain(|s| !s.is_closed());
-                if senders.is_empty() {
-                    waiting.remove(&answer_id);
-                }
-            }
-        }
-        Ok(answer)
+        Ok(tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok))
     }
 
     /// Hands out the answers that reach the log from now on, until `shutdown`.
@@ -391,14 +419,80 @@ impl Answers {
                 next = sub.next() => {
                     let Some(e) = next else { return Ok(()) };
                     let e = e?;
-                    let senders = self.lock().remove(&e.event_id);
-                    if let (Some(senders), Some(answer)) = (senders, decode_answer(&e)) {
-                        for s in senders {
+                    let senders = {
+                        let mut w = self.lock();
+                        let senders = w.by_id.remove(&e.event_id).unwrap_or_default();
+                        w.count -= senders.len();
+                        senders
+                    };
+                    if let Some(answer) = decode_answer(&e) {
+                        for (_, s) in senders {
                             let _ = s.send(answer.clone());
                         }
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_store::{ExpectedVersion, MemoryStorage, NewEvent, StoreConfig};
+    use std::time::Duration;
+
+    fn answered(answer_id: Uuid) -> NewEvent {
+        let body = messages::CommandAnswered {
+            key: Uuid::nil(),
+            command: "ApiPlaceOrder".into(),
+            to: "causeway://query-0".into(),
+            answer: Answer::Done {},
+        };
+        NewEvent::json(messages::ANSWER_TYPE, serde_json::to_vec(&body).expect("json")).with_id(answer_id)
+    }
+
+    async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_takes_only_its_own_place() {
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+        let answers = Answers::default();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let runner = tokio::spawn(answers.clone().run(store.clone(), rx));
+        let id = Uuid::now_v7();
+        let long = Duration::from_secs(30);
+        // Two requests wait for one answer; one client goes away.
+        let (a, s) = (answers.clone(), store.clone());
+        let stays = tokio::spawn(async move { a.wait(&s, id, long).await });
+        let (a, s) = (answers.clone(), store.clone());
+        let leaves = tokio::spawn(async move { a.wait(&s, id, long).await });
+        until("two waiters", || answers.waiting() == 2).await;
+        leaves.abort();
+        let _ = leaves.await;
+        assert_eq!(answers.waiting(), 1, "the aborted request gave its place back, and only its own");
+        // The other one still gets the answer when it reaches the log.
+        store
+            .append_to(&messages::answers_stream(Uuid::nil()), ExpectedVersion::Any, vec![answered(id)])
+            .await
+            .expect("append");
+        let got = stays.await.expect("join").expect("wait");
+        assert_eq!(got, Some(Answer::Done {}));
+        assert_eq!(answers.waiting(), 0);
+        // Found in the log at once: nothing stays registered, nor for a waiter that timed out.
+        assert_eq!(answers.wait(&store, id, long).await.expect("wait"), Some(Answer::Done {}));
+        assert_eq!(
+            answers.wait(&store, Uuid::now_v7(), Duration::from_millis(10)).await.expect("wait"),
+            None
+        );
+        assert_eq!(answers.waiting(), 0);
+        let _ = stop.send(true);
+        let _ = runner.await;
     }
 }

@@ -89,8 +89,9 @@ fn checkpoint_name(consumer: &str) -> String {
 
 /// Whether a node's consumers hold their inputs and have read from them once (`/readyz`).
 /// Every consumer of Kafka is registered, not ready, when the node starts it; it reports ready
-/// once each of its partitions has answered a fetch (its first record, or the end of the
-/// partition). A consumer of the local log needs nothing: its input is always there.
+/// once the broker has answered a watermark request for each of its partitions, and is not
+/// ready again once it ends. A consumer of the local log needs nothing: its input is always
+/// there.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     waiting: Arc<Mutex<BTreeSet<String>>>,
@@ -331,6 +332,11 @@ async fn process<S: Storage, H: Handler>(
     Ok(())
 }
 
+/// The most of an original payload a dead letter keeps (as text, and whole for a re-drive): a
+/// letter stays under the store's event size limit even when every byte of the text needs a
+/// six-byte JSON escape.
+const MAX_KEPT_PAYLOAD: usize = 96 * 1024;
+
 /// Tries to write a dead letter before the consumer gives up (and stops).
 const DEAD_LETTER_ATTEMPTS: u32 = 8;
 
@@ -341,6 +347,17 @@ pub async fn dead_letter<S: Storage>(
     event: &RecordedEvent,
     reason: &str,
 ) -> Result<(), event_store::Error> {
+    // The original is kept whole when it is a recorded event (not a Kafka record that failed to
+    // decode: there is nothing to re-drive) and small enough for the letter to fit in an event.
+    let keep = event.version > 0 && event.payload.len() <= MAX_KEPT_PAYLOAD;
+    let mut text = String::from_utf8_lossy(&event.payload).into_owned();
+    if text.len() > MAX_KEPT_PAYLOAD {
+        let mut end = MAX_KEPT_PAYLOAD;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
     let letter = DeadLettered {
         consumer: consumer.to_owned(),
         reason: reason.to_owned(),
@@ -348,7 +365,20 @@ pub async fn dead_letter<S: Storage>(
         stream_id: event.stream_id.clone(),
         event_id: event.event_id,
         event_type: event.event_type.clone(),
-        payload: String::from_utf8_lossy(&event.payload).into_owned(),
+        payload: text,
+        original: keep.then(|| messages::OriginalEvent {
+            version: event.version,
+            schema_version: event.schema_version,
+            recorded_at_ns: event.recorded_at_ns,
+            correlation_id: event.correlation_id,
+            causation_id: event.causation_id,
+            metadata: event.metadata.clone(),
+            content_type: event.content_type.clone(),
+            payload_base64: {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(&event.payload)
+            },
+        }),
     };
     let stream = messages::dead_letter_stream(consumer)?;
     let e = NewEvent::json("DeadLettered", serde_json::to_vec(&letter).unwrap_or_default())
@@ -427,8 +457,37 @@ pub async fn redrive<S: Storage, H: Handler>(
     handler: &H,
     event_id: Uuid,
 ) -> Result<Result<(), HandlerError>, event_store::Error> {
-    let Some(original) = store.find_event(event_id)? else {
-        return Ok(Err(HandlerError::Poison(format!("event {event_id} is not in the log"))));
+    // The original: in this node's log (an embedded node's input), else as its letter kept it
+    // (a Kafka consumer's input lives in Kafka, not here).
+    let original = match store.find_event(event_id)? {
+        Some(e) => e,
+        None => {
+            // Only this node's own letters (a query node also holds replicas of other nodes').
+            let letters = list_dead_letters_with_source(store, handler.name())?;
+            let kept = letters.iter().rev().find(|(l, from)| l.letter.event_id == event_id && from.is_none());
+            match kept.map(|(l, _)| l.letter.original_event()) {
+                Some(Some(e)) if handler.accepts(&e) => e,
+                Some(Some(e)) => {
+                    return Ok(Err(HandlerError::Poison(format!(
+                        "{} does not take {} events from {}",
+                        handler.name(),
+                        e.event_type,
+                        e.stream_id
+                    ))))
+                }
+                Some(None) => {
+                    return Ok(Err(HandlerError::Poison(format!(
+                        "event {event_id} is not in the log and its dead letter does not keep it"
+                    ))))
+                }
+                None => {
+                    return Ok(Err(HandlerError::Poison(format!(
+                        "event {event_id} is not in the log nor among {}'s dead letters",
+                        handler.name()
+                    ))))
+                }
+            }
+        }
     };
     // Write back the checkpoint as it is, so a re-drive never moves it.
     let name = checkpoint_name(handler.name());
@@ -445,5 +504,79 @@ pub async fn redrive<S: Storage, H: Handler>(
     match store.append_to(&stream, ExpectedVersion::Any, vec![resolved]).await {
         Ok(_) | Err(event_store::Error::EventIdReused { .. }) => Ok(Ok(())),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_store::{MemoryStorage, StoreConfig};
+
+    /// Records what it was handed.
+    struct Recorder(std::sync::Mutex<Vec<RecordedEvent>>);
+
+    impl Handler for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn source(&self) -> Source {
+            Source::All
+        }
+        fn accepts(&self, _: &RecordedEvent) -> bool {
+            true
+        }
+        fn partition_key(&self, _: &RecordedEvent) -> u64 {
+            0
+        }
+        async fn handle(&self, event: &RecordedEvent, _: (String, u64)) -> Result<(), HandlerError> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_whose_original_is_not_in_the_log_is_redriven_from_the_letter() {
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+        // A message from Kafka: it never was in this node's log; its payload is not UTF-8.
+        let original = RecordedEvent {
+            position: 42,
+            stream_id: "inventory_commands-SKU-1".into(),
+            version: 7,
+            event_id: Uuid::now_v7(),
+            event_type: "ReserveStock".into(),
+            schema_version: 3,
+            recorded_at_ns: 1_700_000_000_123_456_789,
+            correlation_id: Uuid::now_v7(),
+            causation_id: Uuid::now_v7(),
+            metadata: [("command_id".to_owned(), "abc".to_owned())].into(),
+            payload: vec![0xff, 0x00, b'{', 0xfe],
+            content_type: "application/octet-stream".into(),
+        };
+        dead_letter(&store, "recorder", &original, "poison").await.expect("letter");
+        assert!(store.find_event(original.event_id).expect("find").is_none());
+        let handler = Recorder(Default::default());
+        redrive(&store, &handler, original.event_id).await.expect("store").expect("redriven");
+        assert_eq!(
+            *handler.0.lock().expect("lock"),
+            vec![original.clone()],
+            "handed the original byte for byte"
+        );
+        let letters = list_dead_letters(&store, "recorder").expect("list");
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].resolved);
+        // A Kafka record that was not an event (version 0: it failed to decode) keeps no
+        // original, and is not re-driven; nor is a payload too big to keep.
+        let malformed = RecordedEvent { version: 0, event_id: Uuid::now_v7(), ..original.clone() };
+        let big =
+            RecordedEvent { event_id: Uuid::now_v7(), payload: vec![b'x'; MAX_KEPT_PAYLOAD + 1], ..original };
+        for e in [&malformed, &big] {
+            dead_letter(&store, "recorder", e, "poison").await.expect("letter");
+            let refused = redrive(&store, &handler, e.event_id).await.expect("store");
+            assert!(matches!(refused, Err(HandlerError::Poison(_))), "{refused:?}");
+        }
+        assert_eq!(handler.0.lock().expect("lock").len(), 1);
+        // An id with no letter is refused, not guessed.
+        let unknown = redrive(&store, &handler, Uuid::now_v7()).await.expect("store");
+        assert!(matches!(unknown, Err(HandlerError::Poison(_))), "{unknown:?}");
     }
 }

@@ -192,6 +192,8 @@ pub struct Handlers<S: Storage, G: PaymentGateway> {
     /// Folded inventory states by stream, with the version they include. Used only when the
     /// stream is still at that version (checked against the log), so it can never be stale.
     inventory_cache: std::sync::Mutex<std::collections::HashMap<String, (Inventory, u64)>>,
+    /// This node is one of several inventory pods (sharded by SKU): it owns some SKUs only.
+    sharded_inventory: bool,
 }
 
 /// The outcome of deciding one command: what to append.
@@ -203,7 +205,15 @@ struct Decision {
 impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
     /// Handlers over `store`, with the payment gateway behind `gateway`'s breaker.
     pub fn new(store: EventStore<S>, gateway: Breaker<G>, carrier: SimulatedCarrier) -> Self {
-        Self { store, gateway, carrier, inventory_cache: Default::default() }
+        Self { store, gateway, carrier, inventory_cache: Default::default(), sharded_inventory: false }
+    }
+
+    /// Marks this node as one of several inventory pods: a stock command for several SKUs (sent
+    /// by a saga recorded before stock went per SKU) is refused, since some of its SKUs belong to
+    /// other pods.
+    pub fn with_sharded_inventory(mut self, sharded: bool) -> Self {
+        self.sharded_inventory = sharded;
+        self
     }
 
     /// Loads an inventory: from the cache when the stream has not moved since, else from its
@@ -303,7 +313,17 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             | SagaCommand::ReleaseStock { lines, .. } => {
                 let mut rejected = Vec::new();
                 let mut outputs = Vec::new();
-                for (sku, quantity) in merge_lines(lines) {
+                let merged = merge_lines(lines);
+                // A per-SKU command has one line; one with several (even of one SKU) was keyed by
+                // its order, not its SKU, so it may have reached a pod that does not own the SKU.
+                if self.sharded_inventory && lines.len() > 1 {
+                    rejected.push(format!(
+                        "a stock command with {} lines reached one of several inventory pods, which owns some SKUs \
+                         only (a saga recorded before stock went per SKU: drain such sagas before sharding inventory)",
+                        lines.len()
+                    ));
+                }
+                for (sku, quantity) in if rejected.is_empty() { merged } else { BTreeMap::new() } {
                     let stream = messages::inventory_stream(&sku)
                         .map_err(|err| HandlerError::Poison(err.to_string()))?;
                     let (state, version) = self.inventory(&stream)?;

@@ -7,7 +7,7 @@
 //!
 //! - Every saga has ended (completed, compensated or failed) — [`Report::unfinished`].
 //! - Stock is conserved per SKU: added = available + reserved + shipped.
-//! - A compensated order holds no stock and no captured money.
+//! - A compensated order holds no stock (reserved or committed) and no captured money.
 //! - A completed order is confirmed, with one captured payment and one created shipment, and its
 //!   stock committed (shipped).
 
@@ -194,6 +194,13 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
                 }
                 if holds_stock {
                     report.problems.push(format!("order {order_id}: compensated but still holds stock"));
+                }
+                for (sku, i) in &inventories {
+                    if i.committed.contains_key(&order_id) {
+                        report.problems.push(format!(
+                            "order {order_id}: compensated but its stock of {sku} stays committed"
+                        ));
+                    }
                 }
                 if payment.captured != Money::ZERO || payment.status == PaymentStatus::Authorized {
                     report.problems.push(format!(

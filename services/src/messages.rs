@@ -216,6 +216,48 @@ pub struct DeadLettered {
     pub event_type: String,
     /// The original payload, as text (lossy for non-UTF-8 bytes).
     pub payload: String,
+    /// The rest of the original, byte for byte (absent in letters written before it was kept):
+    /// a pod whose log does not hold the original (a Kafka consumer's input) re-drives from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalEvent>,
+}
+
+/// What a [`DeadLettered`] keeps of its original event beyond its name and place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginalEvent {
+    pub version: u64,
+    pub schema_version: u32,
+    pub recorded_at_ns: u64,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub content_type: String,
+    /// The payload bytes, base64 (standard alphabet, padded).
+    pub payload_base64: String,
+}
+
+impl DeadLettered {
+    /// The original event, as the consumer saw it (`None` for a letter without its original, or
+    /// one whose kept payload does not decode).
+    pub fn original_event(&self) -> Option<RecordedEvent> {
+        use base64::Engine as _;
+        let o = self.original.as_ref()?;
+        let payload = base64::engine::general_purpose::STANDARD.decode(&o.payload_base64).ok()?;
+        Some(RecordedEvent {
+            position: self.position,
+            stream_id: self.stream_id.clone(),
+            version: o.version,
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: o.schema_version,
+            recorded_at_ns: o.recorded_at_ns,
+            correlation_id: o.correlation_id,
+            causation_id: o.causation_id,
+            metadata: o.metadata.clone(),
+            payload,
+            content_type: o.content_type.clone(),
+        })
+    }
 }
 
 /// `DeadLetterResolved`: a dead letter was re-driven successfully.

@@ -245,11 +245,10 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 crate::kafka::shard::Layout { role: role.name().into(), index, count, partitions: None },
             )?;
         }
-        let handlers = Arc::new(Handlers::new(
-            store.clone(),
-            Breaker::new(gateway, config.breaker),
-            config.carrier.clone(),
-        ));
+        let handlers = Arc::new(
+            Handlers::new(store.clone(), Breaker::new(gateway, config.breaker), config.carrier.clone())
+                .with_sharded_inventory(role == Role::Inventory && shard.1 > 1),
+        );
         // Only a node that runs the saga manager keeps sagas in memory.
         let saga = if role.runs_saga() {
             let saga = Arc::new(SagaRunner::new(store.clone(), config.policy));
@@ -265,7 +264,10 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let consumers = role.consumers();
-        let inputs = |topics: Vec<String>| kafka.as_ref().map(|k| (k, topics, shard));
+        let owner = role.name();
+        let inputs = |topics: Vec<String>| {
+            kafka.as_ref().map(|k| (k, crate::kafka::consume::Inputs { topics, shard, role: Some(owner) }))
+        };
         for name in &consumers {
             match (name.service(), &saga) {
                 (Some(service), _) => {
@@ -296,7 +298,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 &store,
                 replica,
                 config.consumer,
-                Some((k, all_topics(), (0, 1))),
+                Some((k, crate::kafka::consume::Inputs { topics: all_topics(), shard: (0, 1), role: None })),
                 &rx,
                 &readiness,
             );
@@ -428,7 +430,7 @@ fn spawn_consumer<S: Storage, H: Handler>(
     store: &EventStore<S>,
     handler: Arc<H>,
     config: ConsumerConfig,
-    kafka: Option<(&crate::kafka::KafkaConfig, Vec<String>, (i32, i32))>,
+    kafka: Option<(&crate::kafka::KafkaConfig, crate::kafka::consume::Inputs)>,
     shutdown: &watch::Receiver<bool>,
     readiness: &Readiness,
 ) {
@@ -436,13 +438,16 @@ fn spawn_consumer<S: Storage, H: Handler>(
     match kafka {
         None => tasks
             .spawn(async move { consumer::run(store, handler, config, rx).await.map_err(|e| e.to_string()) }),
-        Some((k, topics, shard)) => {
-            readiness.expect(handler.name());
+        Some((k, inputs)) => {
+            let name = handler.name().to_owned();
+            readiness.expect(&name);
             let k = k.clone();
             tasks.spawn(async move {
-                crate::kafka::consume::run(store, handler, config, k, topics, shard, rx, readiness)
-                    .await
-                    .map_err(|e| e.to_string())
+                let r = crate::kafka::consume::run(store, handler, config, k, inputs, rx, readiness.clone())
+                    .await;
+                // A consumer that ended holds nothing: the node is not ready (it stops next).
+                readiness.expect(&name);
+                r.map_err(|e| e.to_string())
             })
         }
     };

@@ -279,3 +279,63 @@ async fn only_the_nodes_that_run_the_saga_manager_keep_sagas_in_memory() {
             .expect("clean");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    for sku in ["A", "B"] {
+        commands::add_stock(&store, Uuid::now_v7(), Sku::from(sku), 10).await.expect("stock");
+    }
+    let h = handlers(&store).with_sharded_inventory(true);
+    let order = OrderId(Uuid::now_v7());
+    // A saga recorded before stock went per SKU sends one command for both SKUs.
+    let legacy = SagaCommand::ReserveStock {
+        order_id: order,
+        lines: vec![
+            SagaLine { sku: Sku::from("A"), quantity: 1 },
+            SagaLine { sku: Sku::from("B"), quantity: 1 },
+        ],
+    };
+    let e = send(&store, Uuid::now_v7(), &legacy).await;
+    h.handle_command(&e, None).await.expect("handle");
+    let reply = store
+        .read_stream(&messages::replies_stream(order), 1, event_store::Direction::Forward)
+        .next()
+        .expect("a reply")
+        .expect("read");
+    let text = String::from_utf8_lossy(&reply.payload);
+    assert!(text.contains("rejected") && text.contains("several inventory pods"), "{text}");
+    for sku in ["A", "B"] {
+        let (inv, _) = services::handlers::load_inventory(
+            &store,
+            &messages::inventory_stream(&Sku::from(sku)).expect("s"),
+        )
+        .expect("load");
+        assert_eq!(inv.reserved_total(), 0, "{sku}: nothing reserved on a pod that may not own it");
+    }
+    // Two lines of one SKU were keyed by the order too: refused as well.
+    let other = OrderId(Uuid::now_v7());
+    let twice = SagaCommand::ReserveStock {
+        order_id: other,
+        lines: vec![
+            SagaLine { sku: Sku::from("A"), quantity: 1 },
+            SagaLine { sku: Sku::from("A"), quantity: 1 },
+        ],
+    };
+    let e = send(&store, Uuid::now_v7(), &twice).await;
+    h.handle_command(&e, None).await.expect("handle");
+    let reply = store
+        .read_stream(&messages::replies_stream(other), 1, event_store::Direction::Forward)
+        .next()
+        .expect("a reply")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("several inventory pods"));
+    // One SKU per command, as the saga sends them now, is decided.
+    let per_sku = reserve(order, "A", 2);
+    let e = send(&store, Uuid::now_v7(), &per_sku).await;
+    h.handle_command(&e, None).await.expect("handle");
+    let (inv, _) =
+        services::handlers::load_inventory(&store, &messages::inventory_stream(&Sku::from("A")).expect("s"))
+            .expect("load");
+    assert_eq!(inv.reserved_total(), 2);
+}

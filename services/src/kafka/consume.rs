@@ -59,22 +59,33 @@ fn item(m: &BorrowedMessage<'_>) -> FeedItem {
     }
 }
 
+/// What a consumer of Kafka reads.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// Its topics (created when missing).
+    pub topics: Vec<String>,
+    /// `(index, count)`: its share of their partitions, `p % count == index`.
+    pub shard: (i32, i32),
+    /// The owner role it runs for (its pods share the partitions, and their layout is checked);
+    /// `None` for a consumer that reads everything (the query role's replica).
+    pub role: Option<&'static str>,
+}
+
 /// Runs `handler` on its share of the partitions of `topics` (created when missing) until
 /// `shutdown`: with `shard = (index, count)` the partitions `p % count == index` (one pod of a
 /// scaled-out role; `(0, 1)` takes all). A sharded consumer first checks that its topics have one
 /// partition count, the one its node recorded. It reports ready once the broker has answered for
 /// every partition it reads.
-#[allow(clippy::too_many_arguments)]
 pub async fn run<S: Storage, H: Handler>(
     store: EventStore<S>,
     handler: Arc<H>,
     config: ConsumerConfig,
     kafka: KafkaConfig,
-    topics: Vec<String>,
-    shard: (i32, i32),
+    inputs: Inputs,
     shutdown: watch::Receiver<bool>,
     readiness: consumer::Readiness,
 ) -> Result<(), KafkaError> {
+    let Inputs { topics, shard, role } = inputs;
     let (index, count) = shard;
     // The broker may be down while the node starts: wait for it rather than fail the node.
     let mut backoff = Duration::from_millis(200);
@@ -96,9 +107,38 @@ pub async fn run<S: Storage, H: Handler>(
             }
         }
     };
-    if count > 1 {
+    if let Some(role) = role {
+        // An owner role's pods share its partitions: its topics must have one partition count,
+        // the one this node and the cluster recorded, and the cluster's pod count must be ours.
         super::shard::check_partitions(&store, handler.name(), &found)
             .map_err(|e| KafkaError::Other(e.to_string()))?;
+        let layout = super::shard::RoleLayout {
+            role: role.to_owned(),
+            count,
+            partitions: found.first().map_or(0, |(_, n)| *n),
+            keying: super::shard::KEYING,
+            node: kafka.node_id.clone(),
+        };
+        // The broker may go away meanwhile too: only another layout is fatal.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (c, l) = (kafka.clone(), layout.clone());
+            let checked =
+                tokio::task::spawn_blocking(move || super::shard::check_cluster_layout(&c, &l, index))
+                    .await
+                    .map_err(|e| KafkaError::Other(e.to_string()))?;
+            match checked {
+                Ok(()) => break,
+                Err(e @ super::shard::LayoutError::Kafka(_)) => {
+                    tracing::warn!(consumer = handler.name(), error = %e, retry_in = ?backoff, "checking the cluster's layout");
+                    if super::relay::sleep_or_stop(backoff, &mut shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(KafkaError::Other(e.to_string())),
+            }
+        }
     }
     let partitions: Vec<(String, Vec<i32>)> =
         found.into_iter().map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect())).collect();
@@ -193,11 +233,17 @@ pub async fn run<S: Storage, H: Handler>(
             }
         })
     };
+    // Partitions end together at a stop. One that fails (its store failed, or a message could be
+    // neither handled nor dead-lettered) takes the whole consumer, and with it the node, down at
+    // once: the others must not keep serving while its keys stall.
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
         let r = r.map_err(|e| KafkaError::Other(e.to_string())).and_then(|r| r.map_err(KafkaError::from));
-        if result.is_ok() {
+        if r.is_err() {
             result = r;
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            break;
         }
     }
     events.abort();

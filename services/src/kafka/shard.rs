@@ -99,6 +99,24 @@ pub enum LayoutError {
     /// The input topics' partition counts differ from each other or from the recorded count.
     #[error("{0}")]
     Partitions(String),
+    /// The cluster records another layout for the role than this pod was started with.
+    #[error(
+        "the cluster runs the {role} role as {count} pods over {partitions} partitions (keying {keying}; recorded \
+         in the {topic} topic by {node}), but this pod was started as {pod}. Changing a role's pod count would move \
+         partitions, and the streams their keys own, to pods whose logs do not hold them; Causeway refuses that. \
+         Start the role with {count} pods (see deploy/README.md, \"Changing the pod count\")",
+        role = recorded.role, count = recorded.count, partitions = recorded.partitions, keying = recorded.keying,
+        node = recorded.node, topic = LAYOUT_TOPIC
+    )]
+    ClusterChanged {
+        /// What the cluster records.
+        recorded: RoleLayout,
+        /// What this pod was started as.
+        pod: String,
+    },
+    /// Kafka failed while the layout was checked.
+    #[error("checking the cluster's layout in Kafka: {0}")]
+    Kafka(String),
     /// The layout record cannot be read.
     #[error("the node's shard layout record is unreadable: {0}")]
     Unreadable(String),
@@ -143,16 +161,18 @@ pub fn check_layout<S: Storage>(store: &EventStore<S>, now: Layout) -> Result<()
     }
 }
 
-/// Checks that a sharded consumer's input topics all have one partition count (else one key
-/// would land on different pods in different topics) and that it is the count recorded (else
-/// the partitions, and the keys they hold, would move between pods); records it the first time.
+/// Checks that an owner role's input topics all have one partition count when it runs several
+/// pods (else one key would land on different pods in different topics) and that it is the
+/// count recorded (else the partitions, and the keys they hold, would move between pods);
+/// records it the first time.
 pub fn check_partitions<S: Storage>(
     store: &EventStore<S>,
     consumer: &str,
     topics: &[(String, i32)],
 ) -> Result<(), LayoutError> {
     let counts: std::collections::BTreeSet<i32> = topics.iter().map(|(_, n)| *n).collect();
-    if counts.len() > 1 {
+    let sharded = recorded(store)?.is_some_and(|l| l.count > 1);
+    if counts.len() > 1 && sharded {
         let listed: Vec<String> = topics.iter().map(|(t, n)| format!("{t}: {n}")).collect();
         return Err(LayoutError::Partitions(format!(
             "the {consumer} consumer's input topics have different partition counts ({}); one key would land \
@@ -161,6 +181,10 @@ pub fn check_partitions<S: Storage>(
         )));
     }
     let Some(&count) = counts.first() else { return Ok(()) };
+    if counts.len() > 1 {
+        // One pod reads every partition of every topic: the counts do not decide ownership.
+        return Ok(());
+    }
     match recorded(store)? {
         Some(r) if r.partitions == Some(count) => Ok(()),
         Some(r) if r.partitions.is_none() => save(store, &Layout { partitions: Some(count), ..r }),
@@ -169,6 +193,113 @@ pub fn check_partitions<S: Storage>(
              would move between pods"
         ))),
         None => Ok(()),
+    }
+}
+
+/// The Kafka topic that holds each role's pod count for the whole cluster (one partition; a
+/// record per role, the first one counts).
+pub const LAYOUT_TOPIC: &str = "causeway_layout";
+
+/// How records are keyed: 1 = by shard key (the order id, or the SKU for stock).
+pub const KEYING: u32 = 1;
+
+/// A role's layout as the cluster records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleLayout {
+    /// The role.
+    pub role: String,
+    /// Its pods.
+    pub count: i32,
+    /// Its input topics' partition count.
+    pub partitions: i32,
+    /// How records are keyed ([`KEYING`]).
+    pub keying: u32,
+    /// The node that recorded it.
+    pub node: String,
+}
+
+/// Checks a pod's layout against the cluster's: the first pod of a role to start records the
+/// role's pod count in [`LAYOUT_TOPIC`]; every later pod of the role (a new ordinal, a pod with an
+/// empty store, one with an old store) must agree. So a scale-up's new pod, whose empty store
+/// records nothing, cannot start with another count and replay its partitions from offset 0
+/// (blocking).
+pub fn check_cluster_layout(
+    config: &super::KafkaConfig,
+    mine: &RoleLayout,
+    index: i32,
+) -> Result<(), LayoutError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::{Duration, Instant};
+
+    let kafka = |e: rdkafka::error::KafkaError| LayoutError::Kafka(e.to_string());
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        config.client().create().map_err(kafka)?;
+    // Kept for ever, never compacted: the first record of a role is the one that counts.
+    let topic = NewTopic::new(LAYOUT_TOPIC, 1, TopicReplication::Fixed(config.replication))
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1");
+    let created = futures::executor::block_on(
+        admin.create_topics(&[topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))),
+    )
+    .map_err(kafka)?;
+    for r in created {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(LayoutError::Kafka(format!("creating {t}: {code}"))),
+        }
+    }
+    let first_record = || -> Result<Option<RoleLayout>, LayoutError> {
+        let consumer: BaseConsumer = config.reader("layout").create().map_err(kafka)?;
+        let (low, high) =
+            consumer.fetch_watermarks(LAYOUT_TOPIC, 0, Duration::from_secs(10)).map_err(kafka)?;
+        if high <= low {
+            return Ok(None);
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(LAYOUT_TOPIC, 0, rdkafka::Offset::Offset(low)).map_err(kafka)?;
+        consumer.assign(&tpl).map_err(kafka)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let m = m.map_err(kafka)?;
+            if m.key() == Some(mine.role.as_bytes()) {
+                if let Some(l) = m.payload().and_then(|p| serde_json::from_slice::<RoleLayout>(p).ok()) {
+                    return Ok(Some(l));
+                }
+            }
+            if m.offset() + 1 >= high {
+                return Ok(None);
+            }
+        }
+        Err(LayoutError::Kafka(format!("reading {LAYOUT_TOPIC} timed out")))
+    };
+    let recorded = match first_record()? {
+        Some(r) => r,
+        None => {
+            let producer: BaseProducer = config.client().set("acks", "all").create().map_err(kafka)?;
+            let value = serde_json::to_vec(mine).map_err(|e| LayoutError::Unreadable(e.to_string()))?;
+            producer
+                .send(BaseRecord::to(LAYOUT_TOPIC).key(mine.role.as_bytes()).payload(&value))
+                .map_err(|(e, _)| kafka(e))?;
+            producer.flush(Duration::from_secs(10)).map_err(kafka)?;
+            // Two pods may have raced: the first record wins.
+            first_record()?.ok_or_else(|| LayoutError::Kafka(format!("{LAYOUT_TOPIC} lost our record")))?
+        }
+    };
+    let agrees = recorded.count == mine.count
+        && recorded.keying == mine.keying
+        && (mine.count == 1 || recorded.partitions == mine.partitions);
+    if agrees {
+        Ok(())
+    } else {
+        Err(LayoutError::ClusterChanged {
+            recorded,
+            pod: format!("pod {index} of {} over {} partitions", mine.count, mine.partitions),
+        })
     }
 }
 
