@@ -280,6 +280,16 @@ async fn only_the_nodes_that_run_the_saga_manager_keep_sagas_in_memory() {
     }
 }
 
+/// The payload of the first reply to `order`'s commands, as text.
+fn first_reply(store: &EventStore<MemoryStorage>, order: OrderId) -> String {
+    let reply = store
+        .read_stream(&messages::replies_stream(order), 1, event_store::Direction::Forward)
+        .next()
+        .expect("a reply")
+        .expect("read");
+    String::from_utf8_lossy(&reply.payload).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
@@ -298,12 +308,7 @@ async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     };
     let e = send(&store, Uuid::now_v7(), &legacy).await;
     h.handle_command(&e, None).await.expect("handle");
-    let reply = store
-        .read_stream(&messages::replies_stream(order), 1, event_store::Direction::Forward)
-        .next()
-        .expect("a reply")
-        .expect("read");
-    let text = String::from_utf8_lossy(&reply.payload);
+    let text = first_reply(&store, order);
     assert!(text.contains("rejected") && text.contains("several inventory pods"), "{text}");
     for sku in ["A", "B"] {
         let (inv, _) = services::handlers::load_inventory(
@@ -324,12 +329,7 @@ async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     };
     let e = send(&store, Uuid::now_v7(), &twice).await;
     h.handle_command(&e, None).await.expect("handle");
-    let reply = store
-        .read_stream(&messages::replies_stream(other), 1, event_store::Direction::Forward)
-        .next()
-        .expect("a reply")
-        .expect("read");
-    assert!(String::from_utf8_lossy(&reply.payload).contains("several inventory pods"));
+    assert!(first_reply(&store, other).contains("several inventory pods"));
     // One SKU per command, as the saga sends them now, is decided.
     let per_sku = reserve(order, "A", 2);
     let e = send(&store, Uuid::now_v7(), &per_sku).await;
