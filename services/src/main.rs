@@ -789,19 +789,19 @@ async fn dead_letters(
     let store = store.open()?;
     if let (Some(id), Some(name)) = (redrive, consumer) {
         // A node of a distributed deployment re-drives only the consumers it runs.
-        let role = services::kafka::shard::recorded(&store)?
-            .and_then(|l| Role::from_name(&l.role))
-            .unwrap_or(Role::All);
+        let layout = services::kafka::shard::recorded(&store)?;
+        let sharded_inventory = layout.as_ref().is_some_and(|l| l.role == "inventory" && l.count > 1);
+        let role = layout.and_then(|l| Role::from_name(&l.role)).unwrap_or(Role::All);
         if !role.consumers().contains(&name) {
             let e = admin::not_owner(&store, role, name, id);
             println!("{e}");
             return Ok(ExitCode::from(1));
         }
-        let handlers = Arc::new(Handlers::new(
-            store.clone(),
-            Breaker::new(gateway, config.breaker),
-            SimulatedCarrier::default(),
-        ));
+        // The same handlers as the running pod, the sharded-inventory refusal included.
+        let handlers = Arc::new(
+            Handlers::new(store.clone(), Breaker::new(gateway, config.breaker), SimulatedCarrier::default())
+                .with_sharded_inventory(sharded_inventory),
+        );
         let saga = if role.runs_saga() {
             let saga = SagaRunner::new(store.clone(), config.policy);
             saga.recover()?;
