@@ -65,6 +65,13 @@ pub enum Error {
     /// A durability sync failed earlier; the store refuses writes until it is reopened.
     #[error("the store is failed after an unsuccessful sync ({0}); reopen it")]
     Poisoned(String),
+    /// The append queue stayed full for longer than the configured wait: the node is past what
+    /// its disk takes; try again later.
+    #[error("the event store is overloaded: {pending} appends are waiting; try again later")]
+    Overloaded {
+        /// Appends queued or awaiting their sync.
+        pending: usize,
+    },
     /// The store has been closed.
     #[error("the event store is closed")]
     Closed,

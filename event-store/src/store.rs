@@ -79,13 +79,26 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// Most events the writer puts into one batch.
     pub max_group_events: usize,
+    /// Most appends queued for the writer or waiting for their sync. Past it an append waits for
+    /// room, up to `max_append_wait`, then fails with [`Error::Overloaded`].
+    pub max_pending_appends: usize,
+    /// How long an append waits for room in a full queue.
+    pub max_append_wait: Duration,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { durability: Durability::Fsync, max_group_events: 8192 }
+        Self {
+            durability: Durability::Fsync,
+            max_group_events: 8192,
+            max_pending_appends: DEFAULT_MAX_PENDING_APPENDS,
+            max_append_wait: Duration::from_secs(10),
+        }
     }
 }
+
+/// The default of [`StoreConfig::max_pending_appends`].
+pub const DEFAULT_MAX_PENDING_APPENDS: usize = 16_384;
 
 /// An event body encoded on the appender's side.
 struct PreparedEvent {
@@ -156,6 +169,10 @@ struct Inner<S: Storage> {
     shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// Room in the append queue: one permit per append queued or awaiting its sync.
+    room: Arc<tokio::sync::Semaphore>,
+    max_pending: usize,
+    max_wait: Duration,
 }
 
 impl<S: Storage> Drop for Inner<S> {
@@ -257,7 +274,19 @@ impl<S: Storage> EventStore<S> {
                 .spawn(move || syncer.run())
                 .map_err(|e| StorageError(format!("spawn syncer: {e}")))?,
         ];
-        Ok(Self { inner: Arc::new(Inner { storage, shared, tx: Some(tx), threads }) })
+        let max_pending = config.max_pending_appends.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let room = Arc::new(tokio::sync::Semaphore::new(max_pending));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                storage,
+                shared,
+                tx: Some(tx),
+                threads,
+                room,
+                max_pending,
+                max_wait: config.max_append_wait,
+            }),
+        })
     }
 
     /// How many durability syncs have run since open (each covers a whole group of appends).
@@ -276,10 +305,30 @@ impl<S: Storage> EventStore<S> {
         if let Some(reason) = self.inner.shared.poisoned.get() {
             return Err(Error::Poisoned(reason.clone()));
         }
+        // Hold a place in the bounded queue until the append is answered.
+        let room = self.inner.room.clone();
+        let _place = match room.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(self.inner.max_wait, room.acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => return Err(Error::Overloaded { pending: self.pending_appends() }),
+            },
+        };
         let (reply, rx) = oneshot::channel();
         let tx = self.inner.tx.as_ref().ok_or(Error::Closed)?;
         tx.send(Job { request: prepared, reply }).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Appends queued for the writer or waiting for their sync.
+    pub fn pending_appends(&self) -> usize {
+        self.inner.max_pending - self.inner.room.available_permits().min(self.inner.max_pending)
+    }
+
+    /// The bound on [`EventStore::pending_appends`] ([`StoreConfig::max_pending_appends`]).
+    pub fn max_pending_appends(&self) -> usize {
+        self.inner.max_pending
     }
 
     /// Appends events to one stream.

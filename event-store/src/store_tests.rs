@@ -995,3 +995,40 @@ both_engines!(stored_as_tells_absent_same_and_different_without_appending, |stor
     assert!(matches!(store.stored_as(&sid("order-elsewhere"), &e).expect("probe"), Stored::Different { .. }));
     assert_eq!(store.head(), 1, "nothing was appended by the probes");
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_append_queue_makes_callers_wait_then_answers_overloaded() {
+    let storage = Gated::default();
+    let cfg = StoreConfig {
+        max_pending_appends: 2,
+        max_append_wait: Duration::from_millis(200),
+        ..StoreConfig::default()
+    };
+    let store = EventStore::open(storage.clone(), cfg).expect("open");
+    assert_eq!(store.max_pending_appends(), 2);
+    let applies = storage.apply.passed();
+    storage.apply.hold();
+    let spawn = |name: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_to(&sid(name), ExpectedVersion::Any, vec![ev("E")]).await })
+    };
+    // Two appends fill the queue (the first is held inside the writer, the second queued).
+    let (a, b) = (spawn("order-a"), spawn("order-b"));
+    storage.apply.wait_entered(applies + 1);
+    while store.pending_appends() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // A third waits for room, then is refused with the typed error; nothing of it is written.
+    let refused = store.append_to(&sid("order-c"), ExpectedVersion::Any, vec![ev("E")]).await;
+    assert!(matches!(refused, Err(Error::Overloaded { pending: 2 })), "{refused:?}");
+    assert!(!Error::Overloaded { pending: 2 }.is_client_error());
+    // A fourth that waits while room comes free gets in.
+    let d = spawn("order-d");
+    storage.apply.open();
+    for t in [a, b, d] {
+        t.await.expect("join").expect("append");
+    }
+    assert_eq!(store.head(), 3);
+    assert_eq!(store.read_stream(&sid("order-c"), 1, Direction::Forward).count(), 0);
+    assert_eq!(store.pending_appends(), 0);
+}

@@ -4,9 +4,11 @@
 //! `bad_request` (400: malformed JSON, unknown fields, bad ids or numbers), `not_found` (404),
 //! `conflict` (409: an idempotency key reused for another request, a busy stream),
 //! `payload_too_large` (413), `unsupported_media_type` (415: not JSON), `rejected` (422: the
-//! domain refused the command), `not_ready`
-//! (503), `internal` (500, generic message; the cause goes to the log). A client mistake is never
-//! a 5xx.
+//! domain refused the command), `overloaded` (429: the node is at a bound, of sagas in flight, of
+//! pending appends, of requests or of live feeds), `not_ready` / `unavailable` (503), `timeout`
+//! (503: the request took longer than the node allows), `internal` (500, generic message; the
+//! cause goes to the log). Every 429 and 503 carries `Retry-After`. A client mistake is never a
+//! 5xx; a refused command leaves no event behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +58,164 @@ pub struct ApiState<S: Storage> {
     pub admin: Option<AdminApi>,
     /// Where REST commands go.
     pub commands: CommandRoute,
+    /// Admission control of new orders (`None`: unbounded, for tools and tests that want it).
+    pub admission: Option<crate::admission::Admission>,
+    /// The live feeds served now, and their bound.
+    pub feeds: LiveFeeds,
+    /// The bounds on requests of the `/api` routes.
+    pub limits: HttpLimits,
 }
+
+/// Bounds on the requests of the `/api` routes (health and metrics stay outside them, so probes
+/// answer under load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Requests served at once; past it a request is answered 429 `overloaded` at once.
+    pub max_in_flight: usize,
+    /// A request not answered in this time is answered 503 `timeout` (a live feed's stream is
+    /// not bounded by it, only its start).
+    pub request_timeout: Duration,
+}
+
+/// A TCP listener that holds at most `max` connections open: past it, new connections wait in
+/// the kernel's listen backlog until one closes (and `causeway_http_connections_waiting` says
+/// so), instead of each taking memory and a task.
+#[derive(Debug)]
+pub struct BoundedListener {
+    inner: tokio::net::TcpListener,
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl BoundedListener {
+    /// At most `max` connections of `inner` at once.
+    pub fn new(inner: tokio::net::TcpListener, max: usize) -> Self {
+        Self { inner, room: Arc::new(tokio::sync::Semaphore::new(max.max(1))) }
+    }
+}
+
+/// A connection of a [`BoundedListener`]: its place is given back when it closes.
+#[derive(Debug)]
+pub struct BoundedStream {
+    io: tokio::net::TcpStream,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let place = match self.room.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                metrics::gauge!("causeway_http_connections_waiting").set(1.0);
+                tracing::warn!("at the bound of open HTTP connections; new ones wait");
+                let p = self.room.clone().acquire_owned().await;
+                metrics::gauge!("causeway_http_connections_waiting").set(0.0);
+                match p {
+                    Ok(p) => p,
+                    // The semaphore is never closed; wait forever rather than serve unbounded.
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Small answers go out at once.
+        let _ = io.set_nodelay(true);
+        (BoundedStream { io, _place: place }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { max_in_flight: 1024, request_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The bound on live feeds (`GET /api/events/live`): how many at once, how many events each may
+/// have waiting for a slow client, and how long a client may leave its buffer full before it is
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct LiveFeeds {
+    open: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    /// Events waiting for one client at most.
+    pub buffer: usize,
+    /// A client that reads nothing while its buffer is full this long is disconnected.
+    pub stall: Duration,
+}
+
+impl LiveFeeds {
+    /// At most `max` feeds at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            buffer: 256,
+            stall: Duration::from_secs(30),
+        }
+    }
+
+    /// Feeds open now.
+    pub fn open(&self) -> usize {
+        self.max.saturating_sub(self.open.available_permits())
+    }
+}
+
+impl Default for LiveFeeds {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_LIVE_FEEDS)
+    }
+}
+
+/// The default bound on live feeds at once.
+pub const DEFAULT_MAX_LIVE_FEEDS: usize = 64;
 
 /// Where a node's REST commands go.
 #[derive(Debug, Clone)]
@@ -117,6 +276,9 @@ impl<S: Storage> Clone for ApiState<S> {
             stopping: self.stopping.clone(),
             admin: self.admin.clone(),
             commands: self.commands.clone(),
+            admission: self.admission.clone(),
+            feeds: self.feeds.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -131,11 +293,27 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for the `Retry-After` header (429 and 503 answers).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+    /// 429 `overloaded`: the node is at a bound; try again after `retry_after` seconds.
+    pub(crate) fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)
+        }
+    }
+    /// 503 `unavailable`: the node cannot serve this now; try again after `retry_after` seconds.
+    pub(crate) fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -160,7 +338,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable: bad_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
-    /// unsupported_media_type, rejected, not_ready, internal.
+    /// unsupported_media_type, rejected, overloaded, not_ready, unavailable, timeout, internal.
     pub code: String,
     /// For people.
     pub message: String,
@@ -168,7 +346,12 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let mut resp = (self.status, Json(json!({"error": {"code": self.code, "message": self.message}})))
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -210,6 +393,9 @@ impl From<CommandError> for ApiError {
             e @ CommandError::Contention(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             e @ CommandError::OrderNotFound(_) => ApiError::not_found(e.to_string()),
             CommandError::Store(e) if e.is_client_error() => ApiError::bad_request(e.to_string()),
+            CommandError::Store(e @ event_store::Error::Overloaded { .. }) => {
+                ApiError::overloaded(e.to_string(), 1)
+            }
             CommandError::Store(e) => ApiError::internal(e),
             CommandError::Load(e) => ApiError::internal(e),
         }
@@ -239,6 +425,9 @@ impl From<projections::ProjectionError> for ApiError {
 
 impl From<event_store::Error> for ApiError {
     fn from(e: event_store::Error) -> Self {
+        if let event_store::Error::Overloaded { .. } = e {
+            return ApiError::overloaded(e.to_string(), 1);
+        }
         if e.is_client_error() {
             ApiError::bad_request(e.to_string())
         } else {
@@ -280,7 +469,9 @@ fn handler<S: Storage>(method: &str, path: &str) -> Option<axum::routing::Method
 /// it directly (`tower::ServiceExt::oneshot`).
 pub fn app<S: Storage>(state: ApiState<S>) -> Router {
     use utoipa::OpenApi;
-    let mut router = Router::new();
+    // The `/api` routes are bounded; health, readiness and metrics are not, so probes answer
+    // while the node sheds load.
+    let (mut api, mut probes) = (Router::new(), Router::new());
     for (path, item) in ApiDoc::openapi().paths.paths {
         let operations = [
             ("get", item.get.is_some()),
@@ -302,14 +493,39 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
             }
         }
         if let Some(m) = methods {
-            router = router.route(&path, m);
+            if path.starts_with("/api/") {
+                api = api.route(&path, m);
+            } else {
+                probes = probes.route(&path, m);
+            }
         }
     }
-    router
+    let limits = state.limits;
+    let bounded = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(shed))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_in_flight.max(1)))
+        .timeout(limits.request_timeout);
+    probes
+        .merge(api.layer(bounded))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(http_metrics))
         .with_state(state)
+}
+
+/// The answer of a request the bounds stopped: 429 when too many are in flight, 503 when it
+/// took too long.
+async fn shed(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        metrics::counter!("causeway_http_rejected_total", "reason" => "in_flight").increment(1);
+        ApiError::overloaded("the node serves as many requests as it allows; try again later", 1)
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        metrics::counter!("causeway_http_rejected_total", "reason" => "timeout").increment(1);
+        ApiError::unavailable("timeout", "the request took longer than the node allows; try again later", 1)
+    } else {
+        ApiError::internal(err)
+    }
 }
 
 /// Checks `Authorization: Bearer <token>` against the configured admin token.
@@ -449,6 +665,13 @@ async fn prometheus<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Resp
         return Err(ApiError::not_found("metrics are not enabled on this node"));
     };
     metrics::gauge!("causeway_store_head_position").set(st.store.head() as f64);
+    metrics::gauge!("causeway_store_pending_appends").set(st.store.pending_appends() as f64);
+    metrics::gauge!("causeway_store_max_pending_appends").set(st.store.max_pending_appends() as f64);
+    if let Some(a) = &st.admission {
+        let load = a.load();
+        metrics::gauge!("causeway_admission_in_flight").set(load.in_flight as f64);
+        metrics::gauge!("causeway_admission_limit").set(load.limit as f64);
+    }
     for name in READ_MODELS {
         let lag = st.models.lag(name)?;
         metrics::gauge!("causeway_projection_lag_events", "projection" => name).set(lag as f64);
@@ -469,10 +692,13 @@ pub struct LiveQuery {
 /// SSE event whose `id` is its position (a client resumes with `from_position` = last id + 1),
 /// whose `event` is its event type (`OrderPlaced`, ...) and whose `data` is the event as JSON
 /// (an `EventView`); an `error` event carries a read failure as text; comments keep the
-/// connection alive.
+/// connection alive. A node serves a bounded number of feeds; a client that stops reading is
+/// disconnected once its bounded buffer has stayed full for the stall time, and resumes with
+/// `from_position`.
 #[utoipa::path(get, path = "/api/events/live", tag = "events", params(LiveQuery),
     responses((status = 200, description = "a text/event-stream of SSE events: id = position, event = event type, data = EventView (JSON)",
-        content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody)))]
+        content_type = "text/event-stream", body = String), (status = 400, body = ErrorBody),
+        (status = 429, description = "the node serves as many live feeds as it allows (Retry-After)", body = ErrorBody)))]
 async fn live_events<S: Storage>(
     State(st): State<ApiState<S>>,
     q: Result<Query<LiveQuery>, QueryRejection>,
@@ -481,21 +707,55 @@ async fn live_events<S: Storage>(
 > {
     use futures::StreamExt;
     let Query(q) = q?;
+    let Ok(place) = st.feeds.open.clone().try_acquire_owned() else {
+        metrics::counter!("causeway_http_rejected_total", "reason" => "live_feeds").increment(1);
+        return Err(ApiError::overloaded(
+            format!("this node serves {} live feeds already, its bound; try again later", st.feeds.max),
+            5,
+        ));
+    };
     let after = match q.from_position {
         Some(p) => p.saturating_sub(1),
         None => st.store.head(),
     };
-    let mut stopping = st.stopping.clone();
-    let stopped = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    };
-    let stream = st.store.subscribe_all(after).into_stream().take_until(stopped).map(|r| match r {
-        Ok(e) => {
-            let (id, kind) = (e.position.to_string(), e.event_type.clone());
-            axum::response::sse::Event::default().id(id).event(kind).json_data(view(e))
+    // A task reads the log into a bounded buffer; a client that leaves it full for `stall` is
+    // dropped (its feed ends; it resumes with from_position), so a slow reader costs the node
+    // `buffer` events, not the log.
+    let (tx, rx) = tokio::sync::mpsc::channel(st.feeds.buffer.max(1));
+    let (mut sub, stall, mut stopping) = (st.store.subscribe_all(after), st.feeds.stall, st.stopping.clone());
+    tokio::spawn(async move {
+        let _place = place;
+        metrics::gauge!("causeway_live_feeds").increment(1.0);
+        loop {
+            let next = tokio::select! {
+                _ = stopping.wait_for(|s| *s) => break,
+                _ = tx.closed() => break,
+                next = sub.next() => next,
+            };
+            let Some(item) = next else { break };
+            let event = match item {
+                Ok(e) => {
+                    let (id, kind) = (e.position.to_string(), e.event_type.clone());
+                    axum::response::sse::Event::default().id(id).event(kind).json_data(view(e))
+                }
+                Err(e) => Ok(axum::response::sse::Event::default().event("error").data(e.to_string())),
+            };
+            match tx.send_timeout(event, stall).await {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    metrics::counter!("causeway_live_feeds_dropped_total").increment(1);
+                    tracing::info!(
+                        position = sub.position(),
+                        "dropped a live feed whose client stopped reading"
+                    );
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => break,
+            }
         }
-        Err(e) => Ok(axum::response::sse::Event::default().event("error").data(e.to_string())),
+        metrics::gauge!("causeway_live_feeds").decrement(1.0);
     });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| e);
     Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
@@ -535,7 +795,7 @@ async fn readyz<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Json<Rea
     } else {
         format!("waiting for the inputs of {}", waiting.join(", "))
     };
-    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message))
+    Err(ApiError::unavailable("not_ready", message, 5))
 }
 
 /// The `Idempotency-Key` header of the commands.
@@ -656,6 +916,20 @@ async fn forward<S: Storage>(st: &ApiState<S>, command: ApiCommand) -> ApiResult
     }
 }
 
+/// Refuses a command while the store's append queue is half full: the disk is the bottleneck, and
+/// what is queued already will take a while (a command refused here leaves nothing behind).
+fn writer_has_room<S: Storage>(st: &ApiState<S>) -> ApiResult<()> {
+    let (pending, max) = (st.store.pending_appends(), st.store.max_pending_appends());
+    if pending * 2 >= max {
+        metrics::counter!("causeway_http_rejected_total", "reason" => "appends").increment(1);
+        return Err(ApiError::overloaded(
+            format!("the node has {pending} appends waiting for its disk (bound {max}); try again later"),
+            1,
+        ));
+    }
+    Ok(())
+}
+
 /// The refusal of a command on a role pod.
 fn refuse_commands(role: &str) -> ApiError {
     ApiError::new(
@@ -676,7 +950,9 @@ fn refuse_commands(role: &str) -> ApiError {
         (status = 202, description = "forwarded to the order role, which has not answered yet (query node)", body = PlacedOrder),
         (status = 400, body = ErrorBody),
         (status = 409, description = "the Idempotency-Key was used for another request, or this node takes no commands", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, description = "the node is at its limit of sagas in flight or of pending appends (Retry-After says when to retry; nothing was recorded)", body = ErrorBody),
+        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody)))]
 async fn place_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -694,18 +970,42 @@ async fn place_order<S: Storage>(
         .into_iter()
         .map(|l| LineItem { sku: Sku(l.sku), quantity: l.quantity, unit_price: Money(l.unit_price_minor) })
         .collect();
+    if let CommandRoute::Refuse { role } = &st.commands {
+        return Err(refuse_commands(role));
+    }
+    writer_has_room(&st)?;
+    // A saga starts for a new order: it needs a place under the node's limit. A retry of an
+    // order the log already holds starts nothing and takes no place.
+    let admission = match &st.admission {
+        Some(a) if st.store.stream_version(&crate::messages::order_stream(order_id))? == 0 => {
+            a.admit(order_id).map_err(|e| ApiError::overloaded(e.to_string(), e.retry_after_secs))?;
+            Some(a)
+        }
+        _ => None,
+    };
+    let placed = place(&st, key, order_id, req.customer_id, items, req.currency, req.shipping_address).await;
+    if let (Err(_), Some(a)) = (&placed, admission) {
+        a.withdraw(order_id);
+    }
+    placed
+}
+
+/// Carries out a place-order request (after admission).
+async fn place<S: Storage>(
+    st: &ApiState<S>,
+    key: Uuid,
+    order_id: OrderId,
+    customer_id: String,
+    items: Vec<LineItem>,
+    currency: String,
+    shipping_address: Option<Address>,
+) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
     match &st.commands {
         CommandRoute::Refuse { role } => Err(refuse_commands(role)),
         CommandRoute::Forward { .. } => {
-            let command = ApiCommand::PlaceOrder {
-                key,
-                order_id,
-                customer_id: req.customer_id,
-                items,
-                currency: req.currency,
-                shipping_address: req.shipping_address,
-            };
-            Ok(match forward(&st, command).await? {
+            let command =
+                ApiCommand::PlaceOrder { key, order_id, customer_id, items, currency, shipping_address };
+            Ok(match forward(st, command).await? {
                 Forwarded::Done(position) => (StatusCode::CREATED, Json(PlacedOrder { order_id, position })),
                 Forwarded::Accepted(position) => {
                     (StatusCode::ACCEPTED, Json(PlacedOrder { order_id, position }))
@@ -715,10 +1015,10 @@ async fn place_order<S: Storage>(
         CommandRoute::Local => {
             let cmd = OrderCommand::Place {
                 order_id,
-                customer_id: CustomerId(req.customer_id),
+                customer_id: CustomerId(customer_id),
                 items,
-                currency: Currency(req.currency),
-                shipping_address: req.shipping_address,
+                currency: Currency(currency),
+                shipping_address,
             };
             let (_, r) = commands::place_order(&st.store, key, cmd).await?;
             Ok((StatusCode::CREATED, Json(PlacedOrder { order_id, position: r.last_position })))
@@ -742,7 +1042,9 @@ pub struct CancelledOrder {
     responses((status = 200, body = CancelledOrder),
         (status = 202, description = "forwarded to the order role, which has not answered yet", body = CancelledOrder),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, description = "the node is overloaded (Retry-After; nothing was recorded)", body = ErrorBody),
+        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody)))]
 async fn cancel_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -753,6 +1055,9 @@ async fn cancel_order<S: Storage>(
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
     let done =
         |status: StatusCode, s: &str| (status, Json(CancelledOrder { order_id: id, status: s.into() }));
+    if !matches!(st.commands, CommandRoute::Refuse { .. }) {
+        writer_has_room(&st)?;
+    }
     match &st.commands {
         CommandRoute::Refuse { role } => Err(refuse_commands(role)),
         CommandRoute::Forward { .. } => {
@@ -795,7 +1100,9 @@ pub struct StockAddedView {
     responses((status = 200, body = StockAddedView),
         (status = 202, description = "forwarded to the inventory role, which has not answered yet", body = StockAddedView),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, description = "the node is overloaded (Retry-After; nothing was recorded)", body = ErrorBody),
+        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody)))]
 async fn add_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -806,6 +1113,9 @@ async fn add_stock<S: Storage>(
     let Json(req) = body?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
     let view = |position| Json(StockAddedView { sku: sku.clone(), added: req.quantity, position });
+    if !matches!(st.commands, CommandRoute::Refuse { .. }) {
+        writer_has_room(&st)?;
+    }
     match &st.commands {
         CommandRoute::Refuse { role } => Err(refuse_commands(role)),
         CommandRoute::Forward { .. } => {

@@ -871,6 +871,9 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
         stopping: http_stopped.clone(),
         admin: None,
         commands: crate::api::CommandRoute::Local,
+        admission: node.admission().cloned(),
+        feeds: crate::api::LiveFeeds::default(),
+        limits: crate::api::HttpLimits::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

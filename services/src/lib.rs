@@ -21,6 +21,7 @@
 //!   appends alone, its write ceiling).
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod bench;
 pub mod commands;

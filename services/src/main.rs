@@ -141,6 +141,72 @@ impl SagaArgs {
     }
 }
 
+/// The node's bounds under overload (ARCHITECTURE.md, "Overload").
+#[derive(Debug, Clone, clap::Args)]
+struct LimitArgs {
+    /// Sagas in flight the node admits at start (the limit then adapts to saga latency).
+    #[arg(long, env = "CAUSEWAY_ADMISSION_INITIAL", default_value_t = 256)]
+    admission_initial: usize,
+    /// The adaptive limit never goes below this.
+    #[arg(long, env = "CAUSEWAY_ADMISSION_MIN", default_value_t = 16)]
+    admission_min: usize,
+    /// Nor above this.
+    #[arg(long, env = "CAUSEWAY_ADMISSION_MAX", default_value_t = 20_000)]
+    admission_max: usize,
+    /// Saga latency (order placed to saga ended) the limit aims under, in ms.
+    #[arg(long, env = "CAUSEWAY_ADMISSION_TARGET_MS", default_value_t = 1_000)]
+    admission_target_ms: u64,
+    /// Live feeds (`/api/events/live`) served at once.
+    #[arg(long, env = "CAUSEWAY_MAX_LIVE_FEEDS", default_value_t = services::api::DEFAULT_MAX_LIVE_FEEDS)]
+    max_live_feeds: usize,
+    /// `/api` requests served at once; past it, 429.
+    #[arg(long, env = "CAUSEWAY_MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024)]
+    max_in_flight_requests: usize,
+    /// An `/api` request not answered in this time gets a 503, in ms.
+    #[arg(long, env = "CAUSEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// HTTP connections open at once; past it, new connections wait in the listen backlog.
+    #[arg(long, env = "CAUSEWAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+}
+
+/// What [`LimitArgs`] set.
+#[derive(Debug, Clone)]
+struct Limits {
+    admission: services::admission::AdmissionConfig,
+    feeds: usize,
+    http: services::api::HttpLimits,
+    connections: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<Limits> {
+        let admission = services::admission::AdmissionConfig {
+            initial: self.admission_initial,
+            min: self.admission_min,
+            max: self.admission_max,
+            target: Duration::from_millis(self.admission_target_ms),
+            ..services::admission::AdmissionConfig::default()
+        };
+        admission.validate().map_err(anyhow::Error::msg)?;
+        if self.max_live_feeds == 0 || self.max_in_flight_requests == 0 || self.max_connections == 0 {
+            bail!("--max-live-feeds, --max-in-flight-requests and --max-connections must be at least 1");
+        }
+        if !(100..=3_600_000).contains(&self.request_timeout_ms) {
+            bail!("--request-timeout-ms must be between 100 and 3600000");
+        }
+        Ok(Limits {
+            admission,
+            feeds: self.max_live_feeds,
+            http: services::api::HttpLimits {
+                max_in_flight: self.max_in_flight_requests,
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+            },
+            connections: self.max_connections,
+        })
+    }
+}
+
 /// Kafka: the relay that mirrors the log, restore, re-publish.
 #[derive(Debug, Clone, clap::Args)]
 struct KafkaArgs {
@@ -247,6 +313,8 @@ enum Cmd {
         forward_wait_ms: u64,
         #[command(flatten)]
         saga: SagaArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Rebuild a lost log from Kafka, byte for byte, and verify it (counts and digest). Refuses a
     /// data directory that holds a store unless --force (which moves the old one aside). NOT safe
@@ -440,7 +508,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Serve { store, gateway, listen, admin_token, kafka, role, forward_wait_ms, saga } => {
+        Cmd::Serve { store, gateway, listen, admin_token, kafka, role, forward_wait_ms, saga, limits } => {
+            let limits = limits.limits()?;
             let kafka = kafka.config()?;
             if role != services::runtime::Role::All && kafka.is_none() {
                 bail!(
@@ -449,9 +518,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     role.name()
                 );
             }
-            let config = RuntimeConfig { kafka, policy: saga.policy()?, ..RuntimeConfig::default() };
-            serve(store, gateway, listen, admin_token, config, role, Duration::from_millis(forward_wait_ms))
-                .await
+            let config = RuntimeConfig {
+                kafka,
+                policy: saga.policy()?,
+                admission: limits.admission,
+                ..RuntimeConfig::default()
+            };
+            let http = HttpOptions {
+                listen,
+                admin_token,
+                forward_wait: Duration::from_millis(forward_wait_ms),
+                limits,
+            };
+            serve(store, gateway, http, config, role).await
         }
         Cmd::Restore { from_kafka: _, data_dir, force, kafka } => {
             let config = kafka.required()?;
@@ -619,15 +698,23 @@ fn migrate(data_dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// How `serve` serves HTTP.
+#[derive(Debug)]
+struct HttpOptions {
+    listen: std::net::SocketAddr,
+    admin_token: Option<String>,
+    forward_wait: Duration,
+    limits: Limits,
+}
+
 async fn serve(
     store: StoreArgs,
     gateway: GatewayArgs,
-    listen: std::net::SocketAddr,
-    admin_token: Option<String>,
+    http: HttpOptions,
     config: RuntimeConfig,
     role: services::runtime::Role,
-    forward_wait: Duration,
 ) -> Result<ExitCode> {
+    let HttpOptions { listen, admin_token, forward_wait, limits } = http;
     use services::api::CommandRoute;
     use services::runtime::Role;
     use std::future::IntoFuture;
@@ -667,7 +754,11 @@ async fn serve(
         stopping: http_stopped.clone(),
         admin: admin_token.map(|token| services::api::AdminApi { token, redrive: node.redriver() }),
         commands,
+        admission: node.admission().cloned(),
+        feeds: services::api::LiveFeeds::new(limits.feeds),
+        limits: limits.http,
     };
+    let listener = services::api::BoundedListener::new(listener, limits.connections);
     let server = tokio::spawn(
         axum::serve(listener, services::api::app(state))
             .with_graceful_shutdown(async move {

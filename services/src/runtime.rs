@@ -35,6 +35,8 @@ pub struct RuntimeConfig {
     pub projections: projections::RunOptions,
     /// Mirror the log to Kafka (the relay runs when set).
     pub kafka: Option<crate::kafka::KafkaConfig>,
+    /// Admission control of new orders (on the nodes that take REST commands: `all`, `query`).
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -47,6 +49,7 @@ impl Default for RuntimeConfig {
             carrier: SimulatedCarrier::default(),
             projections: projections::RunOptions::default(),
             kafka: None,
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 }
@@ -196,6 +199,7 @@ pub struct Runtime<S: Storage, G: PaymentGateway> {
     models: ReadModels<S>,
     readiness: Readiness,
     answers: Option<Answers>,
+    admission: Option<crate::admission::Admission>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
 }
@@ -333,8 +337,27 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 Ok(())
             });
         }
+        // The nodes that take REST commands bound the sagas they start.
+        let admission = matches!(role, Role::All | Role::Query).then(|| {
+            let admission = crate::admission::Admission::new(config.admission);
+            let (a, store, rx) = (admission.clone(), store.clone(), rx.clone());
+            tasks.spawn(async move { a.run(store, rx).await.map_err(|e| format!("admission: {e}")) });
+            admission
+        });
         readiness.set_serving(true);
-        Ok(Self { store, role, handlers, saga, consumers, models, readiness, answers, shutdown, tasks })
+        Ok(Self {
+            store,
+            role,
+            handlers,
+            saga,
+            consumers,
+            models,
+            readiness,
+            answers,
+            admission,
+            shutdown,
+            tasks,
+        })
     }
 
     /// The read models.
@@ -365,6 +388,11 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     /// Whether its consumers hold their inputs and have read them once (and the node serves).
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    /// The admission control of new orders (the nodes that take REST commands: `all`, `query`).
+    pub fn admission(&self) -> Option<&crate::admission::Admission> {
+        self.admission.as_ref()
     }
 
     /// The answers to the REST commands this node forwards (the query role).

@@ -54,6 +54,9 @@ fn node_with_admin(admin: bool) -> (Rt, axum::Router) {
         stopping: never_stopping(),
         admin: admin.then(|| services::api::AdminApi { token: TOKEN.into(), redrive: rt.redriver() }),
         commands: services::api::CommandRoute::Local,
+        admission: rt.admission().cloned(),
+        feeds: services::api::LiveFeeds::default(),
+        limits: services::api::HttpLimits::default(),
     };
     (rt, app(state))
 }

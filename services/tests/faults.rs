@@ -217,6 +217,9 @@ async fn a_store_failure_while_loading_is_a_server_error_not_a_refusal() {
         stopping,
         admin: None,
         commands: services::api::CommandRoute::Local,
+        admission: rt.admission().cloned(),
+        feeds: services::api::LiveFeeds::default(),
+        limits: services::api::HttpLimits::default(),
     });
     let order = OrderId(Uuid::now_v7());
     storage.fail_reads_of(Some(format!("order-{order}").as_bytes()));
