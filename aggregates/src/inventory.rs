@@ -3,8 +3,16 @@
 //! Stock is conserved: `added = available + reserved + shipped` holds after every event
 //! (checked by [`Inventory::is_conserved`]). A reservation that cannot be met is recorded as
 //! `StockReservationRejected`, a business outcome the saga reacts to, not an error.
+//!
+//! The state stays bounded however many orders a SKU serves: besides its live reservations it
+//! remembers the newest [`REMEMBERED_ORDERS`] committed orders and the newest
+//! [`REMEMBERED_ORDERS`] released ones, which is what keeps the decider idempotent while an
+//! order's saga can still send it commands (a retried reserve or commit, a compensation that
+//! returns committed stock, a late reservation after a release). Older ones are forgotten: a
+//! command for an order that many commits (or releases) of the same SKU ago is treated as one
+//! for an unknown order. ARCHITECTURE.md ("Overload") says why that is safe in practice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,22 +119,109 @@ pub enum InventoryError {
     ReservationMismatch { sku: Sku, order_id: OrderId, reserved: u64, requested: u64 },
 }
 
+/// How many committed orders, and how many released orders, one SKU remembers (the newest).
+pub const REMEMBERED_ORDERS: usize = 10_000;
+
 /// State of one SKU (serialisable: the inventory handler snapshots it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "InventoryRepr", into = "InventoryRepr")]
 pub struct Inventory {
     pub sku: Option<Sku>,
     pub available: u64,
     pub reserved: BTreeMap<OrderId, u64>,
     pub added: u64,
     pub shipped: u64,
-    /// Orders whose reservation was committed (so a repeated commit is a no-op).
+    /// The newest committed orders (so a repeated commit is a no-op, and a compensation returns
+    /// the stock), at most [`REMEMBERED_ORDERS`].
     pub committed: BTreeMap<OrderId, u64>,
-    /// Orders whose stock was released (a late reservation for them is refused).
-    #[serde(default)]
-    pub released: std::collections::BTreeSet<OrderId>,
+    /// The newest released orders (a late reservation for them is refused), at most
+    /// [`REMEMBERED_ORDERS`].
+    pub released: BTreeSet<OrderId>,
+    /// The order of arrival of `committed` and `released`, oldest first (what is forgotten
+    /// first). An id may stay here after it left its set (a returned commit); it is then
+    /// skipped when it comes to the front.
+    committed_order: VecDeque<OrderId>,
+    released_order: VecDeque<OrderId>,
+}
+
+/// How [`Inventory`] is stored: the remembered orders in their order of arrival, each once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct InventoryRepr {
+    sku: Option<Sku>,
+    available: u64,
+    reserved: BTreeMap<OrderId, u64>,
+    added: u64,
+    shipped: u64,
+    /// Oldest first.
+    committed: Vec<(OrderId, u64)>,
+    /// Oldest first.
+    released: Vec<OrderId>,
+}
+
+impl From<InventoryRepr> for Inventory {
+    fn from(r: InventoryRepr) -> Self {
+        let (committed, released) = (r.committed, r.released);
+        let mut inv = Inventory {
+            sku: r.sku,
+            available: r.available,
+            reserved: r.reserved,
+            added: r.added,
+            shipped: r.shipped,
+            ..Inventory::default()
+        };
+        for (order, q) in committed {
+            inv.remember_committed(order, q);
+        }
+        for order in released {
+            inv.remember_released(order);
+        }
+        inv
+    }
+}
+
+impl From<Inventory> for InventoryRepr {
+    fn from(mut inv: Inventory) -> Self {
+        let committed =
+            inv.committed_order.iter().filter_map(|o| inv.committed.remove(o).map(|q| (*o, q))).collect();
+        let released = inv.released_order.iter().filter(|o| inv.released.remove(o)).copied().collect();
+        InventoryRepr {
+            sku: inv.sku,
+            available: inv.available,
+            reserved: inv.reserved,
+            added: inv.added,
+            shipped: inv.shipped,
+            committed,
+            released,
+        }
+    }
 }
 
 impl Inventory {
+    fn remember_committed(&mut self, order: OrderId, quantity: u64) {
+        if self.committed.insert(order, quantity).is_none() {
+            self.committed_order.push_back(order);
+        }
+        while self.committed.len() > REMEMBERED_ORDERS || self.committed_order.len() > 2 * REMEMBERED_ORDERS {
+            let Some(oldest) = self.committed_order.pop_front() else { break };
+            self.committed.remove(&oldest);
+        }
+    }
+
+    fn remember_released(&mut self, order: OrderId) {
+        if self.released.insert(order) {
+            self.released_order.push_back(order);
+        }
+        while self.released.len() > REMEMBERED_ORDERS {
+            let Some(oldest) = self.released_order.pop_front() else { break };
+            self.released.remove(&oldest);
+        }
+    }
+
+    /// Orders remembered (committed and released): never more than 2 × [`REMEMBERED_ORDERS`].
+    pub fn remembered(&self) -> usize {
+        self.committed.len() + self.released.len()
+    }
+
     /// Units held for orders.
     pub fn reserved_total(&self) -> u64 {
         self.reserved.values().sum()
@@ -251,12 +346,12 @@ impl Decider for Inventory {
                 if let Some(q) = self.reserved.remove(&e.order_id) {
                     self.available += q;
                 }
-                self.released.insert(e.order_id);
+                self.remember_released(e.order_id);
             }
             InventoryEvent::StockCommitted(e) => {
                 if let Some(q) = self.reserved.remove(&e.order_id) {
                     self.shipped += q;
-                    self.committed.insert(e.order_id, q);
+                    self.remember_committed(e.order_id, q);
                 }
             }
             InventoryEvent::StockReturned(e) => {
@@ -264,7 +359,7 @@ impl Decider for Inventory {
                     self.shipped -= q.min(self.shipped);
                     self.available += q;
                 }
-                self.released.insert(e.order_id);
+                self.remember_released(e.order_id);
             }
         }
         self
@@ -432,5 +527,67 @@ mod tests {
                 e
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod bounded {
+    use super::*;
+    use uuid::Uuid;
+
+    fn sku() -> Sku {
+        Sku::from("SKU-1")
+    }
+
+    fn fold(state: Inventory, command: InventoryCommand) -> Inventory {
+        let events = state.decide(command).expect("decide");
+        events.iter().fold(state, |s, e| s.evolve(e))
+    }
+
+    #[test]
+    fn the_state_stays_bounded_over_many_orders_of_one_sku_and_round_trips() {
+        let mut s =
+            fold(Inventory::default(), InventoryCommand::AddStock { sku: sku(), quantity: u64::MAX / 2 });
+        let orders: Vec<OrderId> =
+            (0..(REMEMBERED_ORDERS as u128 * 4)).map(|n| OrderId(Uuid::from_u128(n + 1))).collect();
+        for (i, order) in orders.iter().enumerate() {
+            s = fold(s, InventoryCommand::Reserve { sku: sku(), order_id: *order, quantity: 1 });
+            s = fold(s, InventoryCommand::Commit { sku: sku(), order_id: *order });
+            if i % 3 == 0 {
+                // A compensation returns it (it moves from committed to released).
+                s = fold(s, InventoryCommand::Release { sku: sku(), order_id: *order });
+            }
+            assert!(s.committed.len() <= REMEMBERED_ORDERS && s.released.len() <= REMEMBERED_ORDERS);
+            assert!(s.committed_order.len() <= 2 * REMEMBERED_ORDERS + 1);
+        }
+        assert!(s.is_conserved());
+        assert!(s.reserved.is_empty());
+        // The newest are remembered: a repeated commit and a repeated release stay no-ops.
+        let last = orders.len() - 1;
+        let newest = orders[(0..=last).rev().find(|i| i % 3 != 0).expect("one")];
+        assert_eq!(s.decide(InventoryCommand::Commit { sku: sku(), order_id: newest }), Ok(vec![]));
+        let returned = orders[(0..=last).rev().find(|i| i % 3 == 0).expect("one")];
+        assert!(s.released.contains(&returned));
+        assert_eq!(s.decide(InventoryCommand::Release { sku: sku(), order_id: returned }), Ok(vec![]));
+        // The oldest are forgotten.
+        assert!(!s.committed.contains_key(&orders[1]) && !s.released.contains(&orders[0]));
+        // A snapshot round trip keeps what is remembered and the order in which it goes.
+        let json = serde_json::to_vec(&s).expect("encode");
+        let back: Inventory = serde_json::from_slice(&json).expect("decode");
+        assert_eq!(
+            (back.committed.clone(), back.released.clone()),
+            (s.committed.clone(), s.released.clone())
+        );
+        assert_eq!((back.available, back.shipped, back.added), (s.available, s.shipped, s.added));
+        let next = OrderId(Uuid::from_u128(u128::MAX));
+        let a = fold(
+            fold(s, InventoryCommand::Reserve { sku: sku(), order_id: next, quantity: 1 }),
+            InventoryCommand::Commit { sku: sku(), order_id: next },
+        );
+        let b = fold(
+            fold(back, InventoryCommand::Reserve { sku: sku(), order_id: next, quantity: 1 }),
+            InventoryCommand::Commit { sku: sku(), order_id: next },
+        );
+        assert_eq!(a.committed, b.committed, "both forget the same oldest order");
     }
 }

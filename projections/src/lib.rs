@@ -19,7 +19,7 @@ pub mod runner;
 pub use model::{ReadModels, Tx};
 pub use runner::{
     as_of, catch_up, catch_up_with, rebuild, replay_from, run, run_with, verify, Fold, Projection, Rebuilt,
-    RunOptions,
+    RunOptions, KEEP_AS_OF,
 };
 
 /// A read-side failure.

@@ -9,6 +9,7 @@
 //! | `v` name gen | the version of the projection that built the generation (u32) |
 //! | `b` name checkpoint | a complete backup: its document count (u64), the version of the projection that built it (u32; absent: 1) |
 //! | `B` name checkpoint key | a backed-up document (JSON) |
+//! | `a` name | an as-of model (`<projection>@<ns>`): its sequence number of creation (u64) |
 //!
 //! Queries read the current generation. A rebuild fills the next generation while queries keep
 //! reading the current one, then switches the pointer in one write. Backups are copies of a
@@ -401,6 +402,45 @@ impl<S: Storage> ReadModels<S> {
     pub fn switch(&self, name: &str, gen: u32) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put(base(b'g', name), gen.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(())
+    }
+
+    /// Records that the as-of model `name` was built now; returns its sequence number.
+    pub fn record_as_of(&self, name: &str) -> Result<u64> {
+        let next = self.as_of_models("")?.iter().map(|(_, seq)| *seq).max().map_or(1, |m| m + 1);
+        let mut batch = WriteBatch::default();
+        batch.put(base(b'a', name), next.to_be_bytes().to_vec());
+        self.store.storage().apply(batch)?;
+        Ok(next)
+    }
+
+    /// The as-of models whose names start with `prefix`, with their creation sequence numbers,
+    /// oldest first.
+    pub fn as_of_models(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let start = vec![APP_KEY_PREFIX, b'P', b'a'];
+        let end = upper(&start);
+        let mut out = Vec::new();
+        for item in self.store.storage().range(&start, &end, false) {
+            let (k, v) = item?;
+            let k = k.as_ref();
+            let name = k
+                .get(5..)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .ok_or_else(|| ProjectionError::Corrupt("as-of model record".into()))?;
+            if name.starts_with(prefix) {
+                out.push((name.to_owned(), u64_of(v.as_ref(), "as-of model record")?));
+            }
+        }
+        out.sort_by_key(|(_, seq)| *seq);
+        Ok(out)
+    }
+
+    /// Deletes the as-of model `name` (its documents, checkpoint and record).
+    pub fn drop_as_of(&self, name: &str) -> Result<()> {
+        self.drop_generation(name, 0)?;
+        let mut batch = WriteBatch::default();
+        batch.delete(base(b'a', name));
         self.store.storage().apply(batch)?;
         Ok(())
     }

@@ -309,8 +309,13 @@ pub async fn replay_from<S: Storage, P: Projection>(
     .await
 }
 
+/// As-of models kept per projection: building another deletes the oldest beyond this many, so
+/// as-of queries do not leave the store growing.
+pub const KEEP_AS_OF: usize = 4;
+
 /// Builds the state of `projection` as of time `t` (every event recorded at or before `t`) into a
-/// separate read model named `<name>@<t in unix ns>`, generation 0, and returns that name.
+/// separate read model named `<name>@<t in unix ns>`, generation 0, and returns that name. The
+/// newest [`KEEP_AS_OF`] as-of models of a projection are kept; older ones are deleted.
 pub async fn as_of<S: Storage, P: Projection>(
     models: &ReadModels<S>,
     projection: Arc<P>,
@@ -322,6 +327,11 @@ pub async fn as_of<S: Storage, P: Projection>(
         m.drop_generation(&name, 0)?;
         let until = position_at(&m, t)?;
         catch_up_with(&m, p.as_ref(), &name, 0, until, Fold::REBUILD)?;
+        m.record_as_of(&name)?;
+        let built = m.as_of_models(&format!("{}@", p.name()))?;
+        for (old, _) in built.iter().rev().skip(KEEP_AS_OF).filter(|(n, _)| *n != name) {
+            m.drop_as_of(old)?;
+        }
         Ok(name)
     })
     .await

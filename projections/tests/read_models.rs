@@ -342,6 +342,27 @@ async fn as_of_reproduces_the_model_as_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_models_beyond_the_newest_few_are_deleted() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let mut names = Vec::new();
+    for _ in 0..(projections::KEEP_AS_OF + 2) {
+        history(&store, 2).await;
+        let t = store.read_event(store.head()).expect("read").expect("present").recorded_at();
+        let name = as_of(&models, Arc::new(StockLevels), t).await.expect("as of");
+        assert!(!models.dump(&name, 0).expect("dump").is_empty(), "the model just built is kept");
+        names.push(name);
+    }
+    let kept: Vec<String> =
+        models.as_of_models("stock-levels@").expect("list").into_iter().map(|(n, _)| n).collect();
+    assert_eq!(kept, names[2..].to_vec(), "the newest are kept, oldest first");
+    for old in &names[..2] {
+        assert!(models.dump(old, 0).expect("dump").is_empty(), "{old} left behind");
+        assert_eq!(models.checkpoint(old, 0).expect("checkpoint"), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_reported_and_a_bad_event_stops_the_projection_with_its_position() {
     let store = new_store();
     let models = ReadModels::new(store.clone());

@@ -80,7 +80,9 @@ pub const MAX_CONFLICT_RETRIES: usize = 8;
 
 /// Snapshot an inventory stream every this many events.
 pub const SNAPSHOT_EVERY: u64 = 100;
-const INVENTORY_SNAPSHOT_SCHEMA: u32 = 1;
+/// 2: bincode of the bounded state (1, JSON of the unbounded state, is no longer read: such a
+/// snapshot is replaced by the next one).
+const INVENTORY_SNAPSHOT_SCHEMA: u32 = 2;
 
 /// Rebuilds an aggregate from its stream (from `from` with state `state`).
 pub fn load_from<S: Storage, D>(
@@ -113,18 +115,39 @@ where
     load_from(store, stream, D::default(), 0)
 }
 
-/// Loads an inventory, starting from its snapshot when there is a usable one.
+static UNUSABLE_SNAPSHOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Snapshots found unusable by this process (also the metric `causeway_snapshots_unusable_total`).
+pub fn unusable_snapshots() -> u64 {
+    UNUSABLE_SNAPSHOTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Loads an inventory, starting from its snapshot when there is a usable one. A snapshot that
+/// cannot be read is logged and counted (`causeway_snapshots_unusable_total`), and the stream is
+/// folded from its start; the next snapshot replaces it.
 pub fn load_inventory<S: Storage>(
     store: &EventStore<S>,
     stream: &StreamId,
 ) -> Result<(Inventory, u64), LoadError> {
-    if let Ok(Some(snap)) = store.load_snapshot(stream) {
-        if snap.schema_version == INVENTORY_SNAPSHOT_SCHEMA {
-            if let Ok(state) = serde_json::from_slice::<Inventory>(&snap.payload) {
-                return load_from(store, stream, state, snap.version);
+    let unusable = |reason: String| {
+        UNUSABLE_SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("causeway_snapshots_unusable_total").increment(1);
+        tracing::warn!(%stream, %reason, "an inventory snapshot cannot be used; folding the stream from its start");
+    };
+    match store.load_snapshot(stream) {
+        Ok(None) => {}
+        Ok(Some(snap)) if snap.schema_version == INVENTORY_SNAPSHOT_SCHEMA => {
+            match bincode::deserialize::<Inventory>(&snap.payload) {
+                Ok(state) => return load_from(store, stream, state, snap.version),
+                Err(e) => unusable(format!("undecodable: {e}")),
             }
         }
-        tracing::warn!(%stream, "ignoring an unusable inventory snapshot");
+        // Written by an older build: replaced at the next snapshot, not an error.
+        Ok(Some(snap)) if snap.schema_version < INVENTORY_SNAPSHOT_SCHEMA => {
+            tracing::debug!(%stream, schema = snap.schema_version, "an older inventory snapshot is not read");
+        }
+        Ok(Some(snap)) => unusable(format!("schema {} from a newer build", snap.schema_version)),
+        Err(e) => unusable(e.to_string()),
     }
     load(store, stream)
 }
@@ -133,9 +156,16 @@ fn maybe_snapshot<S: Storage>(store: &EventStore<S>, stream: &StreamId, state: &
     if version / SNAPSHOT_EVERY == (version.saturating_sub(1)) / SNAPSHOT_EVERY || version == 0 {
         return;
     }
-    let Ok(payload) = serde_json::to_vec(state) else { return };
+    let payload = match bincode::serialize(state) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, "encoding a snapshot failed");
+            return;
+        }
+    };
     let snap = Snapshot { version, schema_version: INVENTORY_SNAPSHOT_SCHEMA, payload };
     if let Err(e) = store.save_snapshot(stream, &snap) {
+        metrics::counter!("causeway_snapshots_failed_total").increment(1);
         tracing::warn!(%stream, error = %e, "saving a snapshot failed");
     }
 }
@@ -219,8 +249,9 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
     /// Loads an inventory: from the cache when the stream has not moved since, else from its
     /// snapshot and events.
     fn inventory(&self, stream: &StreamId) -> Result<(Inventory, u64), LoadError> {
-        let cached =
-            self.inventory_cache.lock().unwrap_or_else(|p| p.into_inner()).get(stream.as_str()).cloned();
+        // Taken out, not cloned: the state goes back once the command's outcome is appended (a
+        // concurrent command on the same SKU, which the consumers avoid, would load it anew).
+        let cached = self.inventory_cache.lock().unwrap_or_else(|p| p.into_inner()).remove(stream.as_str());
         if let Some((state, version)) = cached {
             if self.store.stream_version(stream)? == version {
                 return Ok((state, version));
@@ -337,7 +368,10 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                         _ => InventoryCommand::Release { sku: sku.clone(), order_id },
                     };
                     match state.decide(cmd) {
-                        Err(err) => rejected.push(format!("{sku}: {err}")),
+                        Err(err) => {
+                            rejected.push(format!("{sku}: {err}"));
+                            self.remember_inventory(&stream, state, version);
+                        }
                         Ok(events) => {
                             for ev in &events {
                                 if let InventoryEvent::StockReservationRejected(r) = ev {
@@ -362,6 +396,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                             .collect()
                     };
                     if keep.is_empty() {
+                        self.remember_inventory(&stream, state, version);
                         continue;
                     }
                     let new_version = version + keep.len() as u64;
@@ -572,4 +607,43 @@ fn merge_lines(lines: &[SagaLine]) -> BTreeMap<Sku, u64> {
         *merged.entry(l.sku.clone()).or_insert(0u64) += l.quantity;
     }
     merged
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+    use event_store::{MemoryStorage, StoreConfig};
+
+    #[tokio::test]
+    async fn an_unreadable_inventory_snapshot_is_counted_and_the_stream_folded_from_its_start() {
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+        let sku = aggregates::Sku::from("SKU-1");
+        for _ in 0..5 {
+            crate::commands::add_stock(&store, Uuid::now_v7(), sku.clone(), 2).await.expect("stock");
+        }
+        let stream = messages::inventory_stream(&sku).expect("stream");
+        let (state, version) = load_inventory(&store, &stream).expect("load");
+        assert_eq!((state.available, version), (10, 5));
+        let save = |schema_version: u32, payload: Vec<u8>| {
+            store.save_snapshot(&stream, &Snapshot { version, schema_version, payload }).expect("save")
+        };
+        // A usable snapshot is what the load starts from (this one says 999, the events 10).
+        let mut marked = state.clone();
+        marked.available = 999;
+        save(INVENTORY_SNAPSHOT_SCHEMA, bincode::serialize(&marked).expect("encode"));
+        let before = unusable_snapshots();
+        assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 999);
+        assert_eq!(unusable_snapshots(), before);
+        // An undecodable one is counted, and the stream is folded from its start.
+        save(INVENTORY_SNAPSHOT_SCHEMA, vec![0xff; 7]);
+        assert_eq!(load_inventory(&store, &stream).expect("load"), (state.clone(), version));
+        assert_eq!(unusable_snapshots(), before + 1);
+        // So is one of a newer schema; one of an older schema is replaced quietly.
+        save(INVENTORY_SNAPSHOT_SCHEMA + 1, vec![]);
+        assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 10);
+        assert_eq!(unusable_snapshots(), before + 2);
+        save(1, b"{}".to_vec());
+        assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 10);
+        assert_eq!(unusable_snapshots(), before + 2);
+    }
 }

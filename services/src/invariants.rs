@@ -13,11 +13,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aggregates::inventory::Inventory;
+use aggregates::inventory::{Inventory, InventoryEvent};
 use aggregates::order::{Order, OrderStatus};
 use aggregates::payment::{Payment, PaymentStatus};
 use aggregates::saga::{Saga, SagaStatus};
 use aggregates::shipping::{Shipment, ShipmentStatus};
+use aggregates::DomainEvent;
 use aggregates::{Money, OrderId};
 use event_store::{EventStore, Storage, StreamId};
 
@@ -83,6 +84,8 @@ pub fn check<S: Storage>(store: &EventStore<S>) -> Result<Report, HandlerError> 
 pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Report, HandlerError> {
     let mut report = Report::default();
     let mut inventories: BTreeMap<String, Inventory> = BTreeMap::new();
+    // (inventory stream, order) → units committed and not returned.
+    let mut committed: BTreeMap<(String, OrderId), u64> = BTreeMap::new();
     let mut saga_streams = BTreeSet::new();
     let mut inventory_streams = BTreeSet::new();
     // The log is read and decoded ahead by worker threads while this one checks.
@@ -129,6 +132,24 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
                 inv.shipped
             ));
         }
+        // Which orders' stock stays committed, from the events (the aggregate's state remembers
+        // only the newest orders).
+        for e in store.read_stream(&stream, 1, event_store::Direction::Forward) {
+            let e = e?;
+            let event =
+                InventoryEvent::decode(&e.event_type, e.schema_version, &e.payload).map_err(|error| {
+                    crate::handlers::LoadError::Undecodable { stream: s.clone(), version: e.version, error }
+                })?;
+            match event {
+                InventoryEvent::StockCommitted(c) => {
+                    committed.insert((s.clone(), c.order_id), c.quantity);
+                }
+                InventoryEvent::StockReturned(r) => {
+                    committed.remove(&(s.clone(), r.order_id));
+                }
+                _ => {}
+            }
+        }
         inventories.insert(s, inv);
     }
     report.skus = inventories.len();
@@ -173,12 +194,9 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
                     report.problems.push(format!("order {order_id}: completed but stock is still reserved"));
                 }
                 for line in &saga.lines {
-                    let committed = inventories
-                        .get(&format!("inventory-{}", line.sku))
-                        .and_then(|i| i.committed.get(&order_id))
-                        .copied()
-                        .unwrap_or(0);
-                    if committed == 0 {
+                    let units =
+                        committed.get(&(format!("inventory-{}", line.sku), order_id)).copied().unwrap_or(0);
+                    if units == 0 {
                         report
                             .problems
                             .push(format!("order {order_id}: completed but {} was not shipped", line.sku));
@@ -195,8 +213,8 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
                 if holds_stock {
                     report.problems.push(format!("order {order_id}: compensated but still holds stock"));
                 }
-                for (sku, i) in &inventories {
-                    if i.committed.contains_key(&order_id) {
+                for sku in inventories.keys() {
+                    if committed.contains_key(&(sku.clone(), order_id)) {
                         report.problems.push(format!(
                             "order {order_id}: compensated but its stock of {sku} stays committed"
                         ));
