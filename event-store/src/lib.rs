@@ -46,6 +46,7 @@ pub use replay::{ParallelLogReader, ReadAhead};
 pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
 pub use store::{
     CategoryReader, Durability, EventStore, LogReader, StoreConfig, Stored, StreamReader, VerifyReport,
+    DEFAULT_MAX_PENDING_APPENDS,
 };
 pub use subscription::Subscription;
 pub use types::{

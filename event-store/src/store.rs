@@ -92,13 +92,13 @@ impl Default for StoreConfig {
             durability: Durability::Fsync,
             max_group_events: 8192,
             max_pending_appends: DEFAULT_MAX_PENDING_APPENDS,
-            max_append_wait: Duration::from_secs(10),
+            max_append_wait: Duration::from_secs(30),
         }
     }
 }
 
 /// The default of [`StoreConfig::max_pending_appends`].
-pub const DEFAULT_MAX_PENDING_APPENDS: usize = 16_384;
+pub const DEFAULT_MAX_PENDING_APPENDS: usize = 4_096;
 
 /// An event body encoded on the appender's side.
 struct PreparedEvent {
@@ -117,7 +117,21 @@ struct Prepared {
     checkpoints: Vec<(String, u64)>,
 }
 
-type Reply = oneshot::Sender<Result<AppendResult>>;
+/// Where an append's answer goes. It holds the append's place in the bounded queue until the
+/// answer is sent, so a caller that gave up waiting does not free room its append still takes.
+struct Reply {
+    tx: oneshot::Sender<Result<AppendResult>>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Reply {
+    fn send(self, answer: Result<AppendResult>) -> std::result::Result<(), Result<AppendResult>> {
+        // The place is free before the caller hears the answer.
+        let Reply { tx, _place } = self;
+        drop(_place);
+        tx.send(answer)
+    }
+}
 
 struct Job {
     request: Prepared,
@@ -307,7 +321,7 @@ impl<S: Storage> EventStore<S> {
         }
         // Hold a place in the bounded queue until the append is answered.
         let room = self.inner.room.clone();
-        let _place = match room.clone().try_acquire_owned() {
+        let place = match room.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => match tokio::time::timeout(self.inner.max_wait, room.acquire_owned()).await {
                 Ok(Ok(p)) => p,
@@ -316,6 +330,7 @@ impl<S: Storage> EventStore<S> {
             },
         };
         let (reply, rx) = oneshot::channel();
+        let reply = Reply { tx: reply, _place: place };
         let tx = self.inner.tx.as_ref().ok_or(Error::Closed)?;
         tx.send(Job { request: prepared, reply }).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?

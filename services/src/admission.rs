@@ -3,12 +3,15 @@
 //! `Retry-After`) instead of accepting work it can only finish late.
 //!
 //! The limit is AIMD on saga latency (place → `SagaCompleted`/`SagaCompensated`/`SagaFailed`,
-//! as the node's log shows it): while sagas end within the target and the limit is in use, it
-//! grows by about √limit per limit's worth of ended sagas; when one takes longer than the target,
-//! or an admitted order is not seen ending within `expire`, it shrinks by a fifth, at most once
-//! per target interval (one signal of a backlog is not counted again while the backlog drains).
-//! By Little's law the queue then holds about target × throughput sagas. ARCHITECTURE.md
-//! ("Overload") says why this and not a fixed number or a gradient limit.
+//! as the node's log shows it), judged in half-second windows: a window in which no saga was late
+//! while the limit was at least half used grows it by √limit / 2; a window in which more than a
+//! tenth of the sagas took longer than the target shrinks it by a fifth, at most once per target
+//! interval (one backlog is not counted again while it drains). So do an oldest admitted order
+//! older than twice the target (sagas stopped ending) and orders never seen ending (forgotten
+//! after `expire`). The target is the configured one, or four times the fastest saga of the last
+//! 30 s when that is more, so a deployment whose sagas are slow by nature (across Kafka) is not
+//! held at its minimum. By Little's law the queue then holds about target × throughput sagas.
+//! ARCHITECTURE.md ("Overload") says why this and not a fixed number or a gradient limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +56,9 @@ impl AdmissionConfig {
 
     /// Checks the settings make sense.
     pub fn validate(&self) -> Result<(), String> {
+        if self.max > 1_000_000 {
+            return Err("the admission maximum is at most 1000000".into());
+        }
         if self.min == 0 {
             return Err("the admission minimum must be at least 1".into());
         }
@@ -91,7 +97,19 @@ pub struct AdmissionLoad {
     pub limit: usize,
     /// Orders refused since start.
     pub rejected: u64,
+    /// The latency the limit aims under now: the configured target, or 4 × the fastest recent
+    /// sagas when that is more (a deployment whose sagas are slower by nature).
+    pub target: Duration,
 }
+
+/// How long a window of samples is.
+const WINDOW: Duration = Duration::from_millis(500);
+/// Windows whose fastest saga sets the latency floor (30 s).
+const FLOOR_WINDOWS: usize = 60;
+/// A window with more than this share of late sagas shrinks the limit.
+const LATE_SHARE: f64 = 0.1;
+/// Fewest samples in a window for its late share to count.
+const MIN_SAMPLES: u32 = 5;
 
 #[derive(Debug)]
 struct State {
@@ -99,6 +117,12 @@ struct State {
     limit: f64,
     last_decrease: Option<Instant>,
     rejected: u64,
+    window_started: Instant,
+    samples: u32,
+    late: u32,
+    fastest: Option<Duration>,
+    peak: usize,
+    floors: std::collections::VecDeque<Duration>,
 }
 
 /// The limiter. Cheap to clone (clones share it).
@@ -106,6 +130,30 @@ struct State {
 pub struct Admission {
     config: AdmissionConfig,
     state: Arc<Mutex<State>>,
+}
+
+/// A place taken for one order's saga. Dropped without [`Ticket::keep`] (the command failed,
+/// was refused, or its request was cancelled), it gives the place back.
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Admission,
+    order: OrderId,
+    armed: bool,
+}
+
+impl Ticket {
+    /// The saga starts: the place stays taken until it is seen ending (or expires).
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.armed {
+            self.admission.withdraw(self.order);
+        }
+    }
 }
 
 impl Admission {
@@ -120,6 +168,12 @@ impl Admission {
             limit: config.initial as f64,
             last_decrease: None,
             rejected: 0,
+            window_started: Instant::now(),
+            samples: 0,
+            late: 0,
+            fastest: None,
+            peak: 0,
+            floors: std::collections::VecDeque::new(),
         };
         Self { config, state: Arc::new(Mutex::new(state)) }
     }
@@ -133,12 +187,18 @@ impl Admission {
         &self.config
     }
 
-    /// Takes a place for `order`'s saga, or refuses. An order already admitted (a retry of the
-    /// same request) is let through without a second place.
-    pub fn admit(&self, order: OrderId) -> Result<(), Overloaded> {
+    fn target(&self, st: &State) -> Duration {
+        let floor = st.floors.iter().chain(st.fastest.iter()).min().copied().unwrap_or_default();
+        self.config.target.max(floor * 4)
+    }
+
+    /// Takes a place for `order`'s saga, or refuses. `Ok(None)`: the order holds a place
+    /// already (a retry of the same request), nothing more is taken, and nothing is given back
+    /// if this request fails.
+    pub fn admit(&self, order: OrderId) -> Result<Option<Ticket>, Overloaded> {
         let mut st = self.lock();
         if st.admitted.contains_key(&order) {
-            return Ok(());
+            return Ok(None);
         }
         let limit = st.limit as usize;
         if st.admitted.len() >= limit {
@@ -147,55 +207,93 @@ impl Admission {
             return Err(Overloaded { limit, retry_after_secs: self.retry_after_secs() });
         }
         st.admitted.insert(order, Instant::now());
-        Ok(())
+        st.peak = st.peak.max(st.admitted.len());
+        Ok(Some(Ticket { admission: self.clone(), order, armed: true }))
     }
 
-    /// Gives back `order`'s place without a latency sample (its command was refused or failed, so
-    /// no saga runs for it).
+    /// Gives back `order`'s place without a latency sample (no saga runs for it).
     pub fn withdraw(&self, order: OrderId) {
         self.lock().admitted.remove(&order);
     }
 
-    /// Seconds a refused client waits before trying again: the target latency, rounded up.
+    /// Seconds a refused client waits before trying again: the configured target, rounded up.
     pub fn retry_after_secs(&self) -> u64 {
         self.config.target.as_secs_f64().ceil().max(1.0) as u64
     }
 
-    /// `order`'s saga ended now: its place is free and its latency adjusts the limit.
+    /// `order`'s saga ended now: its place is free and its latency is a sample for the limit.
     pub fn ended(&self, order: OrderId) {
-        let now = Instant::now();
+        self.ended_at(order, Instant::now());
+    }
+
+    fn ended_at(&self, order: OrderId, now: Instant) {
         let mut st = self.lock();
         let Some(admitted) = st.admitted.remove(&order) else { return };
         let latency = now.saturating_duration_since(admitted);
         metrics::histogram!("causeway_admission_saga_seconds").record(latency.as_secs_f64());
-        if latency > self.config.target {
-            self.decrease(&mut st, now);
-        } else if st.admitted.len() * 2 >= st.limit as usize {
-            // Grow only while the limit is in use (an idle node proves nothing about more load).
-            let step = st.limit.sqrt().max(1.0) / st.limit.max(1.0);
-            st.limit = (st.limit + step).min(self.config.max as f64);
+        let target = self.target(&st);
+        st.samples += 1;
+        if latency > target {
+            st.late += 1;
+        }
+        st.fastest = Some(st.fastest.map_or(latency, |f| f.min(latency)));
+        if now.saturating_duration_since(st.window_started) >= WINDOW {
+            self.close_window(&mut st, now);
         }
     }
 
+    /// Ends the current window of samples: a window with more than a tenth of its sagas late
+    /// shrinks the limit by a fifth (at most once per target); one with none late, while the
+    /// limit was half used or more, grows it by √limit / 2.
+    fn close_window(&self, st: &mut State, now: Instant) {
+        if st.samples >= MIN_SAMPLES && f64::from(st.late) > LATE_SHARE * f64::from(st.samples) {
+            self.decrease(st, now);
+        } else if st.samples > 0 && st.late == 0 && st.peak * 2 >= st.limit as usize {
+            st.limit = (st.limit + st.limit.sqrt() / 2.0).min(self.config.max as f64);
+        }
+        if let Some(f) = st.fastest.take() {
+            st.floors.push_back(f);
+            if st.floors.len() > FLOOR_WINDOWS {
+                st.floors.pop_front();
+            }
+        }
+        st.samples = 0;
+        st.late = 0;
+        st.peak = st.admitted.len();
+        st.window_started = now;
+    }
+
     fn decrease(&self, st: &mut State, now: Instant) {
-        let cooled = st.last_decrease.is_none_or(|t| now.saturating_duration_since(t) >= self.config.target);
+        let target = self.target(st);
+        let cooled = st.last_decrease.is_none_or(|t| now.saturating_duration_since(t) >= target);
         if cooled {
             st.limit = (st.limit * 0.8).max(self.config.min as f64);
             st.last_decrease = Some(now);
         }
     }
 
-    /// Forgets admitted orders not seen ending within `expire` (their saga may run on another
-    /// node's log, or the command was lost); each counts as a late saga. Returns how many.
+    /// Closes a window that has run its time, shrinks the limit when the oldest admitted order
+    /// has waited more than twice the target (sagas stopped ending: no sample would say so), and
+    /// forgets admitted orders not seen ending within `expire` (each counts as late). Returns
+    /// how many were forgotten.
     pub fn expire(&self) -> usize {
-        let now = Instant::now();
+        self.expire_at(Instant::now())
+    }
+
+    fn expire_at(&self, now: Instant) -> usize {
         let mut st = self.lock();
+        if now.saturating_duration_since(st.window_started) >= WINDOW {
+            self.close_window(&mut st, now);
+        }
         let before = st.admitted.len();
         let expire = self.config.expire;
         st.admitted.retain(|_, t| now.saturating_duration_since(*t) < expire);
         let expired = before - st.admitted.len();
+        let oldest = st.admitted.values().min().map(|t| now.saturating_duration_since(*t));
         if expired > 0 {
             metrics::counter!("causeway_admission_expired_total").increment(expired as u64);
+        }
+        if expired > 0 || oldest.is_some_and(|age| age > self.target(&st) * 2) {
             self.decrease(&mut st, now);
         }
         expired
@@ -204,7 +302,12 @@ impl Admission {
     /// The limiter now.
     pub fn load(&self) -> AdmissionLoad {
         let st = self.lock();
-        AdmissionLoad { in_flight: st.admitted.len(), limit: st.limit as usize, rejected: st.rejected }
+        AdmissionLoad {
+            in_flight: st.admitted.len(),
+            limit: st.limit as usize,
+            rejected: st.rejected,
+            target: self.target(&st),
+        }
     }
 
     /// Sees one event of the log: a saga's end frees its order's place.
@@ -217,14 +320,16 @@ impl Admission {
     }
 
     /// Follows the saga events of `store` (the node's own log, or a query node's replica) from
-    /// its head until shutdown, and expires forgotten orders.
+    /// `after` until shutdown, and expires forgotten orders. Pass the head read before the node
+    /// takes requests, so no saga's end is missed.
     pub async fn run<S: Storage>(
         self,
         store: EventStore<S>,
+        after: u64,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), event_store::Error> {
-        let mut sub = store.subscribe_category("saga", store.head());
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut sub = store.subscribe_category("saga", after);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -238,6 +343,7 @@ impl Admission {
                     let load = self.load();
                     metrics::gauge!("causeway_admission_in_flight").set(load.in_flight as f64);
                     metrics::gauge!("causeway_admission_limit").set(load.limit as f64);
+                    metrics::gauge!("causeway_admission_target_seconds").set(load.target.as_secs_f64());
                 }
             }
         }
@@ -252,79 +358,119 @@ mod tests {
         OrderId(uuid::Uuid::now_v7())
     }
 
-    #[test]
-    fn past_the_limit_orders_are_refused_and_a_retry_of_an_admitted_one_is_not() {
-        let a = Admission::new(AdmissionConfig::fixed(2));
-        let (x, y) = (order(), order());
-        a.admit(x).expect("first");
-        a.admit(y).expect("second");
-        a.admit(x).expect("a retry of an admitted order takes no second place");
-        let refused = a.admit(order()).expect_err("third");
-        assert_eq!(refused.limit, 2);
-        assert!(refused.retry_after_secs >= 1);
-        assert_eq!(a.load(), AdmissionLoad { in_flight: 2, limit: 2, rejected: 1 });
-        a.withdraw(x);
-        a.admit(order()).expect("a withdrawn place is free again");
-    }
-
-    #[test]
-    fn slow_sagas_shrink_the_limit_once_per_target_and_fast_ones_grow_it_while_in_use() {
-        let config = AdmissionConfig {
+    fn config() -> AdmissionConfig {
+        AdmissionConfig {
             initial: 100,
             min: 10,
             max: 1000,
-            target: Duration::from_millis(40),
+            target: Duration::from_millis(100),
             expire: Duration::from_secs(60),
-        };
-        let a = Admission::new(config);
-        let orders: Vec<OrderId> = (0..80).map(|_| order()).collect();
-        for o in &orders {
-            a.admit(*o).expect("admitted");
         }
-        std::thread::sleep(Duration::from_millis(50));
-        // Two late sagas in one target interval: one decrease.
-        a.ended(orders[0]);
-        a.ended(orders[1]);
-        assert_eq!(a.load().limit, 80);
-        // Once the target interval has passed, another late saga shrinks it again.
-        std::thread::sleep(Duration::from_millis(45));
-        a.ended(orders[2]);
-        assert_eq!(a.load().limit, 64);
-        // Fast sagas while the limit is in use grow it.
-        let g = Admission::new(AdmissionConfig { target: Duration::from_secs(10), ..config });
-        let many: Vec<OrderId> = (0..100).map(|_| order()).collect();
-        for o in &many {
-            g.admit(*o).expect("admitted");
-        }
-        for o in many.iter().take(40) {
-            g.ended(*o);
-        }
-        assert!(g.load().limit > 100, "in use and fast: grows {:?}", g.load());
-        // Idle: no growth.
-        let idle = Admission::new(AdmissionConfig { target: Duration::from_secs(10), ..config });
-        for _ in 0..40 {
-            let o = order();
-            idle.admit(o).expect("admitted");
-            idle.ended(o);
-        }
-        assert_eq!(idle.load().limit, 100);
     }
 
     #[test]
-    fn forgotten_orders_expire_and_count_as_late() {
-        let a = Admission::new(AdmissionConfig {
-            initial: 50,
-            min: 10,
-            max: 100,
-            target: Duration::from_millis(10),
-            expire: Duration::from_millis(20),
-        });
-        a.admit(order()).expect("admitted");
-        assert_eq!(a.expire(), 0);
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(a.expire(), 1);
+    fn past_the_limit_orders_are_refused_and_a_retry_of_an_admitted_one_takes_nothing() {
+        let a = Admission::new(AdmissionConfig::fixed(2));
+        let (x, y) = (order(), order());
+        a.admit(x).expect("first").expect("a place").keep();
+        let second = a.admit(y).expect("second").expect("a place");
+        let retry = a.admit(x).expect("a retry of an admitted order is let through");
+        assert!(retry.is_none(), "and takes no second place");
+        let refused = a.admit(order()).expect_err("third");
+        assert_eq!(refused.limit, 2);
+        assert!(refused.retry_after_secs >= 1);
+        assert_eq!(a.load().in_flight, 2);
+        assert_eq!(a.load().rejected, 1);
+        // A ticket dropped without keep (a failed or cancelled request) gives its place back.
+        drop(second);
+        assert_eq!(a.load().in_flight, 1);
+        a.admit(order()).expect("a place is free again").expect("a place").keep();
+        assert_eq!(a.load().in_flight, 2, "a kept ticket holds its place");
+    }
+
+    /// Admits `n` orders at `at` and ends them `took` later; returns the end time.
+    fn run_window(a: &Admission, n: usize, at: Instant, took: Duration) -> Instant {
+        let orders: Vec<OrderId> = (0..n).map(|_| order()).collect();
+        {
+            let mut st = a.lock();
+            for o in &orders {
+                st.admitted.insert(*o, at);
+            }
+            st.peak = st.peak.max(st.admitted.len());
+        }
+        let end = at + took;
+        for o in &orders {
+            a.ended_at(*o, end);
+        }
+        a.expire_at(end + WINDOW);
+        end + WINDOW
+    }
+
+    #[test]
+    fn a_window_with_many_late_sagas_shrinks_the_limit_and_one_tail_sample_does_not() {
+        let a = Admission::new(config());
+        let t0 = Instant::now();
+        // Fast sagas first: the floor is 10 ms, so the target stays at 100 ms.
+        let t = run_window(&a, 60, t0, Duration::from_millis(10));
+        let grown = a.load().limit;
+        assert!(grown > 100, "in use and fast: grows ({grown})");
+        // One late saga among many: a tail, not a backlog.
+        let orders: Vec<OrderId> = (0..60).map(|_| order()).collect();
+        {
+            let mut st = a.lock();
+            for o in &orders {
+                st.admitted.insert(*o, t);
+            }
+        }
+        a.ended_at(orders[0], t + Duration::from_millis(300));
+        for o in &orders[1..] {
+            a.ended_at(*o, t + Duration::from_millis(20));
+        }
+        a.expire_at(t + Duration::from_millis(300) + WINDOW);
+        assert!(a.load().limit >= grown, "one late saga does not shrink it: {:?}", a.load());
+        // Most of a window late: shrinks by a fifth, once.
+        let before = a.load().limit;
+        run_window(&a, 60, t + Duration::from_secs(2), Duration::from_millis(150));
+        assert_eq!(a.load().limit, (before as f64 * 0.8) as usize);
+    }
+
+    #[test]
+    fn the_target_follows_sagas_that_are_slow_by_nature() {
+        let a = Admission::new(config());
+        // Every saga takes 300 ms, three times the configured target: the floor makes the target
+        // 1.2 s, so they are not late and the limit is not cut to its minimum.
+        let mut t = Instant::now();
+        for _ in 0..10 {
+            t = run_window(&a, 60, t, Duration::from_millis(300));
+        }
+        assert_eq!(a.load().target, Duration::from_millis(1200));
+        assert!(a.load().limit >= 100, "{:?}", a.load());
+    }
+
+    #[test]
+    fn an_idle_node_does_not_grow_its_limit() {
+        let a = Admission::new(config());
+        let mut t = Instant::now();
+        for _ in 0..10 {
+            t = run_window(&a, 3, t, Duration::from_millis(5));
+        }
+        assert_eq!(a.load().limit, 100);
+    }
+
+    #[test]
+    fn stuck_and_forgotten_orders_shrink_the_limit() {
+        let a = Admission::new(AdmissionConfig { expire: Duration::from_secs(5), ..config() });
+        let t = Instant::now();
+        a.lock().admitted.insert(order(), t);
+        assert_eq!(a.expire_at(t + Duration::from_millis(50)), 0);
+        assert_eq!(a.load().limit, 100);
+        // Waiting more than twice the target: sagas stopped ending.
+        assert_eq!(a.expire_at(t + Duration::from_millis(250)), 0);
+        assert_eq!(a.load().limit, 80);
+        // Forgotten after `expire`.
+        assert_eq!(a.expire_at(t + Duration::from_secs(6)), 1);
         assert_eq!(a.load().in_flight, 0);
-        assert_eq!(a.load().limit, 40);
+        assert_eq!(a.load().limit, 64);
     }
 
     #[test]

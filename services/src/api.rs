@@ -6,9 +6,10 @@
 //! `payload_too_large` (413), `unsupported_media_type` (415: not JSON), `rejected` (422: the
 //! domain refused the command), `overloaded` (429: the node is at a bound, of sagas in flight, of
 //! pending appends, of requests or of live feeds), `not_ready` / `unavailable` (503), `timeout`
-//! (503: the request took longer than the node allows), `internal` (500, generic message; the
-//! cause goes to the log). Every 429 and 503 carries `Retry-After`. A client mistake is never a
-//! 5xx; a refused command leaves no event behind.
+//! (504: the request took longer than the node allows; its outcome is unknown, and a retry with
+//! the same Idempotency-Key tells it), `internal` (500, generic message; the cause goes to the
+//! log). Every 429 and 503 carries `Retry-After`. A client mistake is never a 5xx; a refused
+//! (429/503) command leaves no event behind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,24 +73,29 @@ pub struct ApiState<S: Storage> {
 pub struct HttpLimits {
     /// Requests served at once; past it a request is answered 429 `overloaded` at once.
     pub max_in_flight: usize,
-    /// A request not answered in this time is answered 503 `timeout` (a live feed's stream is
-    /// not bounded by it, only its start).
+    /// A request not answered in this time is answered 504 `timeout`: its outcome is unknown
+    /// (a command may have been recorded; the same Idempotency-Key tells). A live feed's stream is
+    /// not bounded by it, only its start.
     pub request_timeout: Duration,
 }
 
 /// A TCP listener that holds at most `max` connections open: past it, new connections wait in
 /// the kernel's listen backlog until one closes (and `causeway_http_connections_waiting` says
-/// so), instead of each taking memory and a task.
+/// so), instead of each taking memory and a task. A connection on which nothing is read or
+/// written for `idle` is closed, so idle keep-alive or trickling clients cannot hold the places
+/// (a live feed writes a keep-alive comment every 15 s).
 #[derive(Debug)]
 pub struct BoundedListener {
     inner: tokio::net::TcpListener,
     room: Arc<tokio::sync::Semaphore>,
+    idle: Duration,
 }
 
 impl BoundedListener {
-    /// At most `max` connections of `inner` at once.
-    pub fn new(inner: tokio::net::TcpListener, max: usize) -> Self {
-        Self { inner, room: Arc::new(tokio::sync::Semaphore::new(max.max(1))) }
+    /// At most `max` connections of `inner` at once, each closed after `idle` without traffic.
+    pub fn new(inner: tokio::net::TcpListener, max: usize, idle: Duration) -> Self {
+        let max = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self { inner, room: Arc::new(tokio::sync::Semaphore::new(max)), idle }
     }
 }
 
@@ -98,6 +104,40 @@ impl BoundedListener {
 pub struct BoundedStream {
     io: tokio::net::TcpStream,
     _place: tokio::sync::OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl BoundedStream {
+    /// Some traffic: the idle deadline moves.
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Nothing moved: has the connection been idle too long?
+    fn idle_for_too_long(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        std::future::Future::poll(self.deadline.as_mut(), cx).is_ready()
+    }
+
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match poll {
+            Poll::Ready(r) => {
+                self.active();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.idle_for_too_long(cx) => {
+                metrics::counter!("causeway_http_idle_closed_total").increment(1);
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection closed")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl axum::serve::Listener for BoundedListener {
@@ -122,7 +162,8 @@ impl axum::serve::Listener for BoundedListener {
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
         // Small answers go out at once.
         let _ = io.set_nodelay(true);
-        (BoundedStream { io, _place: place }, addr)
+        let deadline = Box::pin(tokio::time::sleep(self.idle));
+        (BoundedStream { io, _place: place, idle: self.idle, deadline }, addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -136,7 +177,8 @@ impl tokio::io::AsyncRead for BoundedStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let poll = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        self.poll_io(cx, poll)
     }
 }
 
@@ -146,7 +188,8 @@ impl tokio::io::AsyncWrite for BoundedStream {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let poll = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.poll_io(cx, poll)
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
@@ -165,7 +208,8 @@ impl tokio::io::AsyncWrite for BoundedStream {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let poll = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.poll_io(cx, poll)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -194,6 +238,7 @@ pub struct LiveFeeds {
 impl LiveFeeds {
     /// At most `max` feeds at once.
     pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             open: Arc::new(tokio::sync::Semaphore::new(max)),
             max,
@@ -504,7 +549,9 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
     let bounded = tower::ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(shed))
         .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limits.max_in_flight.max(1)))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ))
         .timeout(limits.request_timeout);
     probes
         .merge(api.layer(bounded))
@@ -522,7 +569,12 @@ async fn shed(err: tower::BoxError) -> ApiError {
         ApiError::overloaded("the node serves as many requests as it allows; try again later", 1)
     } else if err.is::<tower::timeout::error::Elapsed>() {
         metrics::counter!("causeway_http_rejected_total", "reason" => "timeout").increment(1);
-        ApiError::unavailable("timeout", "the request took longer than the node allows; try again later", 1)
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took longer than the node allows; a command may or may not have been carried out: \
+             send it again with the same Idempotency-Key to learn its outcome",
+        )
     } else {
         ApiError::internal(err)
     }
@@ -973,19 +1025,22 @@ async fn place_order<S: Storage>(
     if let CommandRoute::Refuse { role } = &st.commands {
         return Err(refuse_commands(role));
     }
-    writer_has_room(&st)?;
-    // A saga starts for a new order: it needs a place under the node's limit. A retry of an
-    // order the log already holds starts nothing and takes no place.
-    let admission = match &st.admission {
-        Some(a) if st.store.stream_version(&crate::messages::order_stream(order_id))? == 0 => {
-            a.admit(order_id).map_err(|e| ApiError::overloaded(e.to_string(), e.retry_after_secs))?;
-            Some(a)
+    // A saga starts for a new order: it needs a place under the node's limit, and room in the
+    // store's queue. A retry of an order the log already holds starts nothing and takes neither.
+    let known = st.store.stream_version(&crate::messages::order_stream(order_id))? > 0;
+    let mut ticket = None;
+    if !known {
+        writer_has_room(&st)?;
+        if let Some(a) = &st.admission {
+            ticket =
+                a.admit(order_id).map_err(|e| ApiError::overloaded(e.to_string(), e.retry_after_secs))?;
         }
-        _ => None,
-    };
+    }
+    // Dropped unkept (an error, or the request cancelled or timed out), the ticket gives the
+    // place back.
     let placed = place(&st, key, order_id, req.customer_id, items, req.currency, req.shipping_address).await;
-    if let (Err(_), Some(a)) = (&placed, admission) {
-        a.withdraw(order_id);
+    if let (Ok(_), Some(t)) = (&placed, ticket) {
+        t.keep();
     }
     placed
 }

@@ -738,6 +738,8 @@ async fn filled_node(
         memory_checkpoint: 0,
         progress: false,
         rate: None,
+        retries: 0,
+        drain: Duration::from_secs(120),
     };
     crate::load::run(&node, &spec).await?;
     Ok((store, node, spec))

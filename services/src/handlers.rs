@@ -129,6 +129,14 @@ pub fn load_inventory<S: Storage>(
     store: &EventStore<S>,
     stream: &StreamId,
 ) -> Result<(Inventory, u64), LoadError> {
+    load_inventory_noting(store, stream).map(|(state, version, _)| (state, version))
+}
+
+/// [`load_inventory`], and whether a snapshot was used.
+fn load_inventory_noting<S: Storage>(
+    store: &EventStore<S>,
+    stream: &StreamId,
+) -> Result<(Inventory, u64, bool), LoadError> {
     let unusable = |reason: String| {
         UNUSABLE_SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("causeway_snapshots_unusable_total").increment(1);
@@ -138,7 +146,7 @@ pub fn load_inventory<S: Storage>(
         Ok(None) => {}
         Ok(Some(snap)) if snap.schema_version == INVENTORY_SNAPSHOT_SCHEMA => {
             match bincode::deserialize::<Inventory>(&snap.payload) {
-                Ok(state) => return load_from(store, stream, state, snap.version),
+                Ok(state) => return load_from(store, stream, state, snap.version).map(|(s, v)| (s, v, true)),
                 Err(e) => unusable(format!("undecodable: {e}")),
             }
         }
@@ -149,13 +157,17 @@ pub fn load_inventory<S: Storage>(
         Ok(Some(snap)) => unusable(format!("schema {} from a newer build", snap.schema_version)),
         Err(e) => unusable(e.to_string()),
     }
-    load(store, stream)
+    load(store, stream).map(|(s, v)| (s, v, false))
 }
 
 fn maybe_snapshot<S: Storage>(store: &EventStore<S>, stream: &StreamId, state: &Inventory, version: u64) {
     if version / SNAPSHOT_EVERY == (version.saturating_sub(1)) / SNAPSHOT_EVERY || version == 0 {
         return;
     }
+    save_snapshot(store, stream, state, version);
+}
+
+fn save_snapshot<S: Storage>(store: &EventStore<S>, stream: &StreamId, state: &Inventory, version: u64) {
     let payload = match bincode::serialize(state) {
         Ok(p) => p,
         Err(e) => {
@@ -259,7 +271,13 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             // Moved on (another writer): fold just the new events.
             return load_from(&self.store, stream, state, version);
         }
-        load_inventory(&self.store, stream)
+        let (state, version, from_snapshot) = load_inventory_noting(&self.store, stream)?;
+        if !from_snapshot && version >= SNAPSHOT_EVERY {
+            // A long stream folded whole (no snapshot, or one that could not be used): snapshot it
+            // now rather than at its next hundredth event.
+            save_snapshot(&self.store, stream, &state, version);
+        }
+        Ok((state, version))
     }
 
     fn remember_inventory(&self, stream: &StreamId, state: Inventory, version: u64) {
@@ -638,7 +656,7 @@ mod snapshot_tests {
         save(INVENTORY_SNAPSHOT_SCHEMA, vec![0xff; 7]);
         assert_eq!(load_inventory(&store, &stream).expect("load"), (state.clone(), version));
         assert_eq!(unusable_snapshots(), before + 1);
-        // So is one of a newer schema; one of an older schema is replaced quietly.
+        // So is one of a newer schema; one of an older schema is not read, and not counted.
         save(INVENTORY_SNAPSHOT_SCHEMA + 1, vec![]);
         assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 10);
         assert_eq!(unusable_snapshots(), before + 2);

@@ -36,6 +36,11 @@ pub struct LoadSpec {
     /// Orders placed per second at most (open loop: the pace does not wait for sagas to end,
     /// up to `concurrency` in flight); `None` places as fast as `concurrency` allows.
     pub rate: Option<f64>,
+    /// Remote runs: how often an order refused with 429/503 is sent again (with the same
+    /// Idempotency-Key), each time after the answer's `Retry-After`.
+    pub retries: u32,
+    /// Remote runs: how long to wait, once every order is sent, for the accepted sagas to end.
+    pub drain: Duration,
 }
 
 /// What happened.
@@ -47,12 +52,33 @@ pub struct LoadReport {
     pub failed: u64,
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
-    /// (orders ended, resident MiB, sagas in flight in memory)
-    pub memory: Vec<(u64, f64, usize)>,
+    /// (orders ended, resident MiB, sagas in flight in memory, store size on disk in MiB)
+    pub memory: Vec<(u64, f64, usize, f64)>,
     /// Latency of `POST /api/orders` (remote runs only).
     pub requests: Option<Histogram<u64>>,
-    /// Requests refused or failed (remote runs only), with the first reason.
+    /// Requests that failed otherwise (remote runs only), with the first reason.
     pub errors: (u64, Option<String>),
+    /// What the node answered (remote runs only).
+    pub intake: Intake,
+}
+
+/// How a remote node took the orders offered.
+#[derive(Debug, Clone, Default)]
+pub struct Intake {
+    /// How long the orders were being offered.
+    pub offered_for: Duration,
+    /// Orders accepted (2xx), after retries.
+    pub accepted: u64,
+    /// 429/503 answers (each refused attempt).
+    pub refusals: u64,
+    /// ... of those without a `Retry-After` header (should be none).
+    pub refusals_without_retry_after: u64,
+    /// Orders given up on after their last retry was refused.
+    pub refused: u64,
+    /// Sends again after a refusal.
+    pub retried: u64,
+    /// Accepted orders whose saga was seen ending within the offering time.
+    pub ended_while_offered: u64,
 }
 
 impl LoadReport {
@@ -116,6 +142,8 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         let saga = rt.saga().cloned();
         let total = spec.orders;
         let checkpoint = spec.memory_checkpoint;
+        let sized = store.clone();
+        let disk = move || sized.storage().size_on_disk().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new(3)?;
             let (mut completed, mut compensated, mut failed) = (0u64, 0u64, 0u64);
@@ -139,12 +167,12 @@ pub async fn run<S: Storage, G: PaymentGateway>(
                     b.set_position(ended);
                 }
                 if checkpoint > 0 && ended % checkpoint == 0 {
-                    memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight())));
+                    memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight()), disk()));
                 }
             }
             let ended = completed + compensated + failed;
-            if memory.last().map(|m: &(u64, f64, usize)| m.0) != Some(ended) {
-                memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight())));
+            if memory.last().map(|m: &(u64, f64, usize, f64)| m.0) != Some(ended) {
+                memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight()), disk()));
             }
             anyhow::Ok((completed, compensated, failed, latency, memory))
         })
@@ -195,6 +223,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         memory,
         requests: None,
         errors: (0, None),
+        intake: Intake::default(),
     })
 }
 
@@ -216,6 +245,32 @@ pub fn print(report: &LoadReport) {
         println!("| p50 POST /api/orders | {:.2} ms |", h.value_at_quantile(0.5) as f64 / 1000.0);
         println!("| p99 POST /api/orders | {:.2} ms |", h.value_at_quantile(0.99) as f64 / 1000.0);
     }
+    if report.requests.is_some() {
+        let i = &report.intake;
+        let secs = i.offered_for.as_secs_f64().max(1e-9);
+        println!(
+            "| offered | {} orders in {:.1} s ({:.0}/s) |",
+            report.orders,
+            secs,
+            report.orders as f64 / secs
+        );
+        println!("| accepted | {} ({:.0}/s) |", i.accepted, i.accepted as f64 / secs);
+        println!(
+            "| refused (429/503 answers; orders given up) | {} ({:.0}/s); {} |",
+            i.refusals,
+            i.refusals as f64 / secs,
+            i.refused
+        );
+        println!("| refusals without Retry-After | {} |", i.refusals_without_retry_after);
+        println!("| sent again after Retry-After | {} |", i.retried);
+        println!(
+            "| completed while offering (goodput) | {} ({:.0}/s) |",
+            i.ended_while_offered,
+            i.ended_while_offered as f64 / secs
+        );
+        let ended = report.completed + report.compensated + report.failed;
+        println!("| accepted, not ended after the drain | {} |", i.accepted.saturating_sub(ended));
+    }
     if report.errors.0 > 0 {
         println!(
             "| failed requests | {} (first: {}) |",
@@ -223,8 +278,8 @@ pub fn print(report: &LoadReport) {
             report.errors.1.as_deref().unwrap_or("?")
         );
     }
-    for (ended, rss, in_flight) in &report.memory {
-        println!("| RSS after {ended} sagas ended | {rss:.0} MiB ({in_flight} sagas in memory) |");
+    for (ended, rss, in_flight, disk) in &report.memory {
+        println!("| after {ended} sagas ended | RSS {rss:.0} MiB, disk {disk:.0} MiB ({in_flight} sagas in memory) |");
     }
 }
 
@@ -296,19 +351,27 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
     let timings: Arc<Mutex<Timings>> = Arc::default();
     let slots = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     let bar = progress_bar(spec);
-    // Requests that failed: no saga ends for them.
+    // Requests that failed or were refused for good: no saga ends for them.
     let failed_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Set when the last order was first sent, and when every request was answered.
+    let offered_at: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+    let answered_at: Arc<std::sync::OnceLock<Instant>> = Arc::default();
     let watcher = {
         let (timings, slots, bar, total) = (timings.clone(), slots.clone(), bar.clone(), spec.orders);
-        let failed_requests = failed_requests.clone();
+        let (failed_requests, offered_at, answered_at, drain) =
+            (failed_requests.clone(), offered_at.clone(), answered_at.clone(), spec.drain);
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new(3)?;
             let (mut completed, mut compensated, mut failed) = (0u64, 0u64, 0u64);
+            let mut ended_while_offered = 0u64;
             let mut body = feed.bytes_stream();
             let mut buf = String::new();
             while completed + compensated + failed
                 < total - failed_requests.load(std::sync::atomic::Ordering::Acquire)
             {
+                if answered_at.get().is_some_and(|t| t.elapsed() > drain) {
+                    break; // what has not ended by now is reported as not ended
+                }
                 let chunk = match tokio::time::timeout(Duration::from_millis(200), body.next()).await {
                     Err(_) => continue, // look at the failed requests again
                     Ok(None) => anyhow::bail!("the live feed ended early"),
@@ -325,6 +388,9 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                     let event: serde_json::Value = serde_json::from_str(&data)?;
                     let Some(order) = event["stream_id"].as_str().and_then(order_of) else { continue };
                     *outcome += 1;
+                    if offered_at.get().is_none() {
+                        ended_while_offered += 1;
+                    }
                     let mut t = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?;
                     match t.placed.remove(&order) {
                         Some(sent) => latency.record(sent.elapsed().as_micros() as u64)?,
@@ -338,9 +404,10 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                     }
                 }
             }
-            anyhow::Ok((completed, compensated, failed, latency))
+            anyhow::Ok((completed, compensated, failed, latency, ended_while_offered))
         })
     };
+    let intake: Arc<Mutex<Intake>> = Arc::default();
     let requests: Arc<Mutex<RequestStats>> = Arc::new(Mutex::new((Histogram::new(3)?, 0, None)));
     let started = Instant::now();
     let mut posts = tokio::task::JoinSet::new();
@@ -363,38 +430,44 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
             "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115",
                 "country": if bad { "XX" } else { "DE" }},
         });
-        let (client, url, timings, requests, slots, failed_requests) = (
+        let (client, url, timings, requests, slots, failed_requests, intake) = (
             client.clone(),
             format!("{base}/api/orders"),
             timings.clone(),
             requests.clone(),
             slots.clone(),
             failed_requests.clone(),
+            intake.clone(),
         );
+        let retries = spec.retries;
         posts.spawn(async move {
-            let sent = Instant::now();
-            let outcome = async {
-                let r = client
-                    .post(url)
-                    .header("Idempotency-Key", Uuid::now_v7().to_string())
-                    .json(&body)
-                    .send()
-                    .await?;
-                let status = r.status();
-                let v: serde_json::Value = r.json().await?;
-                anyhow::ensure!(status.is_success(), "{status}: {v}");
-                v["order_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .map(OrderId)
-                    .context("no order_id in the answer")
-            }
-            .await;
+            let key = Uuid::now_v7().to_string();
+            let mut attempt = 0;
+            let (sent, outcome) = loop {
+                let sent = Instant::now();
+                let outcome = post_order(&client, &url, &key, &body).await;
+                let Ok(Posted::Refused { retry_after }) = &outcome else { break (sent, outcome) };
+                let retry_after = *retry_after;
+                {
+                    let mut i = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    i.refusals += 1;
+                    if retry_after.is_none() {
+                        i.refusals_without_retry_after += 1;
+                    }
+                    if attempt >= retries {
+                        i.refused += 1;
+                        break (sent, outcome);
+                    }
+                    i.retried += 1;
+                }
+                attempt += 1;
+                tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+            };
             let took = sent.elapsed().as_micros() as u64;
-            let mut req = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match outcome {
-                Ok(order) => {
-                    let _ = req.0.record(took);
+                Ok(Posted::Accepted(order)) => {
+                    intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).accepted += 1;
+                    let _ = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0.record(took);
                     let mut t = timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     match t.ended_early.remove(&order) {
                         Some(ended) => {
@@ -406,22 +479,28 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                         }
                     }
                 }
-                Err(e) => {
-                    req.1 += 1;
+                other => {
+                    if let Err(e) = other {
+                        let mut req = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        req.1 += 1;
+                        req.2.get_or_insert_with(|| e.to_string());
+                    }
                     failed_requests.fetch_add(1, std::sync::atomic::Ordering::Release);
-                    req.2.get_or_insert_with(|| e.to_string());
                     // No saga will end for it: free its slot.
                     slots.add_permits(1);
                 }
             }
         });
     }
+    let _ = offered_at.set(Instant::now());
+    let offered_for = started.elapsed();
     while posts.join_next().await.is_some() {}
+    let _ = answered_at.set(Instant::now());
     let errors = {
         let r = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         (r.1, r.2.clone())
     };
-    let (completed, compensated, failed, mut latency) = watcher.await??;
+    let (completed, compensated, failed, mut latency, ended_while_offered) = watcher.await??;
     for us in &timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.early_latencies {
         latency.record(*us)?;
     }
@@ -429,6 +508,7 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         b.finish();
     }
     let request_histogram = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0.clone();
+    let taken = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     Ok(LoadReport {
         orders: spec.orders,
         completed,
@@ -439,5 +519,43 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         memory: Vec::new(),
         requests: Some(request_histogram),
         errors,
+        intake: Intake { offered_for, ended_while_offered, ..taken },
     })
+}
+
+/// What became of one POST of an order.
+enum Posted {
+    /// 2xx: placed (or forwarded to its owner).
+    Accepted(OrderId),
+    /// 429 or 503: refused; try again after `retry_after`.
+    Refused { retry_after: Option<Duration> },
+}
+
+async fn post_order(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<Posted> {
+    use anyhow::Context;
+    let r = client.post(url).header("Idempotency-Key", key).json(body).send().await?;
+    let status = r.status();
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+    {
+        let retry_after = r
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(300)));
+        return Ok(Posted::Refused { retry_after });
+    }
+    let v: serde_json::Value = r.json().await?;
+    anyhow::ensure!(status.is_success(), "{status}: {v}");
+    v["order_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .map(OrderId)
+        .map(Posted::Accepted)
+        .context("no order_id in the answer")
 }

@@ -52,12 +52,19 @@ struct StoreArgs {
     /// sled cache size in MiB.
     #[arg(long, env = "CAUSEWAY_CACHE_MIB", default_value_t = 256)]
     cache_mib: u64,
+    /// Appends queued for the disk at most; past it appends wait (REST commands are refused
+    /// with 429 once half of it is used).
+    #[arg(long, env = "CAUSEWAY_MAX_PENDING_APPENDS", default_value_t = event_store::DEFAULT_MAX_PENDING_APPENDS)]
+    max_pending_appends: usize,
 }
 
 impl StoreArgs {
     fn validate(&self) -> Result<()> {
         if self.cache_mib == 0 {
             bail!("--cache-mib must be at least 1");
+        }
+        if !(16..=1_000_000).contains(&self.max_pending_appends) {
+            bail!("--max-pending-appends must be between 16 and 1000000");
         }
         if matches!(self.durability, DurabilityArg::Periodic) && !(1..=10_000).contains(&self.flush_ms) {
             bail!("--flush-ms must be between 1 and 10000");
@@ -77,7 +84,12 @@ impl StoreArgs {
                 Durability::Periodic { interval: Duration::from_millis(self.flush_ms) }
             }
         };
-        Ok(EventStore::open(storage, StoreConfig { durability, ..StoreConfig::default() })?)
+        let config = StoreConfig {
+            durability,
+            max_pending_appends: self.max_pending_appends,
+            ..StoreConfig::default()
+        };
+        Ok(EventStore::open(storage, config)?)
     }
 }
 
@@ -168,6 +180,9 @@ struct LimitArgs {
     /// HTTP connections open at once; past it, new connections wait in the listen backlog.
     #[arg(long, env = "CAUSEWAY_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
+    /// A connection with no traffic this long is closed, in ms.
+    #[arg(long, env = "CAUSEWAY_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
 }
 
 /// What [`LimitArgs`] set.
@@ -177,6 +192,7 @@ struct Limits {
     feeds: usize,
     http: services::api::HttpLimits,
     connections: usize,
+    idle: Duration,
 }
 
 impl LimitArgs {
@@ -189,11 +205,15 @@ impl LimitArgs {
             ..services::admission::AdmissionConfig::default()
         };
         admission.validate().map_err(anyhow::Error::msg)?;
-        if self.max_live_feeds == 0 || self.max_in_flight_requests == 0 || self.max_connections == 0 {
-            bail!("--max-live-feeds, --max-in-flight-requests and --max-connections must be at least 1");
+        let counts = [self.max_live_feeds, self.max_in_flight_requests, self.max_connections];
+        if counts.iter().any(|n| !(1..=1_000_000).contains(n)) {
+            bail!("--max-live-feeds, --max-in-flight-requests and --max-connections must be between 1 and 1000000");
         }
-        if !(100..=3_600_000).contains(&self.request_timeout_ms) {
-            bail!("--request-timeout-ms must be between 100 and 3600000");
+        if !(1_000..=3_600_000).contains(&self.request_timeout_ms) {
+            bail!("--request-timeout-ms must be between 1000 and 3600000");
+        }
+        if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {
+            bail!("--idle-timeout-ms must be between 1000 and 3600000");
         }
         Ok(Limits {
             admission,
@@ -203,6 +223,7 @@ impl LimitArgs {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
             },
             connections: self.max_connections,
+            idle: Duration::from_millis(self.idle_timeout_ms),
         })
     }
 }
@@ -376,6 +397,17 @@ enum Cmd {
         /// --concurrency in flight.
         #[arg(long, requires = "target")]
         rate: Option<f64>,
+        /// With --rate: offer orders for this many seconds (rate × seconds orders), instead of
+        /// --orders.
+        #[arg(long, requires = "rate")]
+        duration: Option<f64>,
+        /// With --target: send an order refused with 429/503 again this many times, each after
+        /// the answer's Retry-After (same Idempotency-Key).
+        #[arg(long, default_value_t = 0, requires = "target")]
+        retries: u32,
+        /// With --target: once every order is answered, wait this long for accepted sagas to end.
+        #[arg(long, default_value_t = 120.0)]
+        drain_secs: f64,
         /// Durability of appends.
         #[arg(long, value_enum, default_value = "fsync")]
         durability: DurabilityArg,
@@ -562,9 +594,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             target,
             rate,
+            duration,
+            retries,
+            drain_secs,
             durability,
             gateway,
         } => {
+            if duration.is_some_and(|d| !(d.is_finite() && d > 0.0 && d <= 86_400.0)) {
+                bail!("--duration must be between 0 and 86400 seconds");
+            }
+            if !(drain_secs.is_finite() && (0.0..=86_400.0).contains(&drain_secs)) {
+                bail!("--drain-secs must be between 0 and 86400");
+            }
+            let orders = match (duration, rate) {
+                (Some(d), Some(r)) if r.is_finite() && r > 0.0 => ((d * r).ceil() as u64).max(1),
+                _ => orders,
+            };
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 bail!("--rate must be a positive number of orders per second");
             }
@@ -582,6 +627,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 memory_checkpoint,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 rate,
+                retries,
+                drain: Duration::from_secs_f64(drain_secs),
             };
             if let Some(target) = target {
                 if !target.starts_with("http://") {
@@ -597,6 +644,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 durability,
                 flush_ms: 5,
                 cache_mib,
+                max_pending_appends: event_store::DEFAULT_MAX_PENDING_APPENDS,
             };
             let store = store_args.open()?;
             let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;
@@ -715,6 +763,15 @@ async fn serve(
     role: services::runtime::Role,
 ) -> Result<ExitCode> {
     let HttpOptions { listen, admin_token, forward_wait, limits } = http;
+    // A forwarded command's answer must be awaited inside the request's time, or the client
+    // gets "outcome unknown" for commands that were carried out.
+    if limits.http.request_timeout <= forward_wait + Duration::from_secs(1) {
+        bail!(
+            "--request-timeout-ms ({} ms) must be more than --forward-wait-ms + 1000 ({} ms)",
+            limits.http.request_timeout.as_millis(),
+            forward_wait.as_millis() + 1000
+        );
+    }
     use services::api::CommandRoute;
     use services::runtime::Role;
     use std::future::IntoFuture;
@@ -758,7 +815,7 @@ async fn serve(
         feeds: services::api::LiveFeeds::new(limits.feeds),
         limits: limits.http,
     };
-    let listener = services::api::BoundedListener::new(listener, limits.connections);
+    let listener = services::api::BoundedListener::new(listener, limits.connections, limits.idle);
     let server = tokio::spawn(
         axum::serve(listener, services::api::app(state))
             .with_graceful_shutdown(async move {

@@ -340,8 +340,8 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         // The nodes that take REST commands bound the sagas they start.
         let admission = matches!(role, Role::All | Role::Query).then(|| {
             let admission = crate::admission::Admission::new(config.admission);
-            let (a, store, rx) = (admission.clone(), store.clone(), rx.clone());
-            tasks.spawn(async move { a.run(store, rx).await.map_err(|e| format!("admission: {e}")) });
+            let (a, store, rx, after) = (admission.clone(), store.clone(), rx.clone(), store.head());
+            tasks.spawn(async move { a.run(store, after, rx).await.map_err(|e| format!("admission: {e}")) });
             admission
         });
         readiness.set_serving(true);

@@ -49,6 +49,53 @@ pub struct SagaRunner<S: Storage> {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// In a distributed node: the relay that carries this saga's commands to the services.
     transport: std::sync::OnceLock<crate::kafka::relay::RelayHealth>,
+    /// How far behind the inputs are: (when the newest input was handled, how old it was then).
+    input_delay: Mutex<(Option<std::time::Instant>, Duration)>,
+    /// Retries (deadlines that fire) allowed: earned by sagas started, spent by retries.
+    budget: Mutex<RetryBudget>,
+}
+
+/// A node's retry budget (as in Finagle's): every saga started earns [`RETRY_TOKENS_PER_SAGA`]
+/// retries, at least [`MIN_RETRIES_PER_SEC`] accrue each second whatever the traffic, and at
+/// most [`MAX_RETRY_TOKENS`] are saved up. A deadline that fires spends one; with none left, due
+/// deadlines wait for the next tick, so retries stay a bounded share of the work instead of
+/// multiplying it when everything is slow.
+#[derive(Debug)]
+struct RetryBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+/// Retries earned per saga started (a saga sends about five first commands: a fifth of them).
+pub const RETRY_TOKENS_PER_SAGA: f64 = 1.0;
+/// Retries allowed per second with no traffic.
+pub const MIN_RETRIES_PER_SEC: f64 = 20.0;
+/// Most retries saved up.
+pub const MAX_RETRY_TOKENS: f64 = 2_000.0;
+/// Deadlines are held while the saga manager's inputs reach it later than this: its own backlog,
+/// not a lost command, is what keeps replies from arriving.
+pub const BACKLOG_HOLD: Duration = Duration::from_secs(1);
+
+impl RetryBudget {
+    fn refill(&mut self) {
+        let now = std::time::Instant::now();
+        let secs = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + secs * MIN_RETRIES_PER_SEC).min(MAX_RETRY_TOKENS);
+        self.refilled = now;
+    }
+    fn earn(&mut self, n: f64) {
+        self.refill();
+        self.tokens = (self.tokens + n).min(MAX_RETRY_TOKENS);
+    }
+    fn spend(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl<S: Storage> std::fmt::Debug for SagaRunner<S> {
@@ -77,6 +124,11 @@ impl<S: Storage> SagaRunner<S> {
             deadlines: Mutex::new(BTreeSet::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             transport: std::sync::OnceLock::new(),
+            input_delay: Mutex::new((None, Duration::ZERO)),
+            budget: Mutex::new(RetryBudget {
+                tokens: MAX_RETRY_TOKENS / 4.0,
+                refilled: std::time::Instant::now(),
+            }),
         }
     }
 
@@ -239,17 +291,46 @@ impl<S: Storage> SagaRunner<S> {
         Err(HandlerError::Transient("saga conflicts".into()))
     }
 
-    /// Fires due deadlines. Returns how many sagas were ticked.
+    /// Whether the inputs reach the saga manager late: the newest one was handled within
+    /// [`BACKLOG_HOLD`] and had waited longer than that (an idle manager is not behind).
+    pub fn backlogged(&self) -> bool {
+        let (handled, delay) = *self.input_delay.lock().unwrap_or_else(|p| p.into_inner());
+        handled.is_some_and(|t| t.elapsed() < BACKLOG_HOLD) && delay > BACKLOG_HOLD
+    }
+
+    fn saw_input(&self, e: &RecordedEvent) {
+        let delay = Duration::from_nanos(now_ns().saturating_sub(e.recorded_at_ns));
+        *self.input_delay.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Some(std::time::Instant::now()), delay);
+        metrics::gauge!("causeway_saga_input_delay_seconds").set(delay.as_secs_f64());
+    }
+
+    /// Fires due deadlines. Returns how many sagas were ticked. Deadlines are held while the
+    /// commands cannot reach Kafka, and while the manager's own inputs are behind (their replies
+    /// may be waiting in that backlog); each one that fires spends one of the retry budget.
     pub async fn tick(&self) -> usize {
         if self.transport.get().is_some_and(|t| t.stalled(Duration::from_secs(1))) {
             tracing::debug!("commands cannot reach Kafka; saga deadlines are held");
             return 0;
         }
+        if self.backlogged() {
+            metrics::counter!("causeway_saga_deadlines_held_total", "why" => "backlog").increment(1);
+            return 0;
+        }
         let now = now_ns();
-        let due: Vec<OrderId> = {
+        let mut due: Vec<OrderId> = {
             let deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
             deadlines.iter().take_while(|(d, _)| *d <= now).map(|(_, o)| *o).collect()
         };
+        {
+            let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+            let allowed = due.iter().take_while(|_| budget.spend()).count();
+            if allowed < due.len() {
+                metrics::counter!("causeway_saga_deadlines_held_total", "why" => "retry_budget")
+                    .increment((due.len() - allowed) as u64);
+                due.truncate(allowed);
+            }
+        }
         for order in &due {
             let policy = self.policy;
             let jitter = rand::random::<f64>();
@@ -326,6 +407,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
         let policy = self.policy;
         let now = now_ns();
         let checkpoint = Some(checkpoint);
+        self.saw_input(e);
         if e.category() == "replies" {
             let reply: CommandReplied = serde_json::from_slice(&e.payload)
                 .map_err(|err| HandlerError::Poison(format!("bad reply: {err}")))?;
@@ -344,6 +426,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
             .map_err(|err| HandlerError::Poison(err.to_string()))?;
         match event {
             OrderEvent::OrderPlaced(p) => {
+                self.budget.lock().unwrap_or_else(|p| p.into_inner()).earn(RETRY_TOKENS_PER_SAGA);
                 let lines: Vec<SagaLine> = p
                     .items
                     .iter()
@@ -461,5 +544,33 @@ mod tests {
         r.apply(order, start(order, 5_000), cause, None).await.expect("redelivered");
         assert_eq!(tracked(&r, order), (Some(version), deadline.into_iter().collect()));
         assert!(r.low_water() < r.store.head());
+    }
+
+    #[tokio::test]
+    async fn deadlines_wait_while_the_inputs_are_behind_and_while_the_retry_budget_is_spent() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        // Started "in 1970": its first deadline is long due.
+        r.apply(order, start(order, 1_000), uuid::Uuid::now_v7(), None).await.expect("start");
+        let before = the_log_says(&r, order).0;
+        // The manager handles an input that waited 5 s: it is behind, so nothing fires.
+        let mut old = r.store.read_event(1).expect("read").expect("present");
+        old.recorded_at_ns = now_ns() - 5_000_000_000;
+        r.saw_input(&old);
+        assert!(r.backlogged());
+        assert_eq!(r.tick().await, 0);
+        assert_eq!(the_log_says(&r, order).0, before, "held: no retry was sent");
+        // Caught up (an input that did not wait): deadlines fire again, but not past the budget.
+        let fresh = r.store.read_event(1).expect("read").expect("present");
+        let mut fresh = fresh;
+        fresh.recorded_at_ns = now_ns();
+        r.saw_input(&fresh);
+        assert!(!r.backlogged());
+        *r.budget.lock().expect("lock") = RetryBudget { tokens: 0.0, refilled: std::time::Instant::now() };
+        assert_eq!(r.tick().await, 0, "no budget: the retry waits");
+        assert_eq!(the_log_says(&r, order).0, before);
+        r.budget.lock().expect("lock").earn(RETRY_TOKENS_PER_SAGA);
+        assert_eq!(r.tick().await, 1);
+        assert!(the_log_says(&r, order).0 > before, "the retry was sent");
     }
 }

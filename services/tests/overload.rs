@@ -144,7 +144,7 @@ async fn past_the_saga_limit_orders_get_429_with_retry_after_and_leave_nothing_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_past_the_in_flight_bound_get_429_and_slow_ones_503() {
+async fn requests_past_the_in_flight_bound_get_429_and_slow_ones_504() {
     // A forwarding node waits for answers no one sends: each command stays in flight.
     let rt = start(Duration::ZERO, RuntimeConfig::default());
     let (_stop, stopping) = tokio::sync::watch::channel(false);
@@ -172,10 +172,10 @@ async fn requests_past_the_in_flight_bound_get_429_and_slow_ones_503() {
 
     let limits = HttpLimits { max_in_flight: 16, request_timeout: Duration::from_millis(300) };
     let app2 = app(ApiState { commands: forward, limits, ..state(&rt, stopping) });
-    let (status, retry_after, body) = send(&app2, place("timed-out")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _, body) = send(&app2, place("timed-out")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(body["error"]["code"], "timeout");
-    assert!(retry_after.is_some());
+
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
