@@ -58,6 +58,10 @@ def role_docs(role):
             "valueFrom": {"secretKeyRef": {"name": "causeway-admin", "key": "token"}},
         },
     ]
+    if role == "query":
+        # Admission on the pods that take commands: a saga crosses Kafka five times, so its
+        # latency target is wider than the embedded node's 1 s (ARCHITECTURE.md, "Overload").
+        env.append({"name": "CAUSEWAY_ADMISSION_TARGET_MS", "value": "3000"})
     probe = lambda path, period, failures: {  # noqa: E731
         "httpGet": {"path": path, "port": "http"},
         "periodSeconds": period,

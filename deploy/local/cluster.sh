@@ -113,6 +113,10 @@ start() {
   # shellcheck disable=SC2086 # CAUSEWAY_NODE_ARGS is a list of words
   while read -r role i port; do
     local name="$role-$i"
+    # Query pods admit sagas that cross Kafka: a wider latency target (as deploy/k8s sets).
+    local target="${CAUSEWAY_ADMISSION_TARGET_MS:-}"
+    [ "$role" = query ] && target="${target:-3000}"
+    CAUSEWAY_ADMISSION_TARGET_MS="${target:-1000}" \
     RUST_LOG="${RUST_LOG:-info}" "$CAUSEWAY_BIN" serve --role "$role" --node-id "$name" \
       --shard-count "${COUNT[$role]}" --shard-index "$i" --kafka-partitions "$PARTITIONS" \
       --data-dir "$DIR/$name" --listen "127.0.0.1:$port" --kafka-bootstrap "127.0.0.1:$KAFKA_PORT" \

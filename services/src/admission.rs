@@ -9,8 +9,9 @@
 //! interval (one backlog is not counted again while it drains). So do an oldest admitted order
 //! older than twice the target (sagas stopped ending) and orders never seen ending (forgotten
 //! after `expire`). The target is the configured one, or four times the fastest saga of the last
-//! 30 s when that is more, so a deployment whose sagas are slow by nature (across Kafka) is not
-//! held at its minimum. By Little's law the queue then holds about target × throughput sagas.
+//! 60 windows that were not at the limit when that is more, so a deployment whose sagas are slow
+//! by nature (across Kafka) is not held at its minimum, while sagas slowed by queueing under
+//! overload cannot raise it. By Little's law the queue then holds about target × throughput sagas.
 //! ARCHITECTURE.md ("Overload") says why this and not a fixed number or a gradient limit.
 
 use std::collections::HashMap;
@@ -122,6 +123,9 @@ struct State {
     late: u32,
     fastest: Option<Duration>,
     peak: usize,
+    /// Orders refused in this window: a window at the limit says how slow sagas get when
+    /// queued, not how fast they can be, so it does not move the floor.
+    refused: u32,
     floors: std::collections::VecDeque<Duration>,
 }
 
@@ -173,6 +177,7 @@ impl Admission {
             late: 0,
             fastest: None,
             peak: 0,
+            refused: 0,
             floors: std::collections::VecDeque::new(),
         };
         Self { config, state: Arc::new(Mutex::new(state)) }
@@ -187,8 +192,16 @@ impl Admission {
         &self.config
     }
 
+    /// The configured target, or 4 × the floor when that is more. The floor is the fastest saga
+    /// of the last 60 windows that were not at the limit (before the first such window: of the
+    /// current one), so sustained overload, whose sagas are slow because they queue, cannot
+    /// raise it.
     fn target(&self, st: &State) -> Duration {
-        let floor = st.floors.iter().chain(st.fastest.iter()).min().copied().unwrap_or_default();
+        let floor = match st.floors.iter().min() {
+            Some(f) => *f,
+            None if st.refused == 0 => st.fastest.unwrap_or_default(),
+            None => Duration::ZERO,
+        };
         self.config.target.max(floor * 4)
     }
 
@@ -203,6 +216,7 @@ impl Admission {
         let limit = st.limit as usize;
         if st.admitted.len() >= limit {
             st.rejected += 1;
+            st.refused = st.refused.saturating_add(1);
             metrics::counter!("causeway_admission_rejected_total").increment(1);
             return Err(Overloaded { limit, retry_after_secs: self.retry_after_secs() });
         }
@@ -231,15 +245,16 @@ impl Admission {
         let Some(admitted) = st.admitted.remove(&order) else { return };
         let latency = now.saturating_duration_since(admitted);
         metrics::histogram!("causeway_admission_saga_seconds").record(latency.as_secs_f64());
+        // A window that has run its time closes before this sample, which opens the next.
+        if now.saturating_duration_since(st.window_started) >= WINDOW {
+            self.close_window(&mut st, now);
+        }
         let target = self.target(&st);
         st.samples += 1;
         if latency > target {
             st.late += 1;
         }
         st.fastest = Some(st.fastest.map_or(latency, |f| f.min(latency)));
-        if now.saturating_duration_since(st.window_started) >= WINDOW {
-            self.close_window(&mut st, now);
-        }
     }
 
     /// Ends the current window of samples: a window with more than a tenth of its sagas late
@@ -251,12 +266,13 @@ impl Admission {
         } else if st.samples > 0 && st.late == 0 && st.peak * 2 >= st.limit as usize {
             st.limit = (st.limit + st.limit.sqrt() / 2.0).min(self.config.max as f64);
         }
-        if let Some(f) = st.fastest.take() {
+        if let (Some(f), 0) = (st.fastest.take(), st.refused) {
             st.floors.push_back(f);
             if st.floors.len() > FLOOR_WINDOWS {
                 st.floors.pop_front();
             }
         }
+        st.refused = 0;
         st.samples = 0;
         st.late = 0;
         st.peak = st.admitted.len();
@@ -445,6 +461,38 @@ mod tests {
         }
         assert_eq!(a.load().target, Duration::from_millis(1200));
         assert!(a.load().limit >= 100, "{:?}", a.load());
+    }
+
+    #[test]
+    fn sagas_slowed_by_overload_do_not_raise_the_target() {
+        let a = Admission::new(AdmissionConfig::fixed(50));
+        let mut t = Instant::now();
+        // Unloaded: sagas take 100 ms, so the floor is 100 ms and the target 1 s (the setting).
+        for _ in 0..3 {
+            t = run_window(&a, 20, t, Duration::from_millis(100));
+        }
+        assert_eq!(a.load().target, Duration::from_secs(1));
+        // Overloaded for a long while: refusals every window, sagas take 600 ms.
+        for _ in 0..(FLOOR_WINDOWS + 10) {
+            {
+                let mut st = a.lock();
+                let fill: Vec<OrderId> =
+                    (0..50usize.saturating_sub(st.admitted.len())).map(|_| order()).collect();
+                for o in fill {
+                    st.admitted.insert(o, t);
+                }
+            }
+            let orders: Vec<OrderId> = a.lock().admitted.keys().copied().collect();
+            for o in orders {
+                a.ended_at(o, t + Duration::from_millis(600));
+            }
+            a.lock().admitted.extend((0..50).map(|_| (order(), t)));
+            assert!(a.admit(order()).is_err(), "at the limit");
+            a.lock().admitted.clear();
+            t += WINDOW + Duration::from_millis(600);
+            a.expire_at(t);
+        }
+        assert_eq!(a.load().target, Duration::from_secs(1), "the floor stayed at the unloaded sagas' 100 ms");
     }
 
     #[test]

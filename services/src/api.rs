@@ -1004,7 +1004,8 @@ fn refuse_commands(role: &str) -> ApiError {
         (status = 409, description = "the Idempotency-Key was used for another request, or this node takes no commands", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, description = "the node is at its limit of sagas in flight or of pending appends (Retry-After says when to retry; nothing was recorded)", body = ErrorBody),
-        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody)))]
+        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody),
+        (status = 504, description = "not answered in the node's request time: the outcome is unknown; send it again with the same Idempotency-Key", body = ErrorBody)))]
 async fn place_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -1099,7 +1100,8 @@ pub struct CancelledOrder {
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, description = "the node is overloaded (Retry-After; nothing was recorded)", body = ErrorBody),
-        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody)))]
+        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody),
+        (status = 504, description = "not answered in the node's request time: the outcome is unknown; send it again with the same Idempotency-Key", body = ErrorBody)))]
 async fn cancel_order<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
@@ -1157,7 +1159,8 @@ pub struct StockAddedView {
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 429, description = "the node is overloaded (Retry-After; nothing was recorded)", body = ErrorBody),
-        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody)))]
+        (status = 503, description = "the node cannot take requests now (Retry-After)", body = ErrorBody),
+        (status = 504, description = "not answered in the node's request time: the outcome is unknown; send it again with the same Idempotency-Key", body = ErrorBody)))]
 async fn add_stock<S: Storage>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,

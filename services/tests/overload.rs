@@ -175,7 +175,6 @@ async fn requests_past_the_in_flight_bound_get_429_and_slow_ones_504() {
     let (status, _, body) = send(&app2, place("timed-out")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(body["error"]["code"], "timeout");
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,4 +228,38 @@ async fn live_feeds_are_capped_and_a_client_that_stops_reading_is_dropped() {
             seen.push_str(&String::from_utf8_lossy(&data));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_bound_wait_and_an_idle_one_is_closed() {
+    use std::future::IntoFuture;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = start(Duration::ZERO, RuntimeConfig::default());
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bounded = services::api::BoundedListener::new(listener, 1, Duration::from_millis(500));
+    tokio::spawn(axum::serve(bounded, app(state(&rt, stopping))).into_future());
+    // One connection that says nothing holds the only place.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect (backlog)");
+    second.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), second.read_to_end(&mut answer))
+        .await
+        .expect("the second connection is served once the idle one is closed")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(asked.elapsed() >= Duration::from_millis(300), "it waited for the place: {:?}", asked.elapsed());
+    // The idle connection was closed by the node.
+    let mut buf = [0u8; 16];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.expect("closed").unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection was closed");
 }
