@@ -7,7 +7,7 @@
 //! while the limit was at least half used grows it by √limit / 2; a window in which more than a
 //! tenth of the sagas took longer than the target shrinks it by a fifth, at most once per target
 //! interval (one backlog is not counted again while it drains). So do an oldest admitted order
-//! older than twice the target (sagas stopped ending) and orders never seen ending (forgotten
+//! share of admitted orders older than twice the target (sagas stopped ending) and orders never seen ending (forgotten
 //! after `expire`). The target is the configured one, or four times the fastest saga of the last
 //! 60 windows that were not at the limit when that is more, so a deployment whose sagas are slow
 //! by nature (across Kafka) is not held at its minimum, while sagas slowed by queueing under
@@ -136,27 +136,20 @@ pub struct Admission {
     state: Arc<Mutex<State>>,
 }
 
-/// A place taken for one order's saga. Dropped without [`Ticket::keep`] (the command failed,
-/// was refused, or its request was cancelled), it gives the place back.
+/// A place taken for one order's saga. [`Ticket::give_back`] returns it when the command
+/// certainly recorded nothing (it was refused, or its append failed). Dropped otherwise (the
+/// saga starts, or the request was cancelled or timed out, when the order may have been recorded
+/// anyway), the place stays taken until the saga is seen ending or the place expires.
 #[derive(Debug)]
 pub struct Ticket {
     admission: Admission,
     order: OrderId,
-    armed: bool,
 }
 
 impl Ticket {
-    /// The saga starts: the place stays taken until it is seen ending (or expires).
-    pub fn keep(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.armed {
-            self.admission.withdraw(self.order);
-        }
+    /// No saga runs for the order: its place is free again.
+    pub fn give_back(self) {
+        self.admission.withdraw(self.order);
     }
 }
 
@@ -222,7 +215,7 @@ impl Admission {
         }
         st.admitted.insert(order, Instant::now());
         st.peak = st.peak.max(st.admitted.len());
-        Ok(Some(Ticket { admission: self.clone(), order, armed: true }))
+        Ok(Some(Ticket { admission: self.clone(), order }))
     }
 
     /// Gives back `order`'s place without a latency sample (no saga runs for it).
@@ -288,8 +281,9 @@ impl Admission {
         }
     }
 
-    /// Closes a window that has run its time, shrinks the limit when the oldest admitted order
-    /// has waited more than twice the target (sagas stopped ending: no sample would say so), and
+    /// Closes a window that has run its time, shrinks the limit when more than a tenth of the
+    /// admitted orders (at least five) have waited more than twice the target (sagas stopped
+    /// ending: no sample would say so), and
     /// forgets admitted orders not seen ending within `expire` (each counts as late). Returns
     /// how many were forgotten.
     pub fn expire(&self) -> usize {
@@ -305,11 +299,13 @@ impl Admission {
         let expire = self.config.expire;
         st.admitted.retain(|_, t| now.saturating_duration_since(*t) < expire);
         let expired = before - st.admitted.len();
-        let oldest = st.admitted.values().min().map(|t| now.saturating_duration_since(*t));
+        let stuck_after = self.target(&st) * 2;
+        let stuck = st.admitted.values().filter(|t| now.saturating_duration_since(**t) > stuck_after).count();
         if expired > 0 {
             metrics::counter!("causeway_admission_expired_total").increment(expired as u64);
         }
-        if expired > 0 || oldest.is_some_and(|age| age > self.target(&st) * 2) {
+        let stalled = stuck >= MIN_SAMPLES as usize && stuck as f64 > LATE_SHARE * st.admitted.len() as f64;
+        if expired > 0 || stalled {
             self.decrease(&mut st, now);
         }
         expired
@@ -388,7 +384,7 @@ mod tests {
     fn past_the_limit_orders_are_refused_and_a_retry_of_an_admitted_one_takes_nothing() {
         let a = Admission::new(AdmissionConfig::fixed(2));
         let (x, y) = (order(), order());
-        a.admit(x).expect("first").expect("a place").keep();
+        drop(a.admit(x).expect("first").expect("a place"));
         let second = a.admit(y).expect("second").expect("a place");
         let retry = a.admit(x).expect("a retry of an admitted order is let through");
         assert!(retry.is_none(), "and takes no second place");
@@ -397,11 +393,12 @@ mod tests {
         assert!(refused.retry_after_secs >= 1);
         assert_eq!(a.load().in_flight, 2);
         assert_eq!(a.load().rejected, 1);
-        // A ticket dropped without keep (a failed or cancelled request) gives its place back.
-        drop(second);
+        // A ticket given back (nothing was recorded) frees its place.
+        second.give_back();
         assert_eq!(a.load().in_flight, 1);
-        a.admit(order()).expect("a place is free again").expect("a place").keep();
-        assert_eq!(a.load().in_flight, 2, "a kept ticket holds its place");
+        // One dropped (the saga starts, or the request was abandoned) keeps it.
+        drop(a.admit(order()).expect("a place is free again").expect("a place"));
+        assert_eq!(a.load().in_flight, 2, "a dropped ticket holds its place");
     }
 
     /// Admits `n` orders at `at` and ends them `took` later; returns the end time.
@@ -506,17 +503,21 @@ mod tests {
     }
 
     #[test]
-    fn stuck_and_forgotten_orders_shrink_the_limit() {
+    fn stuck_and_forgotten_orders_shrink_the_limit_and_one_slow_saga_does_not() {
         let a = Admission::new(AdmissionConfig { expire: Duration::from_secs(5), ..config() });
         let t = Instant::now();
+        // One slow saga among many fresh ones: a tail, not a stall.
         a.lock().admitted.insert(order(), t);
-        assert_eq!(a.expire_at(t + Duration::from_millis(50)), 0);
-        assert_eq!(a.load().limit, 100);
-        // Waiting more than twice the target: sagas stopped ending.
+        let later = t + Duration::from_millis(240);
+        a.lock().admitted.extend((0..30).map(|_| (order(), later)));
         assert_eq!(a.expire_at(t + Duration::from_millis(250)), 0);
+        assert_eq!(a.load().limit, 100);
+        // Many waiting more than twice the target: sagas stopped ending.
+        a.lock().admitted.extend((0..10).map(|_| (order(), t)));
+        assert_eq!(a.expire_at(t + Duration::from_millis(260)), 0);
         assert_eq!(a.load().limit, 80);
         // Forgotten after `expire`.
-        assert_eq!(a.expire_at(t + Duration::from_secs(6)), 1);
+        assert_eq!(a.expire_at(t + Duration::from_secs(6)), 41);
         assert_eq!(a.load().in_flight, 0);
         assert_eq!(a.load().limit, 64);
     }

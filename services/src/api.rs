@@ -561,7 +561,7 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
         .with_state(state)
 }
 
-/// The answer of a request the bounds stopped: 429 when too many are in flight, 503 when it
+/// The answer of a request the bounds stopped: 429 when too many are in flight, 504 when it
 /// took too long.
 async fn shed(err: tower::BoxError) -> ApiError {
     if err.is::<tower::load_shed::error::Overloaded>() {
@@ -1037,11 +1037,11 @@ async fn place_order<S: Storage>(
                 a.admit(order_id).map_err(|e| ApiError::overloaded(e.to_string(), e.retry_after_secs))?;
         }
     }
-    // Dropped unkept (an error, or the request cancelled or timed out), the ticket gives the
-    // place back.
+    // Given back when nothing was recorded; kept otherwise (also when this request is cancelled
+    // or times out mid-way: the order may be recorded, and its saga's end frees the place).
     let placed = place(&st, key, order_id, req.customer_id, items, req.currency, req.shipping_address).await;
-    if let (Ok(_), Some(t)) = (&placed, ticket) {
-        t.keep();
+    if let (Err(_), Some(t)) = (&placed, ticket) {
+        t.give_back();
     }
     placed
 }

@@ -174,7 +174,7 @@ struct LimitArgs {
     /// `/api` requests served at once; past it, 429.
     #[arg(long, env = "CAUSEWAY_MAX_IN_FLIGHT_REQUESTS", default_value_t = 1024)]
     max_in_flight_requests: usize,
-    /// An `/api` request not answered in this time gets a 503, in ms.
+    /// An `/api` request not answered in this time gets a 504 (outcome unknown), in ms.
     #[arg(long, env = "CAUSEWAY_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
     /// HTTP connections open at once; past it, new connections wait in the listen backlog.
@@ -212,8 +212,11 @@ impl LimitArgs {
         if !(1_000..=3_600_000).contains(&self.request_timeout_ms) {
             bail!("--request-timeout-ms must be between 1000 and 3600000");
         }
-        if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {
-            bail!("--idle-timeout-ms must be between 1000 and 3600000");
+        if !(20_000..=3_600_000).contains(&self.idle_timeout_ms) {
+            bail!("--idle-timeout-ms must be between 20000 and 3600000 (live feeds send a keep-alive every 15 s)");
+        }
+        if self.idle_timeout_ms < self.request_timeout_ms + 5_000 {
+            bail!("--idle-timeout-ms must exceed --request-timeout-ms by 5000 at least (a request in progress must not be cut as idle)");
         }
         Ok(Limits {
             admission,
@@ -610,8 +613,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 (Some(d), Some(r)) if r.is_finite() && r > 0.0 => ((d * r).ceil() as u64).max(1),
                 _ => orders,
             };
-            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                bail!("--rate must be a positive number of orders per second");
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)) {
+                bail!("--rate must be a number of orders per second above 0 and at most 1000000");
+            }
+            if orders > 1_000_000_000 {
+                bail!("--orders must be at most 1000000000");
             }
             if orders == 0 || concurrency == 0 || skus == 0 {
                 bail!("--orders, --concurrency and --skus must be at least 1");
@@ -793,7 +799,13 @@ async fn serve(
     let source = config.kafka.as_ref().map(|k| k.source()).unwrap_or_default();
     let node = Runtime::start_role(store, gateway, config, role)?;
     let (stop_http, mut http_stopped) = tokio::sync::watch::channel(false);
+    // Latencies as histograms with buckets (the dashboard's quantiles come from them); other
+    // histograms (sizes) stay summaries.
+    const SECONDS: [f64; 15] =
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), &SECONDS)
+        .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let commands = match (role, node.answers()) {

@@ -51,6 +51,8 @@ pub struct SagaRunner<S: Storage> {
     transport: std::sync::OnceLock<crate::kafka::relay::RelayHealth>,
     /// How far behind the inputs are: (when the newest input was handled, how old it was then).
     input_delay: Mutex<(Option<std::time::Instant>, Duration)>,
+    /// Since when deadlines have been held for the backlog, without a break.
+    held_since: Mutex<Option<std::time::Instant>>,
     /// Retries (deadlines that fire) allowed: earned by sagas started, spent by retries.
     budget: Mutex<RetryBudget>,
 }
@@ -75,6 +77,9 @@ pub const MAX_RETRY_TOKENS: f64 = 2_000.0;
 /// Deadlines are held while the saga manager's inputs reach it later than this: its own backlog,
 /// not a lost command, is what keeps replies from arriving.
 pub const BACKLOG_HOLD: Duration = Duration::from_secs(1);
+/// The longest the backlog holds deadlines at a stretch: past it they fire again (a clock skew
+/// between pods, or a lag that never ends, must not hold them for good).
+pub const MAX_BACKLOG_HOLD: Duration = Duration::from_secs(30);
 
 impl RetryBudget {
     fn refill(&mut self) {
@@ -125,6 +130,7 @@ impl<S: Storage> SagaRunner<S> {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             transport: std::sync::OnceLock::new(),
             input_delay: Mutex::new((None, Duration::ZERO)),
+            held_since: Mutex::new(None),
             budget: Mutex::new(RetryBudget {
                 tokens: MAX_RETRY_TOKENS / 4.0,
                 refilled: std::time::Instant::now(),
@@ -313,9 +319,17 @@ impl<S: Storage> SagaRunner<S> {
             tracing::debug!("commands cannot reach Kafka; saga deadlines are held");
             return 0;
         }
-        if self.backlogged() {
-            metrics::counter!("causeway_saga_deadlines_held_total", "why" => "backlog").increment(1);
-            return 0;
+        {
+            let mut held = self.held_since.lock().unwrap_or_else(|p| p.into_inner());
+            if self.backlogged() {
+                let since = *held.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < MAX_BACKLOG_HOLD {
+                    metrics::counter!("causeway_saga_deadlines_held_total", "why" => "backlog").increment(1);
+                    return 0;
+                }
+            } else {
+                *held = None;
+            }
         }
         let now = now_ns();
         let mut due: Vec<OrderId> = {
@@ -566,10 +580,12 @@ mod tests {
         fresh.recorded_at_ns = now_ns();
         r.saw_input(&fresh);
         assert!(!r.backlogged());
-        *r.budget.lock().expect("lock") = RetryBudget { tokens: 0.0, refilled: std::time::Instant::now() };
+        // (Refilled "in the future": no token accrues while the test runs, however slow the box.)
+        let later = std::time::Instant::now() + Duration::from_secs(3600);
+        *r.budget.lock().expect("lock") = RetryBudget { tokens: 0.0, refilled: later };
         assert_eq!(r.tick().await, 0, "no budget: the retry waits");
         assert_eq!(the_log_says(&r, order).0, before);
-        r.budget.lock().expect("lock").earn(RETRY_TOKENS_PER_SAGA);
+        r.budget.lock().expect("lock").tokens = RETRY_TOKENS_PER_SAGA;
         assert_eq!(r.tick().await, 1);
         assert!(the_log_says(&r, order).0 > before, "the retry was sent");
     }

@@ -151,9 +151,9 @@ pub async fn run<S: Storage, H: Handler>(
     let client: StreamConsumer = kafka
         .reader(&format!("consumer-{name}"))
         .set("fetch.wait.max.ms", kafka.fetch_wait_ms.to_string())
-        // What librdkafka fetches ahead is bounded (its default is 64 MiB per consumer): past it
-        // the partitions are read no further until the workers catch up.
-        .set("queued.max.messages.kbytes", "16384")
+        // What librdkafka fetches ahead is bounded (its default is 64 MiB per partition queue):
+        // past it a partition is read no further until the workers catch up.
+        .set("queued.max.messages.kbytes", "2048")
         .create()?;
     let client = Arc::new(client);
     let mut tpl = TopicPartitionList::new();
