@@ -336,6 +336,33 @@ impl<S: Storage> EventStore<S> {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// The live data by kind of entry: (kind, entries, bytes of keys and values), in key order.
+    /// Kinds: log frames, stream index, event-id index, checkpoints, snapshots, store metadata,
+    /// application data (read models). What the engine holds on disk beyond their sum is its own
+    /// overhead and garbage. Reads every key: for reports, not for a hot path.
+    pub fn space_by_kind(&self) -> Result<Vec<(&'static str, u64, u64)>> {
+        let kinds: [(u8, &'static str); 7] = [
+            (keys::LOG, "log frames"),
+            (keys::STREAM, "stream index"),
+            (keys::EVENT_ID, "event-id index"),
+            (keys::CHECKPOINT, "checkpoints"),
+            (keys::SNAPSHOT, "snapshots"),
+            (keys::META, "store metadata"),
+            (keys::APP, "read models (application data)"),
+        ];
+        let mut out = Vec::new();
+        for (tag, name) in kinds {
+            let (mut n, mut bytes) = (0u64, 0u64);
+            for item in self.inner.storage.range(&[tag], &[tag + 1], false) {
+                let (k, v) = item?;
+                n += 1;
+                bytes += (k.as_ref().len() + v.as_ref().len()) as u64;
+            }
+            out.push((name, n, bytes));
+        }
+        Ok(out)
+    }
+
     /// Appends queued for the writer or waiting for their sync.
     pub fn pending_appends(&self) -> usize {
         self.inner.max_pending - self.inner.room.available_permits().min(self.inner.max_pending)

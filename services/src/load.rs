@@ -60,6 +60,10 @@ pub struct LoadReport {
     pub errors: (u64, Option<String>),
     /// What the node answered (remote runs only).
     pub intake: Intake,
+    /// In-process runs with memory checkpoints: the store's live data by kind at the end.
+    pub space: Vec<(&'static str, u64, u64)>,
+    /// The store's size on disk at the end (in-process runs).
+    pub disk_bytes: u64,
 }
 
 /// How a remote node took the orders offered.
@@ -210,6 +214,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         });
     }
     let (completed, compensated, failed, latency, memory) = watcher.await??;
+    let space = if spec.memory_checkpoint > 0 { store.space_by_kind()? } else { Vec::new() };
     if let Some(b) = bar {
         b.finish();
     }
@@ -224,6 +229,8 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         requests: None,
         errors: (0, None),
         intake: Intake::default(),
+        space,
+        disk_bytes: store.storage().size_on_disk().unwrap_or(0),
     })
 }
 
@@ -276,6 +283,17 @@ pub fn print(report: &LoadReport) {
             "| failed requests | {} (first: {}) |",
             report.errors.0,
             report.errors.1.as_deref().unwrap_or("?")
+        );
+    }
+    if !report.space.is_empty() {
+        let live: u64 = report.space.iter().map(|(_, _, b)| b).sum();
+        for (kind, n, bytes) in &report.space {
+            println!("| live data: {kind} | {n} entries, {:.0} MiB |", *bytes as f64 / 1048576.0);
+        }
+        println!(
+            "| on disk beyond the live data (sled's overhead and garbage) | {:.0} MiB of {:.0} MiB |",
+            report.disk_bytes.saturating_sub(live) as f64 / 1048576.0,
+            report.disk_bytes as f64 / 1048576.0
         );
     }
     for (ended, rss, in_flight, disk) in &report.memory {
@@ -519,6 +537,8 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         memory: Vec::new(),
         requests: Some(request_histogram),
         errors,
+        space: Vec::new(),
+        disk_bytes: 0,
         intake: Intake { offered_for, ended_while_offered, ..taken },
     })
 }
