@@ -128,7 +128,9 @@ start() {
     local name="$role-$i"
     until ready "$port"; do
       if ! alive "$DIR/pids/$name"; then
-        echo "the $name node exited; see $DIR/logs/$name.log" >&2; stop; exit 1
+        echo "the $name node exited; see $DIR/logs/$name.log:" >&2
+        tail -5 "$DIR/logs/$name.log" >&2 || true
+        stop; exit 1
       fi
       [ $SECONDS -lt $deadline ] || { echo "the $name node is not ready; see $DIR/logs/$name.log" >&2; stop; exit 1; }
       sleep 0.1

@@ -14,8 +14,10 @@ const NODES: u16 = 12;
 /// A run of free consecutive ports, one per node.
 fn free_ports() -> u16 {
     for _ in 0..100 {
-        let base: u16 = 20_000 + rand::random::<u16>() % 30_000;
-        if (base..base + NODES).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        // Below Linux's ephemeral range (32768 on): the nodes' own outgoing connections (to
+        // Kafka, to each other) cannot take a port a node is about to listen on.
+        let base: u16 = 20_000 + rand::random::<u16>() % 12_000;
+        if (base..=base + NODES).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
@@ -26,7 +28,8 @@ fn free_ports() -> u16 {
 async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = free_ports();
-    let kafka = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    // The broker's port right after the nodes' (checked free with them).
+    let kafka = base + NODES;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/cluster.sh");
     let run = |action: &str| {
         let mut args = vec![action];
