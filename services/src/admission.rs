@@ -295,12 +295,15 @@ impl Admission {
         if now.saturating_duration_since(st.window_started) >= WINDOW {
             self.close_window(&mut st, now);
         }
-        let before = st.admitted.len();
-        let expire = self.config.expire;
-        st.admitted.retain(|_, t| now.saturating_duration_since(*t) < expire);
+        let (before, expire, stuck_after) = (st.admitted.len(), self.config.expire, self.target(&st) * 2);
+        // One pass: forget the expired, count the stuck.
+        let mut stuck = 0;
+        st.admitted.retain(|_, t| {
+            let age = now.saturating_duration_since(*t);
+            stuck += usize::from(age > stuck_after && age < expire);
+            age < expire
+        });
         let expired = before - st.admitted.len();
-        let stuck_after = self.target(&st) * 2;
-        let stuck = st.admitted.values().filter(|t| now.saturating_duration_since(**t) > stuck_after).count();
         if expired > 0 {
             metrics::counter!("causeway_admission_expired_total").increment(expired as u64);
         }

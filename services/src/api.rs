@@ -719,11 +719,6 @@ async fn prometheus<S: Storage>(State(st): State<ApiState<S>>) -> ApiResult<Resp
     metrics::gauge!("causeway_store_head_position").set(st.store.head() as f64);
     metrics::gauge!("causeway_store_pending_appends").set(st.store.pending_appends() as f64);
     metrics::gauge!("causeway_store_max_pending_appends").set(st.store.max_pending_appends() as f64);
-    if let Some(a) = &st.admission {
-        let load = a.load();
-        metrics::gauge!("causeway_admission_in_flight").set(load.in_flight as f64);
-        metrics::gauge!("causeway_admission_limit").set(load.limit as f64);
-    }
     for name in READ_MODELS {
         let lag = st.models.lag(name)?;
         metrics::gauge!("causeway_projection_lag_events", "projection" => name).set(lag as f64);
@@ -757,7 +752,6 @@ async fn live_events<S: Storage>(
 ) -> ApiResult<
     axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, axum::Error>>>,
 > {
-    use futures::StreamExt;
     let Query(q) = q?;
     let Ok(place) = st.feeds.open.clone().try_acquire_owned() else {
         metrics::counter!("causeway_http_rejected_total", "reason" => "live_feeds").increment(1);
@@ -807,7 +801,7 @@ async fn live_events<S: Storage>(
         }
         metrics::gauge!("causeway_live_feeds").decrement(1.0);
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| e);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     Ok(axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 

@@ -1,7 +1,9 @@
 //! Causeway's services: command handlers, the saga process manager, the runtime of every role
 //! (embedded, or one role per process talking through Kafka) behind the `causeway` binary.
 //!
-//! - [`api`]: the REST API (axum router, one JSON error shape).
+//! - [`api`]: the REST API (axum router, one JSON error shape, the bounds on requests,
+//!   connections and live feeds).
+//! - [`admission`]: admission control of new sagas (an adaptive limit on sagas in flight).
 //! - [`admin`]: rebuild, replay, as-of, backup and re-drive, for the CLI and the admin routes.
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids.
 //! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
