@@ -1,7 +1,8 @@
 //! Causeway's read side: named, checkpointed projections of the log.
 //!
 //! - [`model`]: read-model storage ([`ReadModels`]): JSON documents per projection and
-//!   generation, written atomically with the projection's checkpoint (so an event is never
+//!   generation (LZ4-compressed past 128 bytes), written atomically with the projection's
+//!   checkpoint (so an event is never
 //!   applied twice or skipped, across crashes), and generations so a rebuild never blocks
 //!   queries of the current model.
 //! - [`runner`]: the [`Projection`] trait and its operations: run live (taking backups), full

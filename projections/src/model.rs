@@ -5,10 +5,10 @@
 //! |----------------------|-------|
 //! | `g` name | current generation (u32) |
 //! | `c` name gen | checkpoint: last position applied (u64) |
-//! | `d` name gen key | document (JSON) |
+//! | `d` name gen key | document (JSON, LZ4-compressed when large: see [`encode_doc`]) |
 //! | `v` name gen | the version of the projection that built the generation (u32) |
 //! | `b` name checkpoint | a complete backup: its document count (u64), the version of the projection that built it (u32; absent: 1) |
-//! | `B` name checkpoint key | a backed-up document (JSON) |
+//! | `B` name checkpoint key | a backed-up document (as stored under `d`) |
 //! | `a` name | an as-of model (`<projection>@<ns>`): its sequence number of creation (u64) |
 //!
 //! Queries read the current generation. A rebuild fills the next generation while queries keep
@@ -45,6 +45,63 @@ fn doc_key(name: &str, gen: u32, key: &str) -> Vec<u8> {
     let mut k = gen_key(b'd', name, gen);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// The first byte of a compressed document. JSON as serde writes it never starts with it, so
+/// documents written before compression (plain JSON) read as they are.
+const LZ4_DOC: u8 = 0x01;
+/// Documents shorter than this stay plain JSON: LZ4's header and literals would not pay.
+const COMPRESS_FROM: usize = 128;
+/// The largest decompressed document accepted, so a corrupt length cannot ask for gigabytes.
+const MAX_DOC: usize = 64 << 20;
+
+/// A document's stored form: its JSON, or past [`COMPRESS_FROM`] bytes `0x01`, the JSON's length
+/// (u32, little endian) and the JSON compressed as one LZ4 block. Timelines and ledgers are JSON
+/// with the same field names over and over, which LZ4 shrinks about 3x for about 1.5 µs per
+/// 2 KB document (BENCHMARKS.md, "The long run"); every event that changes a document rewrites
+/// it whole, so its size is also what sled copies on each write.
+pub fn encode_doc(json: Vec<u8>) -> Vec<u8> {
+    if json.len() < COMPRESS_FROM || json.len() > MAX_DOC {
+        return json;
+    }
+    let packed = lz4_flex::block::compress_prepend_size(&json);
+    if packed.len() + 1 >= json.len() {
+        return json;
+    }
+    let mut out = Vec::with_capacity(packed.len() + 1);
+    out.push(LZ4_DOC);
+    out.extend_from_slice(&packed);
+    out
+}
+
+/// A stored document's JSON (the inverse of [`encode_doc`]); an error says what is wrong.
+pub fn decode_doc(stored: &[u8]) -> std::result::Result<std::borrow::Cow<'_, [u8]>, String> {
+    match stored.split_first() {
+        Some((&LZ4_DOC, packed)) => {
+            let len: [u8; 4] = packed
+                .get(..4)
+                .and_then(|l| l.try_into().ok())
+                .ok_or_else(|| "compressed document without its length".to_owned())?;
+            let len = u32::from_le_bytes(len) as usize;
+            if len > MAX_DOC {
+                return Err(format!("compressed document claims {len} bytes"));
+            }
+            let mut out = vec![0; len];
+            let n = lz4_flex::block::decompress_into(&packed[4..], &mut out)
+                .map_err(|e| format!("compressed document: {e}"))?;
+            if n != len {
+                return Err(format!("compressed document: {n} bytes, its header says {len}"));
+            }
+            Ok(std::borrow::Cow::Owned(out))
+        }
+        _ => Ok(std::borrow::Cow::Borrowed(stored)),
+    }
+}
+
+/// A stored document read as `T`.
+fn parse_doc<T: DeserializeOwned>(stored: &[u8], name: &str, key: &str) -> Result<T> {
+    let json = decode_doc(stored).map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}")))
 }
 
 fn u64_of(bytes: &[u8], what: &str) -> Result<u64> {
@@ -284,9 +341,7 @@ impl<S: Storage> ReadModels<S> {
     pub fn get_in<T: DeserializeOwned>(&self, name: &str, gen: u32, key: &str) -> Result<Option<T>> {
         match self.store.storage().get(&doc_key(name, gen, key))? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(v.as_ref())
-                .map(Some)
-                .map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}"))),
+            Some(v) => parse_doc(v.as_ref(), name, key).map(Some),
         }
     }
 
@@ -329,8 +384,7 @@ impl<S: Storage> ReadModels<S> {
             if !key.starts_with(prefix) {
                 continue;
             }
-            let doc = serde_json::from_slice(v.as_ref())
-                .map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}")))?;
+            let doc = parse_doc(v.as_ref(), name, &key)?;
             out.push((key, doc));
             if out.len() >= limit {
                 break;
@@ -348,8 +402,7 @@ impl<S: Storage> ReadModels<S> {
         for item in self.store.storage().range(&prefix, &end, false) {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(&k.as_ref()[prefix.len()..]).into_owned();
-            let value = serde_json::from_slice(v.as_ref())
-                .map_err(|e| ProjectionError::Corrupt(format!("{name}/{key}: {e}")))?;
+            let value = parse_doc(v.as_ref(), name, &key)?;
             out.insert(key, value);
         }
         Ok(out)
@@ -477,7 +530,7 @@ fn encode<T: Serialize + 'static>(v: &(dyn std::any::Any + Send)) -> Result<Vec<
     let v = v
         .downcast_ref::<T>()
         .ok_or_else(|| ProjectionError::Corrupt("document type changed within a chunk".into()))?;
-    serde_json::to_vec(v).map_err(|e| ProjectionError::Corrupt(e.to_string()))
+    serde_json::to_vec(v).map(encode_doc).map_err(|e| ProjectionError::Corrupt(e.to_string()))
 }
 
 /// Uncommitted changes to one generation of one read model; reads see them.

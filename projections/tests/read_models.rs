@@ -10,7 +10,7 @@ use aggregates::order::{
     CancelReason, LineItem, OrderCancelled, OrderConfirmed, OrderEvent, OrderPlaced, OrderStatus,
 };
 use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
-use event_store::{EventStore, ExpectedVersion, MemoryStorage, NewEvent, StoreConfig, StreamId};
+use event_store::{EventStore, ExpectedVersion, MemoryStorage, NewEvent, Storage, StoreConfig, StreamId};
 use projections::models::{CustomerOrder, OrderSummaries, OrderSummary, StockLevel, StockLevels};
 use projections::{
     as_of, catch_up_with, rebuild, replay_from, run, run_with, Fold, Projection, ReadModels, RunOptions,
@@ -386,6 +386,86 @@ async fn lag_is_reported_and_a_bad_event_stops_the_projection_with_its_position(
     }
     // Everything before the bad event was applied and checkpointed.
     assert_eq!(models.lag(StockLevels::NAME).expect("lag"), 1);
+}
+
+#[test]
+fn large_documents_are_stored_compressed_and_small_ones_as_json() {
+    use projections::model::{decode_doc, encode_doc};
+    let summary = serde_json::json!({
+        "steps": (0..20).map(|i| serde_json::json!({
+            "event": "StepRequested", "position": 1000 + i, "at_ns": 1_764_700_000_000_000_000u64 + i,
+            "detail": format!("ReserveStock SKU-{i:04} attempt 1"),
+        })).collect::<Vec<_>>(),
+    });
+    let json = serde_json::to_vec(&summary).expect("json");
+    let stored = encode_doc(json.clone());
+    assert_eq!(stored[0], 0x01, "a 2 KB timeline is compressed");
+    assert!(stored.len() * 2 < json.len(), "{} bytes stored for {} of JSON", stored.len(), json.len());
+    assert_eq!(decode_doc(&stored).expect("decode").as_ref(), json.as_slice());
+    let small = br#"{"available":3}"#.to_vec();
+    assert_eq!(encode_doc(small.clone()), small, "a small document stays JSON");
+    assert_eq!(decode_doc(&small).expect("decode").as_ref(), small.as_slice());
+}
+
+#[test]
+fn a_damaged_compressed_document_is_an_error_not_a_panic_or_a_huge_allocation() {
+    use projections::model::{decode_doc, encode_doc};
+    let json = serde_json::to_vec(&vec!["the same words again"; 50]).expect("json");
+    let stored = encode_doc(json);
+    assert_eq!(stored[0], 0x01);
+    // A length of 2 GiB in the header, a truncated body, a header cut short, a wrong length.
+    let mut huge = stored.clone();
+    huge[1..5].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    assert!(decode_doc(&huge).expect_err("huge").contains("claims"));
+    assert!(decode_doc(&stored[..stored.len() / 2]).is_err(), "truncated");
+    assert!(decode_doc(&stored[..3]).is_err(), "header cut short");
+    let mut longer = stored.clone();
+    let len = u32::from_le_bytes(longer[1..5].try_into().expect("4 bytes"));
+    longer[1..5].copy_from_slice(&(len + 10).to_le_bytes());
+    assert!(decode_doc(&longer).is_err(), "length that does not match the body");
+    // Read through the model, the damage is a Corrupt error naming the document.
+    let store = new_store();
+    let mut batch = event_store::storage::WriteBatch::default();
+    batch.put(doc_key("docs", 0, "bad"), huge);
+    store.storage().apply(batch).expect("write");
+    let models = ReadModels::new(store);
+    let err = models.get::<Vec<String>>("docs", "bad").expect_err("damaged");
+    assert!(err.to_string().contains("docs/bad"), "{err}");
+}
+
+/// The stored key of a document, as `projections::model` lays it out (a test of the format).
+fn doc_key(name: &str, gen: u32, key: &str) -> Vec<u8> {
+    let mut k = vec![event_store::APP_KEY_PREFIX, b'P', b'd'];
+    k.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k.extend_from_slice(&gen.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_written_as_plain_json_by_an_older_build_still_read() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let old = StockLevel { sku: "A".into(), available: 7, reserved: 1, shipped: 2, added: 10 };
+    let mut padded = serde_json::to_vec(&old).expect("json");
+    padded.extend(std::iter::repeat_n(b' ', 200)); // past the size that would be compressed
+    let mut batch = event_store::storage::WriteBatch::default();
+    batch.put(doc_key(StockLevels::NAME, 0, &StockLevels::key("A")), padded);
+    store.storage().apply(batch).expect("write");
+    assert_eq!(
+        models.get::<StockLevel>(StockLevels::NAME, &StockLevels::key("A")).expect("get"),
+        Some(old.clone())
+    );
+    let dump = models.dump(StockLevels::NAME, 0).expect("dump");
+    assert_eq!(dump.len(), 1);
+    // Changed and written back, it reads the same.
+    let mut tx = models.begin(StockLevels::NAME, 0);
+    let mut doc = tx.take::<StockLevel>(&StockLevels::key("A")).expect("take").expect("present");
+    doc.available += 1;
+    tx.put(&StockLevels::key("A"), doc.clone()).expect("put");
+    models.commit(tx, 1).expect("commit");
+    assert_eq!(models.get::<StockLevel>(StockLevels::NAME, &StockLevels::key("A")).expect("get"), Some(doc));
 }
 
 #[test]

@@ -875,10 +875,20 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<Uuid>> {
             if s.is_empty() || s.len() > 200 {
                 return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
             }
-            // Any text works: it is mapped to a UUID deterministically.
-            Ok(Some(Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("causeway:idempotency:{s}").as_bytes())))
+            Ok(Some(idempotency_uuid(s)))
         }
     }
+}
+
+/// The UUID an `Idempotency-Key` header stands for: any text works, mapped deterministically.
+pub fn idempotency_uuid(key: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("causeway:idempotency:{key}").as_bytes())
+}
+
+/// The id of the order that `POST /api/orders` with this idempotency key places, so a retried
+/// request lands on the same order and a client knows the id before the answer.
+pub fn order_id_of_key(key: Uuid) -> OrderId {
+    OrderId(Uuid::new_v5(&key, b"order"))
 }
 
 fn order_id(s: &str) -> ApiResult<OrderId> {
@@ -1010,8 +1020,7 @@ async fn place_order<S: Storage>(
         return Err(ApiError::bad_request("customer_id must be 1 to 200 characters"));
     }
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
-    // The order id follows from the key, so a retried request lands on the same order.
-    let order_id = OrderId(Uuid::new_v5(&key, b"order"));
+    let order_id = order_id_of_key(key);
     let items: Vec<LineItem> = req
         .items
         .into_iter()

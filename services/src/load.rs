@@ -2,7 +2,7 @@
 //! node's REST API ([`run_remote`]), and measures saga throughput, completion latency (order
 //! placed → saga ended), request latency (remote) and resident memory (in process).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,12 @@ pub struct Intake {
     pub retried: u64,
     /// Accepted orders whose saga was seen ending within the offering time.
     pub ended_while_offered: u64,
+    /// 504 answers (the node's request time ran out: the outcome is unknown), each sent again
+    /// with the same Idempotency-Key.
+    pub timeouts: u64,
+    /// Orders whose outcome was still unknown after their last retry (and whose saga was not
+    /// seen ending): not counted as accepted or as ended.
+    pub unknown: u64,
 }
 
 impl LoadReport {
@@ -269,7 +275,11 @@ pub fn print(report: &LoadReport) {
             i.refused
         );
         println!("| refusals without Retry-After | {} |", i.refusals_without_retry_after);
-        println!("| sent again after Retry-After | {} |", i.retried);
+        println!("| sent again (after Retry-After, or after a 504) | {} |", i.retried);
+        println!(
+            "| 504 answers (outcome unknown); orders still unknown at the end | {}; {} |",
+            i.timeouts, i.unknown
+        );
         println!(
             "| completed while offering (goodput) | {} ({:.0}/s) |",
             i.ended_while_offered,
@@ -304,6 +314,8 @@ pub fn print(report: &LoadReport) {
 /// Timing of one order in a remote run.
 #[derive(Debug, Default)]
 struct Timings {
+    /// The orders this run places and has not yet seen end or given up on.
+    ours: HashSet<OrderId>,
     /// Sent, saga not seen ending yet.
     placed: HashMap<OrderId, Instant>,
     /// Saga ended before the POST's answer arrived.
@@ -405,11 +417,14 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                     };
                     let event: serde_json::Value = serde_json::from_str(&data)?;
                     let Some(order) = event["stream_id"].as_str().and_then(order_of) else { continue };
+                    let mut t = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+                    if !t.ours.remove(&order) {
+                        continue; // another client's order, or one given up on
+                    }
                     *outcome += 1;
                     if offered_at.get().is_none() {
                         ended_while_offered += 1;
                     }
-                    let mut t = timings.lock().map_err(|_| anyhow::anyhow!("lock"))?;
                     match t.placed.remove(&order) {
                         Some(sent) => latency.record(sent.elapsed().as_micros() as u64)?,
                         None => {
@@ -458,24 +473,40 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
             intake.clone(),
         );
         let retries = spec.retries;
+        let key = Uuid::now_v7().to_string();
+        // The order this key places: only its saga's end is counted as this order's.
+        let order = crate::api::order_id_of_key(crate::api::idempotency_uuid(&key));
+        timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ours.insert(order);
         posts.spawn(async move {
-            let key = Uuid::now_v7().to_string();
             let mut attempt = 0;
             let (sent, outcome) = loop {
                 let sent = Instant::now();
                 let outcome = post_order(&client, &url, &key, &body).await;
-                let Ok(Posted::Refused { retry_after }) = &outcome else { break (sent, outcome) };
-                let retry_after = *retry_after;
+                let retry_after = match &outcome {
+                    Ok(Posted::Refused { retry_after }) => {
+                        let mut i = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        i.refusals += 1;
+                        if retry_after.is_none() {
+                            i.refusals_without_retry_after += 1;
+                        }
+                        if attempt >= retries {
+                            i.refused += 1;
+                            break (sent, outcome);
+                        }
+                        *retry_after
+                    }
+                    Ok(Posted::Unknown) => {
+                        let mut i = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        i.timeouts += 1;
+                        if attempt >= retries {
+                            break (sent, outcome);
+                        }
+                        None
+                    }
+                    _ => break (sent, outcome),
+                };
                 {
                     let mut i = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    i.refusals += 1;
-                    if retry_after.is_none() {
-                        i.refusals_without_retry_after += 1;
-                    }
-                    if attempt >= retries {
-                        i.refused += 1;
-                        break (sent, outcome);
-                    }
                     i.retried += 1;
                 }
                 attempt += 1;
@@ -498,10 +529,23 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                     }
                 }
                 other => {
-                    if let Err(e) = other {
-                        let mut req = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        req.1 += 1;
-                        req.2.get_or_insert_with(|| e.to_string());
+                    // Given up on: its saga's end, if one comes, is not counted. If it has
+                    // already ended (a 504 whose order was recorded), it counts as accepted.
+                    if !timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ours.remove(&order)
+                    {
+                        intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).accepted += 1;
+                        return;
+                    }
+                    match other {
+                        Err(e) => {
+                            let mut req = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            req.1 += 1;
+                            req.2.get_or_insert_with(|| e.to_string());
+                        }
+                        Ok(Posted::Unknown) => {
+                            intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).unknown += 1;
+                        }
+                        Ok(_) => {}
                     }
                     failed_requests.fetch_add(1, std::sync::atomic::Ordering::Release);
                     // No saga will end for it: free its slot.
@@ -549,6 +593,8 @@ enum Posted {
     Accepted(OrderId),
     /// 429 or 503: refused; try again after `retry_after`.
     Refused { retry_after: Option<Duration> },
+    /// 504: the node's request time ran out; the order may or may not be recorded.
+    Unknown,
 }
 
 async fn post_order(
@@ -569,6 +615,9 @@ async fn post_order(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(300)));
         return Ok(Posted::Refused { retry_after });
+    }
+    if status == reqwest::StatusCode::GATEWAY_TIMEOUT {
+        return Ok(Posted::Unknown);
     }
     let v: serde_json::Value = r.json().await?;
     anyhow::ensure!(status.is_success(), "{status}: {v}");

@@ -227,6 +227,18 @@ fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
     }
 }
 
+/// The "completed / compensated / failed" counts of a load report.
+fn outcomes(report: &str) -> Vec<u64> {
+    report
+        .lines()
+        .find(|l| l.starts_with("| completed / compensated / failed"))
+        .and_then(|l| l.split('|').nth(2))
+        .map(|v| v.split('/').filter_map(|n| n.trim().parse::<u64>().ok()).collect())
+        .expect("outcome row")
+}
+
+/// Two loads at once on one node: each counts the sagas of its own orders only (one load's
+/// orders all complete, the other's all compensate).
 #[test]
 fn load_drives_a_running_node_over_http() {
     use std::time::{Duration, Instant};
@@ -248,30 +260,23 @@ fn load_drives_a_running_node_over_http() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let target = format!("http://127.0.0.1:{port}");
-    let out = run(&[
-        "load",
-        "--target",
-        &target,
-        "--orders",
-        "60",
-        "--concurrency",
-        "8",
-        "--skus",
-        "3",
-        "--undeliverable",
-        "0.2",
-    ]);
+    let other = {
+        let target = target.clone();
+        std::thread::spawn(move || {
+            let args = ["load", "--target", &target, "--orders", "30", "--concurrency", "4"];
+            run(&[&args[..], &["--skus", "2", "--undeliverable", "1"]].concat())
+        })
+    };
+    let args = ["load", "--target", &target, "--orders", "60", "--concurrency", "8"];
+    let out = run(&[&args[..], &["--skus", "3", "--undeliverable", "0"]].concat());
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("| orders | 60 |"), "{report}");
-    let ended: u64 = report
-        .lines()
-        .find(|l| l.starts_with("| completed / compensated / failed"))
-        .and_then(|l| l.split('|').nth(2))
-        .map(|v| v.split('/').filter_map(|n| n.trim().parse::<u64>().ok()).sum())
-        .expect("outcome row");
-    assert_eq!(ended, 60, "{report}");
+    assert_eq!(outcomes(&report), [60, 0, 0], "{report}");
     assert!(report.contains("p99 POST /api/orders"), "{report}");
+    let out = other.join().expect("the other load");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(outcomes(&text(&out)), [0, 30, 0], "{}", text(&out));
     let status = Command::new("kill").args(["-TERM", &node.id().to_string()]).status().expect("kill");
     assert!(status.success());
     assert!(node.wait().expect("wait").success(), "graceful stop");
