@@ -2,8 +2,9 @@
 # Open-loop overload, side by side in one run: the node's capacity is measured first (closed
 # loop), then orders are offered for DURATION seconds at 0.5x, 1x, 2x and 5x of it, each on a
 # fresh node, through `causeway load --target` (which counts 429/503 answers and whether they
-# carry Retry-After). After each run the node's RSS is read, the node stopped, and (embedded)
-# `causeway verify` checks every accepted saga ended and the invariants hold.
+# carry Retry-After). After each run the node's RSS is read, the node stopped, and
+# `causeway verify` checks every accepted saga ended and the invariants hold (on the cluster, on
+# every pod's store, each for what its role's log answers for).
 #
 #   scripts/bench-overload.sh embedded [DURATION]     # default 60 s per run
 #   scripts/bench-overload.sh cluster  [DURATION]     # the local cluster, 1 pod per role
@@ -46,7 +47,7 @@ start_node() { # sets TARGET, PIDS, DATA
   fi
 }
 
-stop_node() { # prints the verify outcome (embedded)
+stop_node() { # prints the verify outcome
   if [ "$MODE" = embedded ]; then
     kill -TERM $PIDS 2>/dev/null || true
     wait $PIDS 2>/dev/null || true
@@ -54,7 +55,15 @@ stop_node() { # prints the verify outcome (embedded)
     rm -rf "$DATA" "$DATA.log" "$DATA.verify"
   else
     deploy/local/cluster.sh stop >/dev/null 2>&1 || true
-    echo "(cluster: verify per pod not run)"
+    local pods=0 failed=""
+    for d in "$DATA"/*/; do
+      [ -d "$d/db" ] || continue
+      pods=$((pods + 1))
+      "$BIN" verify --data-dir "$d" >"$d.verify" 2>&1 || failed="$failed $(basename "$d"): $(grep -m2 -E 'problem|unfinished|rror' "$d.verify" | tr '\n' ' ')"
+    done
+    if [ "$pods" -eq 0 ]; then echo "verify FAILED: no pod store found"
+    elif [ -z "$failed" ]; then echo "verify OK ($pods pods)"
+    else echo "verify FAILED:$failed"; fi
     rm -rf "$DATA"
   fi
 }
