@@ -252,6 +252,15 @@ pub struct Migration {
 /// and checkpoints, snapshots and application data (read models) are copied unchanged. Open an
 /// [`crate::EventStore`] on `new` afterwards; `old` is not changed.
 pub fn migrate<S: crate::Storage, T: crate::Storage>(old: &S, new: &T) -> Result<Migration> {
+    migrate_observed(old, new, &|_| {})
+}
+
+/// [`migrate`], telling `progress` the events copied so far every 4,096 events.
+pub fn migrate_observed<S: crate::Storage, T: crate::Storage>(
+    old: &S,
+    new: &T,
+    progress: &dyn Fn(u64),
+) -> Result<Migration> {
     let from_format = match store_format(old)? {
         Some(f @ (1 | 2)) => f,
         Some(f) if f == STORE_FORMAT => {
@@ -271,6 +280,9 @@ pub fn migrate<S: crate::Storage, T: crate::Storage>(old: &S, new: &T) -> Result
     let mut before = log_digest::Digest::default();
     let mut push = |position: u64, record: &[u8]| -> Result<()> {
         before.add(record);
+        if position % 4096 == 0 {
+            progress(position);
+        }
         importer.push(&codec::decode_record(record, position)?)
     };
     if from_format == 1 {

@@ -657,6 +657,12 @@ impl<S: Storage> EventStore<S> {
     /// Checks the whole log: gapless positions, checksums, non-decreasing timestamps, gapless
     /// stream versions, and that every index entry matches a record (so no half batch exists).
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_observed(&|_| {})
+    }
+
+    /// [`verify`](Self::verify), telling `progress` the positions checked so far every 4,096
+    /// events (for a progress bar: a large log takes minutes).
+    pub fn verify_observed(&self, progress: &dyn Fn(u64)) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut last_ts = 0;
@@ -664,6 +670,9 @@ impl<S: Storage> EventStore<S> {
         let mut scan = RecordScan::new(&**storage, 1, u64::MAX);
         while let Some((pos, record)) = scan.next_record() {
             report.events += 1;
+            if pos % 4096 == 0 {
+                progress(pos);
+            }
             if pos != report.events {
                 report.problems.push(format!("gap: expected position {}, found {pos}", report.events));
                 report.events = pos;

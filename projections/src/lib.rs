@@ -1,6 +1,6 @@
 //! Causeway's read side: named, checkpointed projections of the log.
 //!
-//! - [`model`]: read-model storage ([`ReadModels`]): JSON documents per projection and
+//! - [`store`]: read-model storage ([`ReadModels`]): JSON documents per projection and
 //!   generation (LZ4-compressed past 128 bytes), written atomically with the projection's
 //!   checkpoint (so an event is never
 //!   applied twice or skipped, across crashes), and generations so a rebuild never blocks
@@ -13,15 +13,15 @@
 //! - [`models`]: the read models (order summaries with customer history, stock levels, payment
 //!   ledger, saga timelines, dead letters).
 
-pub mod model;
 pub mod models;
 pub mod runner;
+pub mod store;
 
-pub use model::{ReadModels, Tx};
 pub use runner::{
     as_of, catch_up, catch_up_with, rebuild, replay_from, run, run_with, verify, Fold, Projection, Rebuilt,
     RunOptions, KEEP_AS_OF,
 };
+pub use store::{ReadModels, Tx};
 
 /// A read-side failure.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use aggregates::{Money, OrderId};
 use event_store::{RecordedEvent, Storage};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Tx;
 use crate::runner::Projection;
+use crate::store::Tx;
 use crate::{ProjectionError, Result};
 
 fn decode<E: DomainEvent>(e: &RecordedEvent) -> Result<E> {
@@ -478,5 +478,115 @@ impl Projection for DeadLetters {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The read models a node keeps: the one list of them. The node runs each, `/metrics` reports
+/// each one's lag, `replay` and `verify` take each by name; a sixth read model is a projection
+/// type above plus a variant here (and an arm of [`with_read_model!`](crate::with_read_model)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadModel {
+    /// [`OrderSummaries`].
+    OrderSummaries,
+    /// [`StockLevels`].
+    StockLevels,
+    /// [`PaymentLedger`].
+    PaymentLedger,
+    /// [`SagaTimelines`].
+    SagaTimelines,
+    /// [`DeadLetters`].
+    DeadLetters,
+}
+
+impl ReadModel {
+    /// Every read model, in the order the node starts them.
+    pub const ALL: [ReadModel; 5] = [
+        ReadModel::OrderSummaries,
+        ReadModel::StockLevels,
+        ReadModel::PaymentLedger,
+        ReadModel::SagaTimelines,
+        ReadModel::DeadLetters,
+    ];
+
+    /// Its name (the projection's [`Projection::name`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadModel::OrderSummaries => OrderSummaries::NAME,
+            ReadModel::StockLevels => StockLevels::NAME,
+            ReadModel::PaymentLedger => PaymentLedger::NAME,
+            ReadModel::SagaTimelines => SagaTimelines::NAME,
+            ReadModel::DeadLetters => DeadLetters::NAME,
+        }
+    }
+
+    /// The read model of a name.
+    pub fn from_name(name: &str) -> Option<ReadModel> {
+        ReadModel::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The names of all, comma-separated (for messages).
+    pub fn names() -> String {
+        ReadModel::ALL.map(ReadModel::name).join(", ")
+    }
+}
+
+impl std::fmt::Display for ReadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Evaluates `$body` with `$p` bound to the projection of the [`ReadModel`] `$model`: the one
+/// place a read model's name becomes its type, for code generic over [`Projection`]s.
+///
+/// ```
+/// use projections::models::ReadModel;
+/// use projections::{with_read_model, Projection};
+/// let names: Vec<String> =
+///     ReadModel::ALL.iter().map(|m| with_read_model!(*m, |p| p.name().to_owned())).collect();
+/// assert_eq!(names[0], "order-summaries");
+/// ```
+#[macro_export]
+macro_rules! with_read_model {
+    ($model:expr, |$p:ident| $body:expr) => {
+        match $model {
+            $crate::models::ReadModel::OrderSummaries => {
+                let $p = $crate::models::OrderSummaries;
+                $body
+            }
+            $crate::models::ReadModel::StockLevels => {
+                let $p = $crate::models::StockLevels;
+                $body
+            }
+            $crate::models::ReadModel::PaymentLedger => {
+                let $p = $crate::models::PaymentLedger;
+                $body
+            }
+            $crate::models::ReadModel::SagaTimelines => {
+                let $p = $crate::models::SagaTimelines;
+                $body
+            }
+            $crate::models::ReadModel::DeadLetters => {
+                let $p = $crate::models::DeadLetters;
+                $body
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn every_read_model_is_named_by_its_projection_and_found_by_its_name() {
+        for m in ReadModel::ALL {
+            assert_eq!(crate::with_read_model!(m, |p| p.name().to_owned()), m.name());
+            assert_eq!(ReadModel::from_name(m.name()), Some(m));
+        }
+        assert_eq!(ReadModel::from_name("all"), None);
+        let mut names: Vec<_> = ReadModel::ALL.map(ReadModel::name).to_vec();
+        names.dedup();
+        assert_eq!(names.len(), 5);
     }
 }

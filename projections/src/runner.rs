@@ -6,7 +6,7 @@ use event_store::{time_to_nanos, ReadAhead, RecordedEvent, Storage};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::model::{ReadModels, Tx};
+use crate::store::{ReadModels, Tx};
 use crate::{ProjectionError, Result};
 
 /// Events applied per atomic commit by the live runner.

@@ -390,7 +390,7 @@ async fn lag_is_reported_and_a_bad_event_stops_the_projection_with_its_position(
 
 #[test]
 fn large_documents_are_stored_compressed_and_small_ones_as_json() {
-    use projections::model::{decode_doc, encode_doc};
+    use projections::store::{decode_doc, encode_doc};
     let summary = serde_json::json!({
         "steps": (0..20).map(|i| serde_json::json!({
             "event": "StepRequested", "position": 1000 + i, "at_ns": 1_764_700_000_000_000_000u64 + i,
@@ -409,7 +409,7 @@ fn large_documents_are_stored_compressed_and_small_ones_as_json() {
 
 #[test]
 fn a_damaged_compressed_document_is_an_error_not_a_panic_or_a_huge_allocation() {
-    use projections::model::{decode_doc, encode_doc};
+    use projections::store::{decode_doc, encode_doc};
     let json = serde_json::to_vec(&vec!["the same words again"; 50]).expect("json");
     let stored = encode_doc(json);
     assert_eq!(stored[0], 0x01);

@@ -8,9 +8,9 @@ use event_store::{EventStore, MemoryStorage, StoreConfig};
 use http_body_util::BodyExt;
 use projections::models::{OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
 use serde_json::{json, Value};
-use services::api::{app, ApiState};
-use services::gateway::{SimulatedGateway, SimulatedGatewayConfig};
-use services::runtime::{Runtime, RuntimeConfig};
+use services::app::gateway::{SimulatedGateway, SimulatedGatewayConfig};
+use services::http::{app, ApiState};
+use services::node::{Runtime, RuntimeConfig};
 use tower::ServiceExt;
 
 type Rt = Runtime<MemoryStorage, SimulatedGateway>;
@@ -52,11 +52,11 @@ fn node_with_admin(admin: bool) -> (Rt, axum::Router) {
         ready: rt.readiness().clone(),
         metrics: Some(recorder()),
         stopping: never_stopping(),
-        admin: admin.then(|| services::api::AdminApi { token: TOKEN.into(), redrive: rt.redriver() }),
-        commands: services::api::CommandRoute::Local,
+        admin: admin.then(|| services::http::AdminApi { token: TOKEN.into(), redrive: rt.redriver() }),
+        commands: services::http::CommandRoute::Local,
         admission: rt.admission().cloned(),
-        feeds: services::api::LiveFeeds::default(),
-        limits: services::api::HttpLimits::default(),
+        feeds: services::http::LiveFeeds::default(),
+        limits: services::http::HttpLimits::default(),
     };
     (rt, app(state))
 }
@@ -469,11 +469,11 @@ async fn admin_routes_need_the_token_and_replay_and_redrive_on_the_running_node(
 
     // A poison command: its dead letter re-driven through the node fails again and stays open.
     let bad = event_store::NewEvent::json("ReserveStock", b"{not json".to_vec())
-        .with_metadata(services::messages::COMMAND_ID, uuid::Uuid::now_v7().to_string());
+        .with_metadata(services::app::messages::COMMAND_ID, uuid::Uuid::now_v7().to_string());
     let bad_id = bad.event_id;
     rt.store()
         .append_to(
-            &services::messages::commands_stream(
+            &services::app::messages::commands_stream(
                 aggregates::saga::Service::Inventory,
                 aggregates::OrderId(uuid::Uuid::now_v7()),
             ),
@@ -483,7 +483,9 @@ async fn admin_routes_need_the_token_and_replay_and_redrive_on_the_running_node(
         .await
         .expect("append");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while services::consumer::list_dead_letters(rt.store(), "inventory-service").expect("letters").is_empty()
+    while services::app::consumer::list_dead_letters(rt.store(), "inventory-service")
+        .expect("letters")
+        .is_empty()
     {
         assert!(Instant::now() < deadline, "no dead letter");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -496,7 +498,8 @@ async fn admin_routes_need_the_token_and_replay_and_redrive_on_the_running_node(
         "{err}"
     );
     assert!(
-        !services::consumer::list_dead_letters(rt.store(), "inventory-service").expect("letters")[0].resolved
+        !services::app::consumer::list_dead_letters(rt.store(), "inventory-service").expect("letters")[0]
+            .resolved
     );
     rt.shutdown().await.expect("shutdown");
 }

@@ -13,12 +13,13 @@ use aggregates::{OrderId, Sku};
 use event_store::{
     EventStore, ExpectedVersion, MemoryStorage, NewEvent, RecordedEvent, Storage, StoreConfig, StreamId,
 };
-use services::consumer::{self, ConsumerConfig, Handler, Source};
-use services::gateway::{Breaker, BreakerConfig, SimulatedGateway, SimulatedGatewayConfig};
-use services::handlers::{HandlerError, Handlers, SimulatedCarrier};
-use services::messages::{self, Answer, ApiCommand, CommandAnswered};
-use services::runtime::{Role, Runtime, RuntimeConfig};
-use services::{commands, kafka};
+use services::app::commands;
+use services::app::consumer::{self, ConsumerConfig, Handler, Source};
+use services::app::gateway::{Breaker, BreakerConfig, SimulatedGateway, SimulatedGatewayConfig};
+use services::app::handlers::{HandlerError, Handlers, SimulatedCarrier};
+use services::app::messages::{self, Answer, ApiCommand, CommandAnswered};
+use services::kafka;
+use services::node::{Role, Runtime, RuntimeConfig};
 use support::faulty::Faulty;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -117,9 +118,11 @@ async fn a_redelivered_command_is_answered_again_with_its_recorded_reply() {
     assert_eq!(replies[1].metadata.get(messages::RESENT_OF), Some(&replies[0].event_id.to_string()));
     assert_eq!(replies[1].causation_id, again.event_id);
     // No second effect: one reservation.
-    let (inv, _) =
-        services::handlers::load_inventory(&store, &messages::inventory_stream(&Sku::from("A")).expect("s"))
-            .expect("load");
+    let (inv, _) = services::app::handlers::load_inventory(
+        &store,
+        &messages::inventory_stream(&Sku::from("A")).expect("s"),
+    )
+    .expect("load");
     assert_eq!((inv.available, inv.reserved_total()), (7, 3));
 }
 
@@ -209,17 +212,17 @@ async fn a_store_failure_while_loading_is_a_server_error_not_a_refusal() {
     )
     .expect("start");
     let (_stopping_tx, stopping) = watch::channel(false);
-    let app = services::api::app(services::api::ApiState {
+    let app = services::http::app(services::http::ApiState {
         store: store.clone(),
         models: rt.models().clone(),
         ready: rt.readiness().clone(),
         metrics: None,
         stopping,
         admin: None,
-        commands: services::api::CommandRoute::Local,
+        commands: services::http::CommandRoute::Local,
         admission: rt.admission().cloned(),
-        feeds: services::api::LiveFeeds::default(),
-        limits: services::api::HttpLimits::default(),
+        feeds: services::http::LiveFeeds::default(),
+        limits: services::http::HttpLimits::default(),
     });
     let order = OrderId(Uuid::now_v7());
     storage.fail_reads_of(Some(format!("order-{order}").as_bytes()));
@@ -314,7 +317,7 @@ async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     let text = first_reply(&store, order);
     assert!(text.contains("rejected") && text.contains("several inventory pods"), "{text}");
     for sku in ["A", "B"] {
-        let (inv, _) = services::handlers::load_inventory(
+        let (inv, _) = services::app::handlers::load_inventory(
             &store,
             &messages::inventory_stream(&Sku::from(sku)).expect("s"),
         )
@@ -337,8 +340,10 @@ async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     let per_sku = reserve(order, "A", 2);
     let e = send(&store, Uuid::now_v7(), &per_sku).await;
     h.handle_command(&e, None).await.expect("handle");
-    let (inv, _) =
-        services::handlers::load_inventory(&store, &messages::inventory_stream(&Sku::from("A")).expect("s"))
-            .expect("load");
+    let (inv, _) = services::app::handlers::load_inventory(
+        &store,
+        &messages::inventory_stream(&Sku::from("A")).expect("s"),
+    )
+    .expect("load");
     assert_eq!(inv.reserved_total(), 2);
 }

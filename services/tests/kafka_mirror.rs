@@ -16,13 +16,13 @@ use event_store::{EventStore, RecordedEvent, SledConfig, SledStorage, Storage, S
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use services::commands;
-use services::gateway::SimulatedGateway;
-use services::handlers::load;
+use services::app::commands;
+use services::app::gateway::SimulatedGateway;
+use services::app::handlers::load;
+use services::app::{invariants, messages};
 use services::kafka::relay::CHECKPOINT;
 use services::kafka::KafkaConfig;
-use services::runtime::{Runtime, RuntimeConfig};
-use services::{invariants, messages};
+use services::node::{Runtime, RuntimeConfig};
 use uuid::Uuid;
 
 fn kafka(broker: &Broker) -> KafkaConfig {

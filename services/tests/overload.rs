@@ -9,10 +9,10 @@ use axum::http::{Request, StatusCode};
 use event_store::{Direction, EventStore, MemoryStorage, StoreConfig, StreamId};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use services::admission::AdmissionConfig;
-use services::api::{app, ApiState, CommandRoute, HttpLimits, LiveFeeds};
-use services::gateway::{SimulatedGateway, SimulatedGatewayConfig};
-use services::runtime::{Runtime, RuntimeConfig};
+use services::app::admission::AdmissionConfig;
+use services::app::gateway::{SimulatedGateway, SimulatedGatewayConfig};
+use services::http::{app, ApiState, CommandRoute, HttpLimits, LiveFeeds};
+use services::node::{Runtime, RuntimeConfig};
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -149,7 +149,7 @@ async fn requests_past_the_in_flight_bound_get_429_and_slow_ones_504() {
     let rt = start(Duration::ZERO, RuntimeConfig::default());
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let forward = CommandRoute::Forward {
-        answers: services::commands::Answers::default(),
+        answers: services::app::commands::Answers::default(),
         source: "test-node".into(),
         wait: Duration::from_secs(3),
     };
@@ -182,7 +182,7 @@ async fn live_feeds_are_capped_and_a_client_that_stops_reading_is_dropped() {
     let rt = start(Duration::ZERO, RuntimeConfig::default());
     let store = rt.store().clone();
     for i in 0..200 {
-        services::commands::add_stock(&store, Uuid::now_v7(), aggregates::Sku(format!("SKU-{i}")), 5)
+        services::app::commands::add_stock(&store, Uuid::now_v7(), aggregates::Sku(format!("SKU-{i}")), 5)
             .await
             .expect("stock");
     }
@@ -238,7 +238,7 @@ async fn connections_past_the_bound_wait_and_an_idle_one_is_closed() {
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let bounded = services::api::BoundedListener::new(listener, 1, Duration::from_millis(500));
+    let bounded = services::http::BoundedListener::new(listener, 1, Duration::from_millis(500));
     tokio::spawn(axum::serve(bounded, app(state(&rt, stopping))).into_future());
     // One connection that says nothing holds the only place.
     let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -49,7 +49,16 @@ pub struct SledStorage {
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
 }
 
+/// The file of a sled database in its directory.
+const DATA_FILE: &str = "db";
+
 impl SledStorage {
+    /// Whether `dir` holds a database (sled's `db` file): what the tools that work on an
+    /// existing store check before opening, so they do not create an empty one by mistake.
+    pub fn exists_at(dir: &Path) -> bool {
+        dir.join(DATA_FILE).exists()
+    }
+
     /// Opens (creating if needed) the database at `config.path`.
     pub fn open(config: &SledConfig) -> Result<Self, StorageError> {
         let deadline = std::time::Instant::now() + config.lock_wait;
@@ -76,7 +85,7 @@ impl SledStorage {
             }
         };
         let tree = db.open_tree(super::SLED_TREE).map_err(StorageError::new)?;
-        let data_file = File::open(config.path.join("db")).map_err(StorageError::new)?;
+        let data_file = File::open(config.path.join(DATA_FILE)).map_err(StorageError::new)?;
         // Make the directory entries sled just created durable.
         sync_dir(&config.path)?;
         let storage =

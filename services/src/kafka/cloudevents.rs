@@ -39,7 +39,7 @@ pub fn headers(e: &RecordedEvent, source: &str) -> OwnedHeaders {
         ("ce_type", e.event_type.clone()),
         ("ce_time", time),
         ("ce_subject", e.stream_id.clone()),
-        ("ce_partitionkey", crate::messages::shard_key(&e.stream_id).to_owned()),
+        ("ce_partitionkey", crate::app::messages::shard_key(&e.stream_id).to_owned()),
         ("content-type", e.content_type.clone()),
         ("ce_position", e.position.to_string()),
         ("ce_streamversion", e.version.to_string()),

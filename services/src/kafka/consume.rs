@@ -20,10 +20,10 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::{cloudevents, KafkaConfig, KafkaError};
-use crate::consumer::{self, ConsumerConfig, FeedItem, Handler, Source};
-use crate::handlers::HandlerError;
+use crate::app::consumer::{self, ConsumerConfig, FeedItem, Handler, Source};
+use crate::app::handlers::HandlerError;
 
-pub use crate::messages::{REPLICA_OF, SOURCE_KEY};
+use crate::app::messages::{REPLICA_OF, SOURCE_KEY};
 
 fn item(m: &BorrowedMessage<'_>) -> FeedItem {
     let seq = m.offset().max(0) as u64 + 1;
@@ -100,7 +100,7 @@ pub async fn run<S: Storage, H: Handler>(
             Ok(found) => break found,
             Err(e) => {
                 tracing::warn!(consumer = handler.name(), error = %e, retry_in = ?backoff, "waiting for Kafka");
-                if super::relay::sleep_or_stop(backoff, &mut shutdown).await {
+                if super::sleep_or_stop(backoff, &mut shutdown).await {
                     return Ok(());
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -131,7 +131,7 @@ pub async fn run<S: Storage, H: Handler>(
                 Ok(()) => break,
                 Err(e @ super::shard::LayoutError::Kafka(_)) => {
                     tracing::warn!(consumer = handler.name(), error = %e, retry_in = ?backoff, "checking the cluster's layout");
-                    if super::relay::sleep_or_stop(backoff, &mut shutdown).await {
+                    if super::sleep_or_stop(backoff, &mut shutdown).await {
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -210,9 +210,7 @@ pub async fn run<S: Storage, H: Handler>(
                 })
                 .await;
                 left = unanswered.unwrap_or(left);
-                if !left.is_empty()
-                    && super::relay::sleep_or_stop(Duration::from_millis(500), &mut shutdown).await
-                {
+                if !left.is_empty() && super::sleep_or_stop(Duration::from_millis(500), &mut shutdown).await {
                     return;
                 }
             }
@@ -278,7 +276,7 @@ impl<S: Storage> Handler for Replica<S> {
         e.metadata.get(SOURCE_KEY).is_some_and(|s| *s != self.own_source)
     }
     fn partition_key(&self, e: &RecordedEvent) -> u64 {
-        crate::messages::shard_hash(&e.stream_id)
+        crate::app::messages::shard_hash(&e.stream_id)
     }
     async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
         let stream =

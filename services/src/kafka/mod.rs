@@ -250,6 +250,14 @@ pub fn list_topics(config: &KafkaConfig) -> Result<Vec<(String, i32)>, KafkaErro
     Ok(out)
 }
 
+/// Sleeps, or returns true early when the node stops.
+pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -182,9 +182,11 @@ impl RelayHealth {
     fn delivered(&self) {
         self.waiting_since_ns.store(0, std::sync::atomic::Ordering::Release);
     }
+}
 
+impl crate::app::gateway::DeliveryHealth for RelayHealth {
     /// True when events have waited for Kafka longer than `for_at_least`.
-    pub fn stalled(&self, for_at_least: Duration) -> bool {
+    fn stalled(&self, for_at_least: Duration) -> bool {
         let since = self.waiting_since_ns.load(std::sync::atomic::Ordering::Acquire);
         since != 0 && Self::now_ns().saturating_sub(since) > for_at_least.as_nanos() as u64
     }
@@ -278,7 +280,7 @@ pub async fn run_observed<S: Storage>(
             if let Err(e) = result {
                 tracing::warn!(error = %e, retry_in = ?backoff, "the relay cannot reach Kafka");
                 metrics::counter!("causeway_relay_errors_total").increment(1);
-                if sleep_or_stop(backoff, &mut shutdown).await {
+                if super::sleep_or_stop(backoff, &mut shutdown).await {
                     break;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -326,7 +328,7 @@ pub async fn run_observed<S: Storage>(
                     tracing::warn!(?code, %reason, "the producer failed for good; starting a new one");
                     producer = config.producer().create()?;
                 }
-                if sleep_or_stop(backoff, &mut shutdown).await {
+                if super::sleep_or_stop(backoff, &mut shutdown).await {
                     break;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -342,14 +344,6 @@ pub async fn run_observed<S: Storage>(
         store.save_checkpoint(CHECKPOINT, cp).await?;
     }
     Ok(())
-}
-
-/// Sleeps, or returns true early when the node stops.
-pub(crate) async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *shutdown.borrow(),
-        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
-    }
 }
 
 /// Sends `batch` and waits for every delivery in order, advancing `cp` over each confirmed one.
@@ -381,7 +375,7 @@ async fn send_window(
         let partition = partition_of_stream(&e.stream_id, partitions);
         // Copies of other nodes' events (the query role's) are theirs to publish; and what the
         // fence says is in Kafka already is not sent again.
-        if e.metadata.contains_key(super::consume::REPLICA_OF)
+        if e.metadata.contains_key(crate::app::messages::REPLICA_OF)
             || topics.fence.get(&(topic.clone(), partition)).is_some_and(|f| *f >= e.position)
         {
             in_flight.push(InFlight::Skipped(e.position));
@@ -408,7 +402,7 @@ pub fn record<'a>(
     source: &str,
 ) -> FutureRecord<'a, [u8], [u8]> {
     FutureRecord::to(topic)
-        .key(crate::messages::shard_key(&e.stream_id).as_bytes())
+        .key(crate::app::messages::shard_key(&e.stream_id).as_bytes())
         .payload(e.payload.as_slice())
         .partition(partition)
         .timestamp((e.recorded_at_ns / 1_000_000) as i64)

@@ -44,9 +44,20 @@ fn other(e: impl std::fmt::Display) -> KafkaError {
 /// Refuses a directory that holds a store unless `force`, which moves the old store aside.
 /// Blocking.
 pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<RestoreReport, KafkaError> {
+    restore_observed(config, data_dir, force, &|_, _| {})
+}
+
+/// [`restore`], telling `progress` (records read from Kafka, records to read) every 4,096
+/// records: reading the topics is the long part of a restore.
+pub fn restore_observed(
+    config: &KafkaConfig,
+    data_dir: &Path,
+    force: bool,
+    progress: &dyn Fn(u64, u64),
+) -> Result<RestoreReport, KafkaError> {
     // `serve` opens a sled database in the data directory itself (its `db` file marks it).
     let mut moved_aside = None;
-    if data_dir.join("db").exists() {
+    if event_store::SledStorage::exists_at(data_dir) {
         if !force {
             return Err(KafkaError::Other(format!(
                 "{} already holds a store; refusing to overwrite it (pass --force to move it aside)",
@@ -77,7 +88,7 @@ pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<Res
     let staging_dir =
         tempfile::Builder::new().prefix(".causeway-restore-").tempdir_in(parent).map_err(other)?;
     let staging = sled::Config::new().path(staging_dir.path()).open().map_err(other)?;
-    let (records, duplicates) = stage(config, &staging)?;
+    let (records, duplicates) = stage(config, &staging, progress)?;
 
     let storage = SledStorage::open(&SledConfig::new(data_dir)).map_err(other)?;
     let mut importer = raw::Importer::new(&storage)?;
@@ -127,7 +138,11 @@ pub fn restore(config: &KafkaConfig, data_dir: &Path, force: bool) -> Result<Res
 
 /// Reads every Causeway topic up to its high watermark into `staging` (position → log record).
 /// Returns (records read, repeats dropped).
-fn stage(config: &KafkaConfig, staging: &sled::Db) -> Result<(u64, u64), KafkaError> {
+fn stage(
+    config: &KafkaConfig,
+    staging: &sled::Db,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(u64, u64), KafkaError> {
     let source = config.source();
     let consumer: BaseConsumer = config.reader("restore").create()?;
     let topics = super::list_topics(config)?;
@@ -146,6 +161,18 @@ fn stage(config: &KafkaConfig, staging: &sled::Db) -> Result<(u64, u64), KafkaEr
         return Err(KafkaError::Other(format!("Kafka holds no records of {source}")));
     }
     consumer.assign(&tpl)?;
+    let to_read: u64 = topics
+        .iter()
+        .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+        .filter_map(|k| ends.get(&k).map(|high| (k, *high)))
+        .map(|((t, p), high)| {
+            let low = tpl.find_partition(&t, p).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            u64::try_from(high - low.unwrap_or(0)).unwrap_or(0)
+        })
+        .sum();
     let (mut records, mut duplicates, mut ours) = (0u64, 0u64, 0u64);
     let mut idle_since = Instant::now();
     while !ends.is_empty() {
@@ -163,6 +190,9 @@ fn stage(config: &KafkaConfig, staging: &sled::Db) -> Result<(u64, u64), KafkaEr
             Some(Ok(m)) => {
                 idle_since = Instant::now();
                 records += 1;
+                if records % 4096 == 0 {
+                    progress(records, to_read);
+                }
                 let key = (m.topic().to_owned(), m.partition());
                 if ends.get(&key).is_some_and(|end| m.offset() + 1 >= *end) {
                     ends.remove(&key);

@@ -15,7 +15,7 @@ use event_store::storage::WriteBatch;
 use event_store::{EventStore, Storage, APP_KEY_PREFIX};
 use serde::{Deserialize, Serialize};
 
-use crate::messages;
+use crate::app::messages;
 
 /// Kafka's default partitioner (the Java client's murmur2 of the key).
 pub fn partition_for(key: &[u8], partitions: i32) -> i32 {

@@ -17,8 +17,8 @@ use event_store::{
 };
 use uuid::Uuid;
 
-use crate::handlers::{events_for, load, load_inventory, HandlerError, LoadError};
-use crate::messages::{self, Answer, ApiCommand};
+use crate::app::handlers::{events_for, load, load_inventory, HandlerError, LoadError};
+use crate::app::messages::{self, Answer, ApiCommand};
 
 /// Why the domain refused a command: the aggregate's own error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -22,8 +22,8 @@ use aggregates::DomainEvent;
 use aggregates::{Money, OrderId};
 use event_store::{EventStore, Storage, StreamId};
 
-use crate::handlers::{load, load_inventory, HandlerError};
-use crate::messages;
+use crate::app::handlers::{load, load_inventory, HandlerError};
+use crate::app::messages;
 
 /// What the check found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -58,21 +58,6 @@ pub enum Scope {
     Stock,
     /// The aggregates of one category can be rebuilt (order, payment, shipping pods).
     Aggregates(&'static str),
-}
-
-impl Scope {
-    /// What a node of `role` can check.
-    pub fn of_role(role: crate::runtime::Role) -> Self {
-        use crate::runtime::Role;
-        match role {
-            Role::All | Role::Query => Scope::Everything,
-            Role::Saga => Scope::Sagas,
-            Role::Inventory => Scope::Stock,
-            Role::Order => Scope::Aggregates("order"),
-            Role::Payment => Scope::Aggregates("payment"),
-            Role::Shipping => Scope::Aggregates("shipment"),
-        }
-    }
 }
 
 /// Checks every invariant over the whole log.
@@ -138,7 +123,11 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
             let e = e?;
             let event =
                 InventoryEvent::decode(&e.event_type, e.schema_version, &e.payload).map_err(|error| {
-                    crate::handlers::LoadError::Undecodable { stream: s.clone(), version: e.version, error }
+                    crate::app::handlers::LoadError::Undecodable {
+                        stream: s.clone(),
+                        version: e.version,
+                        error,
+                    }
                 })?;
             match event {
                 InventoryEvent::StockCommitted(c) => {

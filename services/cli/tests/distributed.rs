@@ -287,7 +287,7 @@ async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_a
 
     let query_store = nodes["query"].store();
     assert!(query_store.verify().expect("verify").is_ok());
-    let inv = services::invariants::check(&query_store).expect("invariants");
+    let inv = services::app::invariants::check(&query_store).expect("invariants");
     assert!(inv.problems.is_empty(), "{:?}", inv.problems);
     assert!(inv.unfinished.is_empty(), "{:?}", inv.unfinished);
     assert_eq!(inv.completed + inv.compensated + inv.failed, ORDERS, "{inv:?}");

@@ -5,28 +5,24 @@
 use std::sync::Arc;
 
 use event_store::{EventStore, Storage};
-use projections::models::{DeadLetters, OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
+use projections::models::ReadModel;
 use projections::{Projection, ReadModels};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::consumer;
-use crate::gateway::PaymentGateway;
-use crate::handlers::{HandlerError, Handlers};
-use crate::messages::ConsumerName;
-use crate::runtime::{CommandConsumer, Role};
-use crate::saga_runner::SagaRunner;
-
-/// The read models a node keeps.
-pub const PROJECTIONS: [&str; 5] =
-    [OrderSummaries::NAME, StockLevels::NAME, PaymentLedger::NAME, SagaTimelines::NAME, DeadLetters::NAME];
+use crate::app::consumer;
+use crate::app::gateway::PaymentGateway;
+use crate::app::handlers::CommandConsumer;
+use crate::app::handlers::{HandlerError, Handlers};
+use crate::app::messages::ConsumerName;
+use crate::app::saga::SagaRunner;
 
 /// What went wrong with an admin operation.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// A read model name that does not exist.
-    #[error("unknown read model {0:?}; one of {list}", list = PROJECTIONS.join(", "))]
+    #[error("unknown read model {0:?}; one of {list}, or all", list = ReadModel::names())]
     UnknownProjection(String),
     /// A consumer name that does not exist.
     #[error("{0}")]
@@ -89,15 +85,11 @@ pub struct ReplayOutcome {
 }
 
 /// Resolves `name` (`all` for every read model).
-pub fn projection_names(name: &str) -> Result<Vec<&'static str>, AdminError> {
+pub fn read_models(name: &str) -> Result<Vec<ReadModel>, AdminError> {
     if name == "all" {
-        return Ok(PROJECTIONS.to_vec());
+        return Ok(ReadModel::ALL.to_vec());
     }
-    PROJECTIONS
-        .iter()
-        .find(|n| **n == name)
-        .map(|n| vec![*n])
-        .ok_or_else(|| AdminError::UnknownProjection(name.to_owned()))
+    ReadModel::from_name(name).map(|m| vec![m]).ok_or_else(|| AdminError::UnknownProjection(name.to_owned()))
 }
 
 async fn one<S: Storage, P: Projection>(
@@ -147,14 +139,8 @@ pub async fn replay<S: Storage>(
     mode: ReplayMode,
 ) -> Result<Vec<ReplayOutcome>, AdminError> {
     let mut out = Vec::new();
-    for n in projection_names(name)? {
-        out.push(match n {
-            n if n == OrderSummaries::NAME => one(models, OrderSummaries, mode).await?,
-            n if n == StockLevels::NAME => one(models, StockLevels, mode).await?,
-            n if n == PaymentLedger::NAME => one(models, PaymentLedger, mode).await?,
-            n if n == SagaTimelines::NAME => one(models, SagaTimelines, mode).await?,
-            _ => one(models, DeadLetters, mode).await?,
-        });
+    for m in read_models(name)? {
+        out.push(projections::with_read_model!(m, |p| one(models, p, mode).await?));
     }
     Ok(out)
 }
@@ -162,25 +148,6 @@ pub async fn replay<S: Storage>(
 /// Checks a consumer name.
 pub fn consumer_name(name: &str) -> Result<ConsumerName, AdminError> {
     name.parse().map_err(AdminError::UnknownConsumer)
-}
-
-/// The refusal of a re-drive on a node that does not run `consumer`: names the role that does,
-/// and the node the letter came from when this node holds a replica of it.
-pub fn not_owner<S: Storage>(
-    store: &EventStore<S>,
-    role: Role,
-    consumer: ConsumerName,
-    event_id: Uuid,
-) -> AdminError {
-    let owner_role = Role::of_consumer(consumer).name();
-    let from = consumer::list_dead_letters_with_source(store, consumer.as_str()).ok().and_then(|letters| {
-        letters.into_iter().find(|(l, _)| l.letter.event_id == event_id).and_then(|(_, s)| s)
-    });
-    let where_ = match from {
-        Some(source) => format!("re-drive it on {source}, the {owner_role} pod whose letter this is"),
-        None => format!("re-drive it on the {owner_role} pod that dead-lettered it"),
-    };
-    AdminError::NotOwner { consumer, role: role.name(), where_ }
 }
 
 /// Re-drives the open dead letter of `consumer` for `event_id` through the node's own handlers

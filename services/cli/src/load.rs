@@ -14,9 +14,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::commands;
-use crate::gateway::PaymentGateway;
-use crate::runtime::Runtime;
+use services::app::commands;
+use services::app::gateway::PaymentGateway;
+use services::node::Runtime;
 
 /// What to drive.
 #[derive(Debug, Clone)]
@@ -475,7 +475,7 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         let retries = spec.retries;
         let key = Uuid::now_v7().to_string();
         // The order this key places: only its saga's end is counted as this order's.
-        let order = crate::api::order_id_of_key(crate::api::idempotency_uuid(&key));
+        let order = services::http::order_id_of_key(services::http::idempotency_uuid(&key));
         timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ours.insert(order);
         posts.spawn(async move {
             let mut attempt = 0;

@@ -25,9 +25,9 @@ use event_store::{time_to_nanos, AppendRequest, EventStore, ExpectedVersion, Rec
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::consumer::{Handler, Source};
-use crate::handlers::{load_from, HandlerError, MAX_CONFLICT_RETRIES};
-use crate::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
+use crate::app::consumer::{Handler, Source};
+use crate::app::handlers::{load_from, HandlerError, MAX_CONFLICT_RETRIES};
+use crate::app::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
 
 /// The consumer name of the saga manager.
 pub const NAME: &str = "saga-manager";
@@ -48,7 +48,7 @@ pub struct SagaRunner<S: Storage> {
     deadlines: Mutex<BTreeSet<(u64, OrderId)>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// In a distributed node: the relay that carries this saga's commands to the services.
-    transport: std::sync::OnceLock<crate::kafka::relay::RelayHealth>,
+    transport: std::sync::OnceLock<std::sync::Arc<dyn crate::app::gateway::DeliveryHealth>>,
     /// How far behind the inputs are: (when the newest input was handled, how old it was then).
     input_delay: Mutex<(Option<std::time::Instant>, Duration)>,
     /// Since when deadlines have been held for the backlog, without a break.
@@ -140,8 +140,11 @@ impl<S: Storage> SagaRunner<S> {
 
     /// Holds deadlines while `relay` cannot get events to Kafka (a distributed node's commands
     /// travel through it): a broker outage delays sagas instead of timing them out.
-    pub fn hold_deadlines_while_stalled(&self, relay: crate::kafka::relay::RelayHealth) {
-        let _ = self.transport.set(relay);
+    pub fn hold_deadlines_while_stalled(
+        &self,
+        delivery: std::sync::Arc<dyn crate::app::gateway::DeliveryHealth>,
+    ) {
+        let _ = self.transport.set(delivery);
     }
 
     /// Sagas in flight (in memory).

@@ -24,8 +24,13 @@ use event_store::{
 };
 use uuid::Uuid;
 
-use crate::gateway::{Breaker, GatewayError, PaymentGateway};
-use crate::messages::{self, derived_id};
+use std::sync::Arc;
+
+use aggregates::saga::Service;
+
+use crate::app::consumer::{Handler, Source};
+use crate::app::gateway::{Breaker, GatewayError, PaymentGateway};
+use crate::app::messages::{self, derived_id, ConsumerName};
 
 /// How a message failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -627,6 +632,45 @@ fn merge_lines(lines: &[SagaLine]) -> BTreeMap<Sku, u64> {
     merged
 }
 
+/// A service's command consumer.
+#[derive(Debug)]
+pub struct CommandConsumer<S: Storage, G: PaymentGateway> {
+    handlers: Arc<Handlers<S, G>>,
+    service: Service,
+    name: ConsumerName,
+}
+
+impl<S: Storage, G: PaymentGateway> CommandConsumer<S, G> {
+    /// The consumer of `service`'s commands.
+    pub fn new(handlers: Arc<Handlers<S, G>>, service: Service) -> Self {
+        Self { handlers, service, name: ConsumerName::of_service(service) }
+    }
+}
+
+impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
+    fn name(&self) -> &str {
+        self.name.as_str()
+    }
+    fn source(&self) -> Source {
+        Source::Categories(vec![messages::commands_category(self.service)])
+    }
+    fn accepts(&self, _: &RecordedEvent) -> bool {
+        true
+    }
+    fn partition_key(&self, e: &RecordedEvent) -> u64 {
+        // One order's (or one SKU's) commands in order, on one worker.
+        messages::shard_hash(&e.stream_id)
+    }
+    async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
+        match messages::ApiCommand::decode(e).map_err(HandlerError::Poison)? {
+            Some(forwarded) => {
+                crate::app::commands::handle_forwarded(self.handlers.store(), e, &forwarded, checkpoint).await
+            }
+            None => self.handlers.handle_command(e, Some(checkpoint)).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod snapshot_tests {
     use super::*;
@@ -637,7 +681,7 @@ mod snapshot_tests {
         let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
         let sku = aggregates::Sku::from("SKU-1");
         for _ in 0..5 {
-            crate::commands::add_stock(&store, Uuid::now_v7(), sku.clone(), 2).await.expect("stock");
+            crate::app::commands::add_stock(&store, Uuid::now_v7(), sku.clone(), 2).await.expect("stock");
         }
         let stream = messages::inventory_stream(&sku).expect("stream");
         let (state, version) = load_inventory(&store, &stream).expect("load");

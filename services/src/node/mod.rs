@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aggregates::saga::{RetryPolicy, Service};
-use event_store::{EventStore, RecordedEvent, Storage};
+use event_store::{EventStore, Storage};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::commands::Answers;
-use crate::consumer::{self, ConsumerConfig, Handler, Readiness, Source};
-use crate::gateway::{Breaker, BreakerConfig, PaymentGateway};
-use crate::handlers::{HandlerError, Handlers, SimulatedCarrier};
-use crate::messages::{self, ConsumerName};
-use crate::saga_runner::SagaRunner;
-use projections::models::{DeadLetters, OrderSummaries, PaymentLedger, SagaTimelines, StockLevels};
+use crate::app::commands::Answers;
+use crate::app::consumer::{self, ConsumerConfig, Handler, Readiness};
+use crate::app::gateway::{Breaker, BreakerConfig, PaymentGateway};
+use crate::app::handlers::{CommandConsumer, HandlerError, Handlers, SimulatedCarrier};
+use crate::app::messages::{self, ConsumerName};
+use crate::app::ops::AdminError;
+use crate::app::saga::SagaRunner;
+use projections::models::ReadModel;
 use projections::{Projection, ReadModels};
 
 /// Runtime settings.
@@ -36,7 +37,7 @@ pub struct RuntimeConfig {
     /// Mirror the log to Kafka (the relay runs when set).
     pub kafka: Option<crate::kafka::KafkaConfig>,
     /// Admission control of new orders (on the nodes that take REST commands: `all`, `query`).
-    pub admission: crate::admission::AdmissionConfig,
+    pub admission: crate::app::admission::AdmissionConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -49,7 +50,7 @@ impl Default for RuntimeConfig {
             carrier: SimulatedCarrier::default(),
             projections: projections::RunOptions::default(),
             kafka: None,
-            admission: crate::admission::AdmissionConfig::default(),
+            admission: crate::app::admission::AdmissionConfig::default(),
         }
     }
 }
@@ -57,7 +58,7 @@ impl Default for RuntimeConfig {
 /// What a node runs. `All` is the embedded default: everything on one local log, Kafka optional
 /// (a mirror). The others are the roles of a distributed deployment: each owns the streams of
 /// its part, and events and commands cross nodes only through Kafka.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Everything in one process.
     All,
@@ -75,7 +76,31 @@ pub enum Role {
     Query,
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::from_name(s).ok_or_else(|| {
+            let names: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+            format!("unknown role {s:?}; one of {}", names.join(", "))
+        })
+    }
+}
+
 impl Role {
+    /// What the log of a node of this role lets `verify` check.
+    pub fn scope(self) -> crate::app::invariants::Scope {
+        use crate::app::invariants::Scope;
+        match self {
+            Role::All | Role::Query => Scope::Everything,
+            Role::Saga => Scope::Sagas,
+            Role::Inventory => Scope::Stock,
+            Role::Order => Scope::Aggregates("order"),
+            Role::Payment => Scope::Aggregates("payment"),
+            Role::Shipping => Scope::Aggregates("shipment"),
+        }
+    }
+
     /// The role's name.
     pub fn name(self) -> &'static str {
         match self {
@@ -149,43 +174,91 @@ pub fn all_topics() -> Vec<String> {
     t
 }
 
-/// A service's command consumer.
-#[derive(Debug)]
-pub struct CommandConsumer<S: Storage, G: PaymentGateway> {
-    handlers: Arc<Handlers<S, G>>,
-    service: Service,
-    name: ConsumerName,
+/// The refusal of a re-drive on a node that does not run `consumer`: names the role that does,
+/// and the node the letter came from when this node holds a replica of it.
+pub fn not_owner<S: Storage>(
+    store: &EventStore<S>,
+    role: Role,
+    consumer: ConsumerName,
+    event_id: uuid::Uuid,
+) -> AdminError {
+    let owner_role = Role::of_consumer(consumer).name();
+    let from = consumer::list_dead_letters_with_source(store, consumer.as_str()).ok().and_then(|letters| {
+        letters.into_iter().find(|(l, _)| l.letter.event_id == event_id).and_then(|(_, s)| s)
+    });
+    let where_ = match from {
+        Some(source) => format!("re-drive it on {source}, the {owner_role} pod whose letter this is"),
+        None => format!("re-drive it on the {owner_role} pod that dead-lettered it"),
+    };
+    AdminError::NotOwner { consumer, role: role.name(), where_ }
 }
 
-impl<S: Storage, G: PaymentGateway> CommandConsumer<S, G> {
-    /// The consumer of `service`'s commands.
-    pub fn new(handlers: Arc<Handlers<S, G>>, service: Service) -> Self {
-        Self { handlers, service, name: ConsumerName::of_service(service) }
-    }
+/// The handlers a node of `role` runs (one of `shard_count` pods of it).
+fn handlers_of<S: Storage, G: PaymentGateway>(
+    store: &EventStore<S>,
+    gateway: G,
+    config: &RuntimeConfig,
+    role: Role,
+    shard_count: i32,
+) -> Arc<Handlers<S, G>> {
+    Arc::new(
+        Handlers::new(store.clone(), Breaker::new(gateway, config.breaker), config.carrier.clone())
+            .with_sharded_inventory(role == Role::Inventory && shard_count > 1),
+    )
 }
 
-impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
-    fn name(&self) -> &str {
-        self.name.as_str()
+/// The saga manager of a node of `role`, its in-flight sagas recovered (`None`: the role runs
+/// none; only a node that runs the saga manager keeps sagas in memory).
+fn saga_of<S: Storage>(
+    store: &EventStore<S>,
+    config: &RuntimeConfig,
+    role: Role,
+) -> Result<Option<Arc<SagaRunner<S>>>, HandlerError> {
+    if !role.runs_saga() {
+        return Ok(None);
     }
-    fn source(&self) -> Source {
-        Source::Categories(vec![messages::commands_category(self.service)])
+    let saga = Arc::new(SagaRunner::new(store.clone(), config.policy));
+    let recovered = saga.recover()?;
+    if recovered > 0 {
+        tracing::info!(recovered, "resuming in-flight sagas");
     }
-    fn accepts(&self, _: &RecordedEvent) -> bool {
-        true
+    Ok(Some(saga))
+}
+
+/// Re-drives the open dead letter of `consumer` for `event_id` on a stopped node's store, with
+/// what a running node of the role the store was written under runs (the same handlers, the
+/// sharded-inventory refusal included, and its saga manager). A consumer that role does not run
+/// is refused, naming where the letter belongs.
+pub async fn redrive_stopped<S: Storage, G: PaymentGateway>(
+    store: &EventStore<S>,
+    gateway: G,
+    config: &RuntimeConfig,
+    consumer: ConsumerName,
+    event_id: uuid::Uuid,
+) -> Result<(), RedriveError> {
+    let layout = crate::kafka::shard::recorded(store)?;
+    let shard_count = layout.as_ref().map_or(1, |l| l.count);
+    let role = layout.and_then(|l| Role::from_name(&l.role)).unwrap_or(Role::All);
+    if !role.consumers().contains(&consumer) {
+        return Err(not_owner(store, role, consumer, event_id).into());
     }
-    fn partition_key(&self, e: &RecordedEvent) -> u64 {
-        // One order's (or one SKU's) commands in order, on one worker.
-        messages::shard_hash(&e.stream_id)
-    }
-    async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
-        match messages::ApiCommand::decode(e).map_err(HandlerError::Poison)? {
-            Some(forwarded) => {
-                crate::commands::handle_forwarded(self.handlers.store(), e, &forwarded, checkpoint).await
-            }
-            None => self.handlers.handle_command(e, Some(checkpoint)).await,
-        }
-    }
+    let handlers = handlers_of(store, gateway, config, role, shard_count);
+    let saga = saga_of(store, config, role)?;
+    Ok(crate::app::ops::redrive(store, &handlers, saga.as_deref(), consumer, event_id).await?)
+}
+
+/// Why a re-drive on a stopped node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    /// The re-drive itself (no such letter, not this node's, failing again, the store).
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The store's recorded shard layout cannot be read.
+    #[error(transparent)]
+    Layout(#[from] crate::kafka::shard::LayoutError),
+    /// Recovering the saga manager's in-flight sagas failed.
+    #[error("recovering in-flight sagas: {0}")]
+    Recovery(#[from] HandlerError),
 }
 
 /// The running system.
@@ -199,7 +272,7 @@ pub struct Runtime<S: Storage, G: PaymentGateway> {
     models: ReadModels<S>,
     readiness: Readiness,
     answers: Option<Answers>,
-    admission: Option<crate::admission::Admission>,
+    admission: Option<crate::app::admission::Admission>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<Result<(), String>>,
 }
@@ -249,21 +322,8 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 crate::kafka::shard::Layout { role: role.name().into(), index, count, partitions: None },
             )?;
         }
-        let handlers = Arc::new(
-            Handlers::new(store.clone(), Breaker::new(gateway, config.breaker), config.carrier.clone())
-                .with_sharded_inventory(role == Role::Inventory && shard.1 > 1),
-        );
-        // Only a node that runs the saga manager keeps sagas in memory.
-        let saga = if role.runs_saga() {
-            let saga = Arc::new(SagaRunner::new(store.clone(), config.policy));
-            let recovered = saga.recover()?;
-            if recovered > 0 {
-                tracing::info!(recovered, "resuming in-flight sagas");
-            }
-            Some(saga)
-        } else {
-            None
-        };
+        let handlers = handlers_of(&store, gateway, &config, role, shard.1);
+        let saga = saga_of(&store, &config, role)?;
         let readiness = Readiness::default();
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -314,16 +374,14 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         }
         let models = ReadModels::new(store.clone());
         let opts = config.projections;
-        spawn_projection(&mut tasks, &models, OrderSummaries, opts, rx.clone());
-        spawn_projection(&mut tasks, &models, StockLevels, opts, rx.clone());
-        spawn_projection(&mut tasks, &models, SagaTimelines, opts, rx.clone());
-        spawn_projection(&mut tasks, &models, PaymentLedger, opts, rx.clone());
-        spawn_projection(&mut tasks, &models, DeadLetters, opts, rx.clone());
+        for m in ReadModel::ALL {
+            projections::with_read_model!(m, |p| spawn_projection(&mut tasks, &models, p, opts, rx.clone()));
+        }
         if let Some(kafka) = config.kafka.clone() {
             let health = crate::kafka::relay::RelayHealth::default();
             if let (Role::Saga, Some(saga)) = (role, &saga) {
                 // Its commands reach the services only through Kafka.
-                saga.hold_deadlines_while_stalled(health.clone());
+                saga.hold_deadlines_while_stalled(Arc::new(health.clone()));
             }
             let (store, rx) = (store.clone(), rx.clone());
             tasks.spawn(async move {
@@ -339,7 +397,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         }
         // The nodes that take REST commands bound the sagas they start.
         let admission = matches!(role, Role::All | Role::Query).then(|| {
-            let admission = crate::admission::Admission::new(config.admission);
+            let admission = crate::app::admission::Admission::new(config.admission);
             let (a, store, rx, after) = (admission.clone(), store.clone(), rx.clone(), store.head());
             tasks.spawn(async move { a.run(store, after, rx).await.map_err(|e| format!("admission: {e}")) });
             admission
@@ -391,7 +449,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     }
 
     /// The admission control of new orders (the nodes that take REST commands: `all`, `query`).
-    pub fn admission(&self) -> Option<&crate::admission::Admission> {
+    pub fn admission(&self) -> Option<&crate::app::admission::Admission> {
         self.admission.as_ref()
     }
 
@@ -403,7 +461,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     /// Re-drives dead letters through this node's own handlers and saga manager (for the admin
     /// API). A consumer this node does not run is refused, naming where its letters come from:
     /// the node never runs handlers on streams it does not own (a query node holds replicas).
-    pub fn redriver(&self) -> crate::api::RedriveFn {
+    pub fn redriver(&self) -> crate::http::RedriveFn {
         let (store, handlers, saga) = (self.store.clone(), self.handlers.clone(), self.saga.clone());
         let (consumers, role) = (self.consumers.clone(), self.role);
         Arc::new(move |consumer: ConsumerName, event_id: uuid::Uuid| {
@@ -411,9 +469,9 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                 (store.clone(), handlers.clone(), saga.clone(), consumers.clone());
             Box::pin(async move {
                 if !consumers.contains(&consumer) {
-                    return Err(crate::admin::not_owner(&store, role, consumer, event_id));
+                    return Err(not_owner(&store, role, consumer, event_id));
                 }
-                crate::admin::redrive(&store, &handlers, saga.as_deref(), consumer, event_id).await
+                crate::app::ops::redrive(&store, &handlers, saga.as_deref(), consumer, event_id).await
             })
         })
     }

@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::handlers::HandlerError;
-use crate::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
+use crate::app::handlers::HandlerError;
+use crate::app::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
 
 /// What a consumer reads.
 #[derive(Debug, Clone)]

@@ -723,13 +723,16 @@ async fn filled_node(
     cache_mib: u64,
 ) -> Result<(
     EventStore<SledStorage>,
-    crate::runtime::Runtime<SledStorage, crate::gateway::SimulatedGateway>,
+    services::node::Runtime<SledStorage, services::app::gateway::SimulatedGateway>,
     crate::load::LoadSpec,
 )> {
-    use crate::runtime::{Runtime, RuntimeConfig};
+    use services::node::{Runtime, RuntimeConfig};
     let store = open(dir, cache_mib, durability)?;
-    let node =
-        Runtime::start(store.clone(), crate::gateway::SimulatedGateway::default(), RuntimeConfig::default())?;
+    let node = Runtime::start(
+        store.clone(),
+        services::app::gateway::SimulatedGateway::default(),
+        RuntimeConfig::default(),
+    )?;
     let spec = crate::load::LoadSpec {
         orders,
         concurrency: 256,
@@ -865,23 +868,23 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (store, node, spec) = filled_node(dir.path(), Durability::Fsync, args.orders, 256).await?;
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
-    let state = crate::api::ApiState {
+    let state = services::http::ApiState {
         store: store.clone(),
         models: node.models().clone(),
         ready: node.readiness().clone(),
         metrics: None,
         stopping: http_stopped.clone(),
         admin: None,
-        commands: crate::api::CommandRoute::Local,
+        commands: services::http::CommandRoute::Local,
         admission: node.admission().cloned(),
-        feeds: crate::api::LiveFeeds::default(),
-        limits: crate::api::HttpLimits::default(),
+        feeds: services::http::LiveFeeds::default(),
+        limits: services::http::HttpLimits::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let mut stopped = http_stopped.clone();
     let server = tokio::spawn(
-        axum::serve(listener, crate::api::app(state))
+        axum::serve(listener, services::http::app(state))
             .with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
@@ -969,9 +972,9 @@ pub struct KafkaBenchArgs {
 /// headers, ordered delivery confirmation, checkpoints); the raw producer sends the very same
 /// records (same topics, keys, partitions, headers, payloads) and waits for every delivery.
 pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
-    use crate::kafka::{partition_of_stream, relay, topic_for, KafkaConfig};
     use event_store::{ExpectedVersion, NewEvent, StreamId};
     use rdkafka::producer::FutureProducer;
+    use services::kafka::{partition_of_stream, relay, topic_for, KafkaConfig};
 
     anyhow::ensure!(args.events > 0, "--events must be at least 1");
     let dir = tempfile::tempdir()?;
@@ -995,7 +998,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> Result<()> {
     let config = KafkaConfig { partitions: 4, ..KafkaConfig::new(args.bootstrap.clone(), node.clone()) };
     config.validate().map_err(anyhow::Error::msg)?;
     let topics: Vec<String> = categories.iter().map(|c| format!("{c}_domain_events")).collect();
-    crate::kafka::ensure_topics(&config, &topics).await?;
+    services::kafka::ensure_topics(&config, &topics).await?;
     header(&format!(
         "Kafka relay vs raw rdkafka, {head} events of {} bytes, 4 partitions per topic, lz4, acks=all, idempotent",
         args.payload

@@ -1,4 +1,6 @@
-//! The payment gateway port, a simulated gateway, and a circuit breaker guarding it.
+//! The application's ports to the outside: the payment gateway (with a simulated gateway and a
+//! circuit breaker guarding it) and the health of the node's outgoing delivery. The carrier port
+//! is `handlers::Carrier`, next to the shipping handler that calls it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -19,6 +21,14 @@ pub enum GatewayError {
     /// The circuit breaker is open: the gateway failed repeatedly, calls are not attempted.
     #[error("payment gateway circuit open")]
     CircuitOpen,
+}
+
+/// Whether what the node sends (commands and replies to other roles) is getting out. The saga
+/// manager holds its step deadlines while it is not, so a step that could not be sent does not
+/// time out and compensate a saga that would have succeeded. The Kafka relay implements it.
+pub trait DeliveryHealth: Send + Sync + std::fmt::Debug + 'static {
+    /// True when messages have waited to be delivered longer than `for_at_least`.
+    fn stalled(&self, for_at_least: Duration) -> bool;
 }
 
 /// A payment gateway. `idempotency_key` makes a repeated call return the first answer.

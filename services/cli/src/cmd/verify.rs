@@ -1,0 +1,63 @@
+//! `causeway verify`: checks a stopped node's log (gapless positions, checksums, indexes), the
+//! system invariants its role's log answers for, and its read models against the log.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use projections::models::ReadModel;
+use services::app::invariants;
+
+use crate::args::StoreArgs;
+use crate::progress::Progress;
+
+/// The flags of `causeway verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Runs the checks; exits 1 with a report on any problem.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let store = args.store.open_existing()?;
+    let progress = Progress::new("verify", store.head(), "events");
+    let log = store.verify_observed(&|n| progress.set(n))?;
+    progress.finish();
+    println!("log: {} events, {} streams", log.events, log.streams);
+    // A node of a distributed deployment checks what its own log can answer for.
+    let role = services::kafka::shard::recorded(&store)?
+        .and_then(|l| services::node::Role::from_name(&l.role))
+        .unwrap_or(services::node::Role::All);
+    let scope = role.scope();
+    println!("role: {} ({scope:?})", role.name());
+    let inv = invariants::check_scope(&store, scope)?;
+    println!(
+        "sagas: {} completed, {} compensated, {} failed, {} unfinished; {} SKUs",
+        inv.completed,
+        inv.compensated,
+        inv.failed,
+        inv.unfinished.len(),
+        inv.skus
+    );
+    let models = projections::ReadModels::new(store.clone());
+    let mut read_model_problems = Vec::new();
+    for m in ReadModel::ALL {
+        read_model_problems.extend(projections::with_read_model!(m, |p| projections::verify(&models, &p)?));
+    }
+    println!("read models: {} checked against the log", ReadModel::ALL.len());
+    let mut ok = true;
+    for p in log.problems.iter().chain(inv.problems.iter()).chain(read_model_problems.iter()) {
+        println!("problem: {p}");
+        ok = false;
+    }
+    for o in &inv.unfinished {
+        println!("unfinished saga: {o}");
+        ok = false;
+    }
+    if ok {
+        println!("OK");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
