@@ -54,12 +54,22 @@ stop_node() { # prints the verify outcome
     if "$BIN" verify --data-dir "$DATA" >"$DATA.verify" 2>&1; then echo "verify OK"; else echo "verify FAILED: $(tail -3 "$DATA.verify" | tr '\n' ' ')"; fi
     rm -rf "$DATA" "$DATA.log" "$DATA.verify"
   else
+    # The query pod's replica reads each topic on its own: let it take in what the other pods
+    # published (its head stays put for 3 s, 60 s at most) before everything stops.
+    local last=-1 same=0 head
+    for _ in $(seq 1 60); do
+      head="$(curl -fs "$TARGET/readyz" 2>/dev/null | sed -n 's/.*"head":\([0-9]*\).*/\1/p')"
+      if [ -n "$head" ] && [ "$head" = "$last" ]; then same=$((same + 1)); else same=0; fi
+      [ "$same" -ge 3 ] && break
+      last="$head"
+      sleep 1
+    done
     deploy/local/cluster.sh stop >/dev/null 2>&1 || true
     local pods=0 failed=""
     for d in "$DATA"/*/; do
       [ -d "$d/db" ] || continue
       pods=$((pods + 1))
-      "$BIN" verify --data-dir "$d" >"$d.verify" 2>&1 || failed="$failed $(basename "$d"): $(grep -m2 -E 'problem|unfinished|rror' "$d.verify" | tr '\n' ' ')"
+      "$BIN" verify --data-dir "$d" >"$d.verify" 2>&1 || failed="$failed $(basename "$d"): $( { grep -m2 -E 'problem|unfinished|rror' "$d.verify" || tail -2 "$d.verify"; } | tr '\n' ' ' || true)"
     done
     if [ "$pods" -eq 0 ]; then echo "verify FAILED: no pod store found"
     elif [ -z "$failed" ]; then echo "verify OK ($pods pods)"

@@ -430,10 +430,28 @@ fn a_damaged_compressed_document_is_an_error_not_a_panic_or_a_huge_allocation() 
     store.storage().apply(batch).expect("write");
     let models = ReadModels::new(store);
     let err = models.get::<Vec<String>>("docs", "bad").expect_err("damaged");
-    assert!(err.to_string().contains("docs/bad"), "{err}");
+    assert!(err.to_string().contains("docs/bad") && err.to_string().contains("claims"), "{err}");
 }
 
-/// The stored key of a document, as `projections::model` lays it out (a test of the format).
+#[test]
+fn a_document_committed_by_a_projection_is_stored_compressed_and_reads_back() {
+    let store = new_store();
+    let models = ReadModels::new(store.clone());
+    let doc: Vec<String> = (0..40).map(|i| format!("StepSucceeded ReserveStock SKU-{i:04}")).collect();
+    let mut tx = models.begin("docs", 0);
+    tx.put("big", doc.clone()).expect("put");
+    tx.put("small", vec!["x".to_owned()]).expect("put");
+    models.commit(tx, 1).expect("commit");
+    let raw = |key: &str| store.storage().get(&doc_key("docs", 0, key)).expect("read").expect("stored");
+    let (big, small) = (raw("big"), raw("small"));
+    assert_eq!(big.as_ref()[0], 0x01, "the large document is stored compressed");
+    assert!(big.as_ref().len() < serde_json::to_vec(&doc).expect("json").len() / 2);
+    assert_eq!(small.as_ref(), br#"["x"]"#, "the small one as its JSON");
+    assert_eq!(models.get::<Vec<String>>("docs", "big").expect("get"), Some(doc.clone()));
+    assert_eq!(models.dump("docs", 0).expect("dump").len(), 2);
+}
+
+/// The stored key of a document, as `projections::store` lays it out (a test of the format).
 fn doc_key(name: &str, gen: u32, key: &str) -> Vec<u8> {
     let mut k = vec![event_store::APP_KEY_PREFIX, b'P', b'd'];
     k.extend_from_slice(&(name.len() as u16).to_be_bytes());

@@ -83,8 +83,8 @@ pub struct Intake {
     pub retried: u64,
     /// Accepted orders whose saga was seen ending within the offering time.
     pub ended_while_offered: u64,
-    /// 504 answers (the node's request time ran out: the outcome is unknown), each sent again
-    /// with the same Idempotency-Key.
+    /// 504 answers, or no answer in the client's time (65 s): the outcome is unknown. The order
+    /// is sent again with the same Idempotency-Key, at least 3 times (more with `retries`).
     pub timeouts: u64,
     /// Orders whose outcome was still unknown after their last retry (and whose saga was not
     /// seen ending): not counted as accepted or as ended.
@@ -352,9 +352,11 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
     use anyhow::Context;
     use futures::StreamExt;
     let base = base.trim_end_matches('/').to_owned();
+    // Longer than the node's own request time (30 s by default), so the node's 504 arrives
+    // before the client gives up; a client time-out is an unknown outcome all the same.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(spec.concurrency.max(1))
-        .timeout(Duration::from_secs(30))
+        .timeout(CLIENT_TIMEOUT)
         .build()?;
     let ready = client
         .get(format!("{base}/readyz"))
@@ -478,7 +480,10 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         let order = services::http::order_id_of_key(services::http::idempotency_uuid(&key));
         timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ours.insert(order);
         posts.spawn(async move {
-            let mut attempt = 0;
+            // Refusals are sent again `retries` times; an unknown outcome (a 504, or no answer in
+            // the client's time) at least UNKNOWN_RESENDS times, since only the same key sent
+            // again tells whether the order was recorded.
+            let (mut refusals, mut unknowns, mut was_unknown) = (0u32, 0u32, false);
             let (sent, outcome) = loop {
                 let sent = Instant::now();
                 let outcome = post_order(&client, &url, &key, &body).await;
@@ -489,18 +494,19 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                         if retry_after.is_none() {
                             i.refusals_without_retry_after += 1;
                         }
-                        if attempt >= retries {
-                            i.refused += 1;
+                        if refusals >= retries {
                             break (sent, outcome);
                         }
+                        refusals += 1;
                         *retry_after
                     }
                     Ok(Posted::Unknown) => {
-                        let mut i = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        i.timeouts += 1;
-                        if attempt >= retries {
+                        intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).timeouts += 1;
+                        was_unknown = true;
+                        if unknowns >= retries.max(UNKNOWN_RESENDS) {
                             break (sent, outcome);
                         }
+                        unknowns += 1;
                         None
                     }
                     _ => break (sent, outcome),
@@ -509,12 +515,17 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                     let mut i = intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     i.retried += 1;
                 }
-                attempt += 1;
                 tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
             };
             let took = sent.elapsed().as_micros() as u64;
+            let outcome = match outcome {
+                Ok(Posted::Accepted(answered)) if answered != order => {
+                    Err(anyhow::anyhow!("the node placed order {answered} for the key of order {order}"))
+                }
+                other => other,
+            };
             match outcome {
-                Ok(Posted::Accepted(order)) => {
+                Ok(Posted::Accepted(_)) => {
                     intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).accepted += 1;
                     let _ = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0.record(took);
                     let mut t = timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -536,16 +547,20 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                         intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).accepted += 1;
                         return;
                     }
+                    // One category per order: an order that was once answered 504 may be
+                    // recorded, so it stays unknown even if a later send was refused.
                     match other {
                         Err(e) => {
                             let mut req = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                             req.1 += 1;
                             req.2.get_or_insert_with(|| e.to_string());
                         }
-                        Ok(Posted::Unknown) => {
+                        Ok(_) if was_unknown => {
                             intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).unknown += 1;
                         }
-                        Ok(_) => {}
+                        Ok(_) => {
+                            intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).refused += 1
+                        }
                     }
                     failed_requests.fetch_add(1, std::sync::atomic::Ordering::Release);
                     // No saga will end for it: free its slot.
@@ -587,6 +602,12 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
     })
 }
 
+/// How long the load generator waits for an answer to a POST: more than the node's request time.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(65);
+
+/// Sends of an order whose outcome is unknown, at least (whatever `--retries` says).
+const UNKNOWN_RESENDS: u32 = 3;
+
 /// What became of one POST of an order.
 enum Posted {
     /// 2xx: placed (or forwarded to its owner).
@@ -604,7 +625,11 @@ async fn post_order(
     body: &serde_json::Value,
 ) -> anyhow::Result<Posted> {
     use anyhow::Context;
-    let r = client.post(url).header("Idempotency-Key", key).json(body).send().await?;
+    let r = match client.post(url).header("Idempotency-Key", key).json(body).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Ok(Posted::Unknown),
+        Err(e) => return Err(e.into()),
+    };
     let status = r.status();
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
     {

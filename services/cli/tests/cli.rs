@@ -260,14 +260,16 @@ fn load_drives_a_running_node_over_http() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let target = format!("http://127.0.0.1:{port}");
+    // Two loads on one node at once, each paced over about 3 s so that they overlap: each
+    // counts the sagas of its own orders only (the other's end on the same live feed).
     let other = {
         let target = target.clone();
         std::thread::spawn(move || {
-            let args = ["load", "--target", &target, "--orders", "30", "--concurrency", "4"];
+            let args = ["load", "--target", &target, "--orders", "30", "--concurrency", "4", "--rate", "10"];
             run(&[&args[..], &["--skus", "2", "--undeliverable", "1"]].concat())
         })
     };
-    let args = ["load", "--target", &target, "--orders", "60", "--concurrency", "8"];
+    let args = ["load", "--target", &target, "--orders", "60", "--concurrency", "8", "--rate", "20"];
     let out = run(&[&args[..], &["--skus", "3", "--undeliverable", "0"]].concat());
     let report = text(&out);
     assert!(out.status.success(), "{report}");

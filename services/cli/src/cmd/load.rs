@@ -48,7 +48,8 @@ pub struct Args {
     #[arg(long, requires = "rate")]
     pub duration: Option<f64>,
     /// With --target: send an order refused with 429/503 again this many times, each after
-    /// the answer's Retry-After (same Idempotency-Key).
+    /// the answer's Retry-After (same Idempotency-Key). An order whose outcome is unknown (a
+    /// 504, or no answer in 65 s) is sent again at least 3 times, whatever this says.
     #[arg(long, default_value_t = 0, requires = "target")]
     pub retries: u32,
     /// With --target: once every order is answered, wait this long for accepted sagas to end.
