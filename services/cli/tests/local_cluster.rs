@@ -30,7 +30,7 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
     let base = free_ports();
     // The broker's port right after the nodes' (checked free with them).
     let kafka = base + NODES;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/cluster.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/local/cluster.sh");
     let run = |action: &str| {
         let mut args = vec![action];
         if action == "start" {

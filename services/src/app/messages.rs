@@ -109,9 +109,17 @@ pub fn shard_key(stream_id: &str) -> &str {
 /// A stable hash of a stream's shard key, for spreading work over local workers so that
 /// everything of one key stays in order.
 pub fn shard_hash(stream_id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+    key_hash(shard_key(stream_id))
+}
+
+/// The hash that spreads work over a process's workers (consumer partitions, the saga
+/// manager's shards): stable within a process, the same for a key and for what wraps it (an
+/// `OrderId` and its UUID). Kafka's partitions use murmur2 instead (`kafka::shard`), as every
+/// Kafka client does.
+pub fn key_hash<K: std::hash::Hash + ?Sized>(key: &K) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    shard_key(stream_id).hash(&mut h);
+    key.hash(&mut h);
     h.finish()
 }
 

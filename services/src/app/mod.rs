@@ -12,7 +12,8 @@
 //! - [`admission`]: admission control of new sagas (an adaptive limit on sagas in flight).
 //! - [`consumer`]: checkpointed, partitioned consumers of the local log or of Kafka partitions,
 //!   with dead letters; a service's command consumer.
-//! - [`saga`]: the saga process manager and its deadline timer.
+//! - [`saga`]: the saga process manager (`saga`) and its deadline timer and retry budget
+//!   (`saga::timer`).
 //! - [`ops`]: rebuild, replay, as-of, backup and re-drive, for the CLI and the admin routes.
 //! - [`invariants`]: the whole-system invariants, checked from the log.
 

@@ -1,5 +1,7 @@
-//! The embedded runtime: every service, the saga manager and its timer as subscriptions on one
-//! local log, in one process.
+//! The node: what a process runs ([`Role`]) and the [`Runtime`] that wires the application to its
+//! transport. The embedded default (`Role::All`) runs every service, the saga manager and its
+//! timer as subscriptions on one local log, in one process; each other role runs its part with
+//! its inputs read from Kafka and its log published there.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,8 +13,7 @@
 //! sagas and their deadlines from the saga streams after that mark.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aggregates::codec::DomainEvent;
@@ -23,11 +22,17 @@ use aggregates::saga::{RetryPolicy, Saga, SagaInput, SagaLine, SagaStatus};
 use aggregates::{Decider, OrderId};
 use event_store::{time_to_nanos, AppendRequest, EventStore, ExpectedVersion, RecordedEvent, Storage};
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 use crate::app::consumer::{Handler, Source};
 use crate::app::handlers::{load_from, HandlerError, MAX_CONFLICT_RETRIES};
 use crate::app::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
+
+mod timer;
+
+use timer::RetryBudget;
+pub use timer::{
+    BACKLOG_HOLD, MAX_BACKLOG_HOLD, MAX_RETRY_TOKENS, MIN_RETRIES_PER_SEC, RETRY_TOKENS_PER_SAGA,
+};
 
 /// The consumer name of the saga manager.
 pub const NAME: &str = "saga-manager";
@@ -57,66 +62,18 @@ pub struct SagaRunner<S: Storage> {
     budget: Mutex<RetryBudget>,
 }
 
-/// A node's retry budget (as in Finagle's): every saga started earns [`RETRY_TOKENS_PER_SAGA`]
-/// retries, at least [`MIN_RETRIES_PER_SEC`] accrue each second whatever the traffic, and at
-/// most [`MAX_RETRY_TOKENS`] are saved up. A deadline that fires spends one; with none left, due
-/// deadlines wait for the next tick, so retries stay a bounded share of the work instead of
-/// multiplying it when everything is slow.
-#[derive(Debug)]
-struct RetryBudget {
-    tokens: f64,
-    refilled: std::time::Instant,
-}
-
-/// Retries earned per saga started (a saga sends about five first commands: a fifth of them).
-pub const RETRY_TOKENS_PER_SAGA: f64 = 1.0;
-/// Retries allowed per second with no traffic.
-pub const MIN_RETRIES_PER_SEC: f64 = 20.0;
-/// Most retries saved up.
-pub const MAX_RETRY_TOKENS: f64 = 2_000.0;
-/// Deadlines are held while the saga manager's inputs reach it later than this: its own backlog,
-/// not a lost command, is what keeps replies from arriving.
-pub const BACKLOG_HOLD: Duration = Duration::from_secs(1);
-/// The longest the backlog holds deadlines at a stretch: past it they fire again (a clock skew
-/// between pods, or a lag that never ends, must not hold them for good).
-pub const MAX_BACKLOG_HOLD: Duration = Duration::from_secs(30);
-
-impl RetryBudget {
-    fn refill(&mut self) {
-        let now = std::time::Instant::now();
-        let secs = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + secs * MIN_RETRIES_PER_SEC).min(MAX_RETRY_TOKENS);
-        self.refilled = now;
-    }
-    fn earn(&mut self, n: f64) {
-        self.refill();
-        self.tokens = (self.tokens + n).min(MAX_RETRY_TOKENS);
-    }
-    fn spend(&mut self) -> bool {
-        self.refill();
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 impl<S: Storage> std::fmt::Debug for SagaRunner<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SagaRunner").field("in_flight", &self.in_flight()).finish()
     }
 }
 
-fn now_ns() -> u64 {
+pub(super) fn now_ns() -> u64 {
     time_to_nanos(OffsetDateTime::now_utc())
 }
 
 fn key_of(order: OrderId) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    order.hash(&mut h);
-    h.finish()
+    messages::key_hash(&order)
 }
 
 impl<S: Storage> SagaRunner<S> {
@@ -136,15 +93,6 @@ impl<S: Storage> SagaRunner<S> {
                 refilled: std::time::Instant::now(),
             }),
         }
-    }
-
-    /// Holds deadlines while `relay` cannot get events to Kafka (a distributed node's commands
-    /// travel through it): a broker outage delays sagas instead of timing them out.
-    pub fn hold_deadlines_while_stalled(
-        &self,
-        delivery: std::sync::Arc<dyn crate::app::gateway::DeliveryHealth>,
-    ) {
-        let _ = self.transport.set(delivery);
     }
 
     /// Sagas in flight (in memory).
@@ -299,90 +247,6 @@ impl<S: Storage> SagaRunner<S> {
         }
         Err(HandlerError::Transient("saga conflicts".into()))
     }
-
-    /// Whether the inputs reach the saga manager late: the newest one was handled within
-    /// [`BACKLOG_HOLD`] and had waited longer than that (an idle manager is not behind).
-    pub fn backlogged(&self) -> bool {
-        let (handled, delay) = *self.input_delay.lock().unwrap_or_else(|p| p.into_inner());
-        handled.is_some_and(|t| t.elapsed() < BACKLOG_HOLD) && delay > BACKLOG_HOLD
-    }
-
-    fn saw_input(&self, e: &RecordedEvent) {
-        let delay = Duration::from_nanos(now_ns().saturating_sub(e.recorded_at_ns));
-        *self.input_delay.lock().unwrap_or_else(|p| p.into_inner()) =
-            (Some(std::time::Instant::now()), delay);
-        metrics::gauge!("causeway_saga_input_delay_seconds").set(delay.as_secs_f64());
-    }
-
-    /// Fires due deadlines. Returns how many sagas were ticked. Deadlines are held while the
-    /// commands cannot reach Kafka, and while the manager's own inputs are behind (their replies
-    /// may be waiting in that backlog); each one that fires spends one of the retry budget.
-    pub async fn tick(&self) -> usize {
-        if self.transport.get().is_some_and(|t| t.stalled(Duration::from_secs(1))) {
-            tracing::debug!("commands cannot reach Kafka; saga deadlines are held");
-            return 0;
-        }
-        {
-            let mut held = self.held_since.lock().unwrap_or_else(|p| p.into_inner());
-            if self.backlogged() {
-                let since = *held.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() < MAX_BACKLOG_HOLD {
-                    metrics::counter!("causeway_saga_deadlines_held_total", "why" => "backlog").increment(1);
-                    return 0;
-                }
-            } else {
-                *held = None;
-            }
-        }
-        let now = now_ns();
-        let mut due: Vec<OrderId> = {
-            let deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
-            deadlines.iter().take_while(|(d, _)| *d <= now).map(|(_, o)| *o).collect()
-        };
-        {
-            let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
-            let allowed = due.iter().take_while(|_| budget.spend()).count();
-            if allowed < due.len() {
-                metrics::counter!("causeway_saga_deadlines_held_total", "why" => "retry_budget")
-                    .increment((due.len() - allowed) as u64);
-                due.truncate(allowed);
-            }
-        }
-        for order in &due {
-            let policy = self.policy;
-            let jitter = rand::random::<f64>();
-            let cause = uuid::Uuid::now_v7();
-            let tick = |_: &Saga| Some(SagaInput::Tick { now_ns: now, jitter, policy });
-            if let Err(e) = self.apply(*order, tick, cause, None).await {
-                tracing::warn!(%order, error = %e, "saga deadline handling failed; will retry");
-            }
-        }
-        due.len()
-    }
-
-    /// Runs the deadline timer and saves the low-water mark until `shutdown`.
-    pub async fn run_timer(self: Arc<Self>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(interval);
-        let mut saved_low = None;
-        let mut n = 0u64;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => if *shutdown.borrow() { break },
-                _ = ticker.tick() => {
-                    self.tick().await;
-                    n += 1;
-                    if n % 20 == 0 {
-                        let low = self.low_water();
-                        if saved_low != Some(low) && self.store.save_checkpoint(LOW_WATER, low).await.is_ok() {
-                            saved_low = Some(low);
-                        }
-                    }
-                    metrics::gauge!("causeway_sagas_in_flight").set(self.in_flight() as f64);
-                }
-            }
-        }
-        let _ = self.store.save_checkpoint(LOW_WATER, self.low_water()).await;
-    }
 }
 
 fn record_outcome(state: &Saga) {
@@ -415,9 +279,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
     }
 
     fn partition_key(&self, e: &RecordedEvent) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        e.correlation_id.hash(&mut h);
-        h.finish()
+        messages::key_hash(&e.correlation_id)
     }
 
     async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {

@@ -1,0 +1,88 @@
+//! The payment service: authorize through the gateway (behind its circuit breaker), capture,
+//! refund.
+
+use aggregates::payment::{Payment, PaymentCommand, PaymentEvent};
+use aggregates::saga::Outcome;
+use aggregates::{Decider, Money};
+use event_store::{ExpectedVersion, Storage};
+
+use super::{load, Decision, HandlerError, Handlers, Step};
+use crate::app::gateway::{GatewayError, PaymentGateway};
+use crate::app::messages;
+
+impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
+    /// Takes the payment of an order: authorizes it once (a repeat finds it authorized), then
+    /// captures it; a decline is the command's rejection.
+    pub(super) async fn take_payment(
+        &self,
+        step: &Step,
+        amount: Money,
+        d: &mut Decision,
+    ) -> Result<Outcome, HandlerError> {
+        let (order_id, amount) = (step.order_id, &amount);
+        let stream = messages::payment_stream(order_id);
+        let (state, version) = load::<S, Payment>(&self.store, &stream)?;
+        let mut events = Vec::new();
+        let mut s = state.clone();
+        if s.status == aggregates::payment::PaymentStatus::None {
+            let answer =
+                self.gateway.authorize(step.command_id, order_id, *amount).await.map_err(
+                    |err| match err {
+                        GatewayError::CircuitOpen | GatewayError::Unavailable(_) => {
+                            HandlerError::Transient(err.to_string())
+                        }
+                    },
+                )?;
+            let ev = s
+                .decide(PaymentCommand::Authorize { order_id, amount: *amount, answer })
+                .map_err(rejected_as_poison)?;
+            s = ev.iter().fold(s, |s, e| s.evolve(e));
+            events.extend(ev);
+        }
+        let outcome = match s.status {
+            aggregates::payment::PaymentStatus::Declined => {
+                let reason = events
+                    .iter()
+                    .find_map(|e| match e {
+                        PaymentEvent::PaymentDeclined(declined) => Some(declined.reason.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "declined".into());
+                Outcome::Rejected { reason }
+            }
+            _ => match s.decide(PaymentCommand::Capture { order_id }) {
+                Ok(ev) => {
+                    events.extend(ev);
+                    Outcome::Succeeded
+                }
+                Err(err) => Outcome::Rejected { reason: err.to_string() },
+            },
+        };
+        if !events.is_empty() {
+            d.request = std::mem::take(&mut d.request).and(
+                stream.clone(),
+                ExpectedVersion::Exact(version),
+                step.events(&events, &stream),
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Refunds an order's payment (compensation).
+    pub(super) fn refund_payment(
+        &self,
+        step: &Step,
+        reason: &str,
+        d: &mut Decision,
+    ) -> Result<Outcome, HandlerError> {
+        let order_id = step.order_id;
+        let stream = messages::payment_stream(order_id);
+        let (state, version) = load::<S, Payment>(&self.store, &stream)?;
+        let decided = state.decide(PaymentCommand::Refund { order_id, reason: reason.to_owned() });
+        Ok(self.apply(d, step, &stream, version, decided))
+    }
+}
+
+fn rejected_as_poison(e: aggregates::payment::PaymentError) -> HandlerError {
+    HandlerError::Poison(e.to_string())
+}
