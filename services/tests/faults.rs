@@ -15,8 +15,9 @@ use event_store::{
 };
 use services::app::commands;
 use services::app::consumer::{self, ConsumerConfig, Handler, Source};
+use services::app::error::HandlerError;
 use services::app::gateway::{Breaker, BreakerConfig, SimulatedGateway, SimulatedGatewayConfig};
-use services::app::handlers::{HandlerError, Handlers, SimulatedCarrier};
+use services::app::handlers::{Handlers, SimulatedCarrier};
 use services::app::messages::{self, Answer, ApiCommand, CommandAnswered};
 use services::kafka;
 use services::node::{Role, Runtime, RuntimeConfig};
@@ -41,7 +42,7 @@ impl Handler for AlwaysPoison {
         0
     }
     async fn handle(&self, _: &RecordedEvent, _: (String, u64)) -> Result<(), HandlerError> {
-        Err(HandlerError::Poison("never processable".into()))
+        Err(HandlerError::bad_message("never processable"))
     }
 }
 

@@ -16,9 +16,9 @@ use event_store::{EventStore, RecordedEvent, SledConfig, SledStorage, Storage, S
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use services::app::aggregate::load;
 use services::app::commands;
 use services::app::gateway::SimulatedGateway;
-use services::app::handlers::load;
 use services::app::{invariants, messages};
 use services::kafka::relay::CHECKPOINT;
 use services::kafka::KafkaConfig;

@@ -755,7 +755,7 @@ pub async fn projections(args: ProjectionBenchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let durability = Durability::Periodic { interval: Duration::from_millis(5) };
     let (store, node, _) = filled_node(dir.path(), durability, args.orders, args.cache_mib).await?;
-    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    node.shutdown().await?;
     let models = projections::ReadModels::new(store.clone());
     let events = store.head();
     header(&format!(
@@ -949,7 +949,7 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
     );
     let _ = stop_http.send(true);
     server.await??;
-    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    node.shutdown().await?;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! Progress of the long commands (`replay`, `restore`, `verify`, `migrate`, `load`): a bar with
+//! Progress of the long commands (`replay`, `restore`, `verify`, `migrate`; `load` has its own): a bar with
 //! position, rate and ETA on a terminal; on anything else (a pipe, a log, CI) a plain line every
 //! ten seconds. Both go to stderr, so what a command prints on stdout stays its report. A
 //! command ends with [`Progress::finish`], one summary line.

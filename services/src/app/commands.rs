@@ -17,7 +17,9 @@ use event_store::{
 };
 use uuid::Uuid;
 
-use crate::app::handlers::{events_for, load, load_inventory, HandlerError, LoadError};
+use crate::app::aggregate::{events_for, load};
+use crate::app::error::{HandlerError, LoadError};
+use crate::app::handlers::load_inventory;
 use crate::app::messages::{self, Answer, ApiCommand};
 
 /// Why the domain refused a command: the aggregate's own error.
@@ -290,7 +292,7 @@ pub async fn handle_forwarded<S: Storage>(
             Err(CommandError::KeyReused) => (Answer::KeyReused, None),
             Err(CommandError::Load(e)) => return Err(e.into()),
             Err(CommandError::Store(e)) => return Err(e.into()),
-            Err(CommandError::Contention(s)) => return Err(HandlerError::Transient(format!("{s} is busy"))),
+            Err(CommandError::Contention(s)) => return Err(HandlerError::conflicts(s, API_CONFLICT_RETRIES)),
         };
         let answer = messages::answer_event(forwarded, command.key(), &source, answer);
         let mut request = AppendRequest::default();
@@ -315,7 +317,10 @@ pub async fn handle_forwarded<S: Storage>(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(HandlerError::Transient(format!("{} conflicts in a row", API_CONFLICT_RETRIES)))
+    Err(HandlerError::conflicts(
+        format!("the streams of forwarded command {}", forwarded.stream_id),
+        API_CONFLICT_RETRIES,
+    ))
 }
 
 fn answer_id_of(forwarded: &RecordedEvent, source: &str) -> Uuid {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::app::handlers::HandlerError;
+use crate::app::error::{HandlerError, Poison};
 use crate::app::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
 
 /// What a consumer reads.
@@ -299,7 +299,7 @@ async fn process<S: Storage, H: Handler>(
         let checkpoint = (cp_name.to_owned(), lock(tracker).watermark());
         match handler.handle(event, checkpoint).await {
             Ok(()) => return Ok(()),
-            Err(HandlerError::Poison(reason)) => break reason,
+            Err(HandlerError::Poison(reason)) => break reason.to_string(),
             Err(HandlerError::Transient(reason)) if attempt >= config.max_attempts => {
                 break format!("retries exhausted after {attempt} attempts: {reason}");
             }
@@ -468,23 +468,23 @@ pub async fn redrive<S: Storage, H: Handler>(
             match kept.map(|(l, _)| l.letter.original_event()) {
                 Some(Some(e)) if handler.accepts(&e) => e,
                 Some(Some(e)) => {
-                    return Ok(Err(HandlerError::Poison(format!(
+                    return Ok(Err(HandlerError::Poison(Poison::NotHere(format!(
                         "{} does not take {} events from {}",
                         handler.name(),
                         e.event_type,
                         e.stream_id
-                    ))))
+                    )))))
                 }
                 Some(None) => {
-                    return Ok(Err(HandlerError::Poison(format!(
+                    return Ok(Err(HandlerError::Poison(Poison::NotHere(format!(
                         "event {event_id} is not in the log and its dead letter does not keep it"
-                    ))))
+                    )))))
                 }
                 None => {
-                    return Ok(Err(HandlerError::Poison(format!(
+                    return Ok(Err(HandlerError::Poison(Poison::NotHere(format!(
                         "event {event_id} is not in the log nor among {}'s dead letters",
                         handler.name()
-                    ))))
+                    )))))
                 }
             }
         }

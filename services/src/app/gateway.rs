@@ -1,6 +1,6 @@
 //! The application's ports to the outside: the payment gateway (with a simulated gateway and a
-//! circuit breaker guarding it) and the health of the node's outgoing delivery. The carrier port
-//! is `handlers::Carrier`, next to the shipping handler that calls it.
+//! circuit breaker guarding it) and the health of the node's outgoing delivery. The carrier is
+//! `handlers::SimulatedCarrier`, next to the shipping handler that calls it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -22,7 +22,9 @@ use aggregates::DomainEvent;
 use aggregates::{Money, OrderId};
 use event_store::{EventStore, Storage, StreamId};
 
-use crate::app::handlers::{load, load_inventory, HandlerError};
+use crate::app::aggregate::load;
+use crate::app::error::HandlerError;
+use crate::app::handlers::load_inventory;
 use crate::app::messages;
 
 /// What the check found.
@@ -123,11 +125,7 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
             let e = e?;
             let event =
                 InventoryEvent::decode(&e.event_type, e.schema_version, &e.payload).map_err(|error| {
-                    crate::app::handlers::LoadError::Undecodable {
-                        stream: s.clone(),
-                        version: e.version,
-                        error,
-                    }
+                    crate::app::error::LoadError::Undecodable { stream: s.clone(), version: e.version, error }
                 })?;
             match event {
                 InventoryEvent::StockCommitted(c) => {

@@ -1,25 +1,35 @@
 //! The application: what the node does, whatever carries its messages. Nothing here depends on
-//! HTTP or Kafka; the transports ([`crate::http`], [`crate::kafka`]) and the wiring
-//! ([`crate::node`]) depend on it.
+//! HTTP or Kafka code (its answers derive OpenAPI schemas, as the domain's types do); the
+//! transports ([`crate::http`], [`crate::kafka`]) and the wiring ([`crate::node`]) depend on it.
+//! Within it the leaves come first: `error` and `messages` depend on nothing here, `aggregate`
+//! on them, and the rest on those, without cycles.
 //!
+//! - [`error`]: how handling a message fails (poison or transient, with typed causes), why an
+//!   aggregate could not be loaded.
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids;
 //!   the consumers' names.
-//! - [`gateway`]: the ports to the outside (payment gateway, carrier, delivery health), a
-//!   simulated gateway (bounded idempotency memory), a circuit breaker.
-//! - [`handlers`]: load → decide → append for the Order, Inventory, Payment and Shipping
-//!   services.
+//! - [`aggregate`]: loading an aggregate from its stream; a decider's events as log events.
+//! - [`gateway`]: the ports to the outside (the payment gateway, delivery health), a simulated
+//!   gateway (bounded idempotency memory), a circuit breaker.
+//! - [`handlers`]: decide → append for the Order, Inventory, Payment and Shipping services, one
+//!   file each (the carrier, `SimulatedCarrier`, next to the shipping handler).
 //! - [`commands`]: the API's own commands (place, cancel, add stock) and their answers.
 //! - [`admission`]: admission control of new sagas (an adaptive limit on sagas in flight).
 //! - [`consumer`]: checkpointed, partitioned consumers of the local log or of Kafka partitions,
-//!   with dead letters; a service's command consumer.
+//!   with dead letters.
+//! - [`command_consumer`]: a service's command consumer (saga commands to its handlers,
+//!   forwarded API commands to `commands`).
 //! - [`saga`]: the saga process manager (`saga`) and its deadline timer and retry budget
 //!   (`saga::timer`).
 //! - [`ops`]: rebuild, replay, as-of, backup and re-drive, for the CLI and the admin routes.
 //! - [`invariants`]: the whole-system invariants, checked from the log.
 
 pub mod admission;
+pub mod aggregate;
+pub mod command_consumer;
 pub mod commands;
 pub mod consumer;
+pub mod error;
 pub mod gateway;
 pub mod handlers;
 pub mod invariants;

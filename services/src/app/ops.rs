@@ -11,10 +11,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::app::command_consumer::CommandConsumer;
 use crate::app::consumer;
+use crate::app::error::HandlerError;
 use crate::app::gateway::PaymentGateway;
-use crate::app::handlers::CommandConsumer;
-use crate::app::handlers::{HandlerError, Handlers};
+use crate::app::handlers::Handlers;
 use crate::app::messages::ConsumerName;
 use crate::app::saga::SagaRunner;
 

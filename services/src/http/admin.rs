@@ -168,7 +168,11 @@ impl utoipa::PartialSchema for ReadModelName {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{ObjectBuilder, Type};
         let names = projections::models::ReadModel::ALL.map(|m| m.name()).into_iter().chain(["all"]);
-        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).into()
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("A read model's name in the admin routes, or all."))
+            .enum_values(Some(names))
+            .into()
     }
 }
 

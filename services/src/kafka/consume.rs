@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{cloudevents, KafkaConfig, KafkaError};
 use crate::app::consumer::{self, ConsumerConfig, FeedItem, Handler, Source};
-use crate::app::handlers::HandlerError;
+use crate::app::error::HandlerError;
 
 use crate::app::messages::{REPLICA_OF, SOURCE_KEY};
 
@@ -279,8 +279,7 @@ impl<S: Storage> Handler for Replica<S> {
         crate::app::messages::shard_hash(&e.stream_id)
     }
     async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
-        let stream =
-            StreamId::new(e.stream_id.clone()).map_err(|err| HandlerError::Poison(err.to_string()))?;
+        let stream = StreamId::new(e.stream_id.clone()).map_err(HandlerError::from)?;
         let mut copy = NewEvent::from(e);
         if let Some(source) = copy.metadata.remove(SOURCE_KEY) {
             copy.metadata.insert(REPLICA_OF.to_owned(), source);

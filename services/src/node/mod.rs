@@ -11,10 +11,12 @@ use event_store::{EventStore, Storage};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::app::command_consumer::CommandConsumer;
 use crate::app::commands::Answers;
 use crate::app::consumer::{self, ConsumerConfig, Handler, Readiness};
+use crate::app::error::HandlerError;
 use crate::app::gateway::{Breaker, BreakerConfig, PaymentGateway};
-use crate::app::handlers::{CommandConsumer, HandlerError, Handlers, SimulatedCarrier};
+use crate::app::handlers::{Handlers, SimulatedCarrier};
 use crate::app::messages::{self, ConsumerName};
 use crate::app::ops::AdminError;
 use crate::app::saga::SagaRunner;
@@ -238,9 +240,7 @@ pub async fn redrive_stopped<S: Storage, G: PaymentGateway>(
     consumer: ConsumerName,
     event_id: uuid::Uuid,
 ) -> Result<(), RedriveError> {
-    let layout = crate::kafka::shard::recorded(store)?;
-    let shard_count = layout.as_ref().map_or(1, |l| l.count);
-    let role = layout.and_then(|l| Role::from_name(&l.role)).unwrap_or(Role::All);
+    let (role, shard_count) = recorded_role(store)?;
     if !role.consumers().contains(&consumer) {
         return Err(not_owner(store, role, consumer, event_id).into());
     }
@@ -249,15 +249,39 @@ pub async fn redrive_stopped<S: Storage, G: PaymentGateway>(
     Ok(crate::app::ops::redrive(store, &handlers, saga.as_deref(), consumer, event_id).await?)
 }
 
+/// The role a node's store was written under and its pod count (`All` and 1 for a store that
+/// records none: an embedded node's). A role this build does not know is an error, never
+/// taken for `All`.
+pub fn recorded_role<S: Storage>(store: &EventStore<S>) -> Result<(Role, i32), RoleError> {
+    match crate::kafka::shard::recorded(store)? {
+        None => Ok((Role::All, 1)),
+        Some(l) => match Role::from_name(&l.role) {
+            Some(role) => Ok((role, l.count)),
+            None => Err(RoleError::Unknown(l.role)),
+        },
+    }
+}
+
+/// Why the role a store was written under is not known.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    /// The recorded shard layout cannot be read.
+    #[error(transparent)]
+    Layout(#[from] crate::kafka::shard::LayoutError),
+    /// The store names a role this build does not know (a newer build's).
+    #[error("the store was written by a node of role {0:?}, which this build does not know")]
+    Unknown(String),
+}
+
 /// Why a re-drive on a stopped node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RedriveError {
     /// The re-drive itself (no such letter, not this node's, failing again, the store).
     #[error(transparent)]
     Admin(#[from] AdminError),
-    /// The store's recorded shard layout cannot be read.
+    /// The role the store was written under is not known.
     #[error(transparent)]
-    Layout(#[from] crate::kafka::shard::LayoutError),
+    Role(#[from] RoleError),
     /// Recovering the saga manager's in-flight sagas failed.
     #[error("recovering in-flight sagas: {0}")]
     Recovery(#[from] HandlerError),
@@ -276,7 +300,7 @@ pub struct Runtime<S: Storage, G: PaymentGateway> {
     answers: Option<Answers>,
     admission: Option<crate::app::admission::Admission>,
     shutdown: watch::Sender<bool>,
-    tasks: JoinSet<Result<(), String>>,
+    tasks: JoinSet<TaskEnd>,
 }
 
 /// Why a node could not start.
@@ -371,7 +395,7 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
             // It forwards REST commands and waits for their owners' answers.
             let a = Answers::default();
             let (a2, store, rx) = (a.clone(), store.clone(), rx.clone());
-            tasks.spawn(async move { a2.run(store, rx).await.map_err(|e| e.to_string()) });
+            tasks.spawn(async move { ended("forwarded-command answers", a2.run(store, rx).await) });
             answers = Some(a);
         }
         let models = ReadModels::new(store.clone());
@@ -387,21 +411,21 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
             }
             let (store, rx) = (store.clone(), rx.clone());
             tasks.spawn(async move {
-                crate::kafka::relay::run_observed(store, kafka, rx, health).await.map_err(|e| e.to_string())
+                ended("Kafka relay", crate::kafka::relay::run_observed(store, kafka, rx, health).await)
             });
         }
         if let Some(saga) = &saga {
             let (saga, rx, interval) = (saga.clone(), rx.clone(), config.timer_interval);
             tasks.spawn(async move {
                 saga.run_timer(interval, rx).await;
-                Ok(())
+                Ok("saga timer".to_owned())
             });
         }
         // The nodes that take REST commands bound the sagas they start.
         let admission = matches!(role, Role::All | Role::Query).then(|| {
             let admission = crate::app::admission::Admission::new(config.admission);
             let (a, store, rx, after) = (admission.clone(), store.clone(), rx.clone(), store.head());
-            tasks.spawn(async move { a.run(store, after, rx).await.map_err(|e| format!("admission: {e}")) });
+            tasks.spawn(async move { ended("admission", a.run(store, after, rx).await) });
             admission
         });
         readiness.set_serving(true);
@@ -480,30 +504,30 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
 
     /// Runs until `stop` completes (then stops gracefully) or until a consumer fails (then stops
     /// the rest and returns the failure): a node that lost a consumer must not keep serving.
-    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
         tokio::select! {
             _ = stop => self.shutdown().await,
-            Some(ended) = self.tasks.join_next() => {
-                let reason = match ended {
-                    Ok(Ok(())) => "a consumer stopped unexpectedly".to_owned(),
-                    Ok(Err(e)) => format!("a consumer failed: {e}"),
-                    Err(e) => format!("a consumer task panicked: {e}"),
+            Some(end) = self.tasks.join_next() => {
+                let error = match end {
+                    Ok(Ok(task)) => NodeError::Stopped(task),
+                    Ok(Err(e)) => e,
+                    Err(e) => NodeError::Panicked(e.to_string()),
                 };
-                tracing::error!(%reason, "stopping the node");
+                tracing::error!(%error, "stopping the node");
                 let _ = self.shutdown().await;
-                Err(reason)
+                Err(error)
             }
         }
     }
 
     /// Graceful stop: stop reading new events, finish what is in flight, save checkpoints.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.readiness.set_serving(false);
         let _ = self.shutdown.send(true);
         let mut first_error = None;
-        while let Some(r) = self.tasks.join_next().await {
-            let r = r.map_err(|e| e.to_string()).and_then(|r| r);
-            if let Err(e) = r {
+        while let Some(end) = self.tasks.join_next().await {
+            let end = end.map_err(|e| NodeError::Panicked(e.to_string())).and_then(|r| r);
+            if let Err(e) = end {
                 first_error.get_or_insert(e);
             }
         }
@@ -511,10 +535,72 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
     }
 }
 
+/// How one of a node's tasks ended: `Ok` with the task's name when it stopped by itself.
+type TaskEnd = Result<String, NodeError>;
+
+/// Why a node stopped with an error: one of its tasks failed (the node stops the others rather
+/// than serve without it).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A task on the local log (a consumer, admission, the answers of forwarded commands) failed.
+    #[error("{task}: {source}")]
+    Store {
+        /// The task.
+        task: String,
+        /// Why.
+        #[source]
+        source: event_store::Error,
+    },
+    /// A task on Kafka (a consumer of partitions, the relay) failed.
+    #[error("{task}: {source}")]
+    Kafka {
+        /// The task.
+        task: String,
+        /// Why.
+        #[source]
+        source: crate::kafka::KafkaError,
+    },
+    /// A task ended while the node was running.
+    #[error("{0} stopped unexpectedly")]
+    Stopped(String),
+    /// A task panicked.
+    #[error("a task panicked: {0}")]
+    Panicked(String),
+}
+
+/// A task's end, from what its run returned.
+fn ended<E: Into<TaskFailure>>(task: &str, outcome: Result<(), E>) -> TaskEnd {
+    match outcome {
+        Ok(()) => Ok(task.to_owned()),
+        Err(e) => Err(match e.into() {
+            TaskFailure::Store(source) => NodeError::Store { task: task.to_owned(), source },
+            TaskFailure::Kafka(source) => NodeError::Kafka { task: task.to_owned(), source },
+        }),
+    }
+}
+
+/// What a task's run can fail with.
+enum TaskFailure {
+    Store(event_store::Error),
+    Kafka(crate::kafka::KafkaError),
+}
+
+impl From<event_store::Error> for TaskFailure {
+    fn from(e: event_store::Error) -> Self {
+        TaskFailure::Store(e)
+    }
+}
+
+impl From<crate::kafka::KafkaError> for TaskFailure {
+    fn from(e: crate::kafka::KafkaError) -> Self {
+        TaskFailure::Kafka(e)
+    }
+}
+
 /// Runs a handler until shutdown, on the local log or (with Kafka settings, its topics and its
 /// share of their partitions) on Kafka partitions: the same handler on either transport.
 fn spawn_consumer<S: Storage, H: Handler>(
-    tasks: &mut JoinSet<Result<(), String>>,
+    tasks: &mut JoinSet<TaskEnd>,
     store: &EventStore<S>,
     handler: Arc<H>,
     config: ConsumerConfig,
@@ -523,11 +609,10 @@ fn spawn_consumer<S: Storage, H: Handler>(
     readiness: &Readiness,
 ) {
     let (store, rx, readiness) = (store.clone(), shutdown.clone(), readiness.clone());
+    let name = handler.name().to_owned();
     match kafka {
-        None => tasks
-            .spawn(async move { consumer::run(store, handler, config, rx).await.map_err(|e| e.to_string()) }),
+        None => tasks.spawn(async move { ended(&name, consumer::run(store, handler, config, rx).await) }),
         Some((k, inputs)) => {
-            let name = handler.name().to_owned();
             readiness.expect(&name);
             let k = k.clone();
             tasks.spawn(async move {
@@ -535,7 +620,7 @@ fn spawn_consumer<S: Storage, H: Handler>(
                     .await;
                 // A consumer that ended holds nothing: the node is not ready (it stops next).
                 readiness.expect(&name);
-                r.map_err(|e| e.to_string())
+                ended(&name, r)
             })
         }
     };
@@ -544,7 +629,7 @@ fn spawn_consumer<S: Storage, H: Handler>(
 /// Runs a projection until shutdown. A projection that stops on a bad event is logged and stays
 /// behind (its lag shows it) while the node keeps serving; it does not take the node down.
 fn spawn_projection<S: Storage, P: Projection>(
-    tasks: &mut JoinSet<Result<(), String>>,
+    tasks: &mut JoinSet<TaskEnd>,
     models: &ReadModels<S>,
     projection: P,
     options: projections::RunOptions,
@@ -561,6 +646,6 @@ fn spawn_projection<S: Storage, P: Projection>(
                 }
             }
         }
-        Ok(())
+        Ok(name)
     });
 }

@@ -132,7 +132,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let store = store_args.open()?;
     let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;
     let report = load::run(&node, &spec).await?;
-    node.shutdown().await.map_err(anyhow::Error::msg)?;
+    node.shutdown().await?;
     load::print(&report);
     Ok(ExitCode::SUCCESS)
 }

@@ -75,15 +75,15 @@ async fn replay(
     for model in models {
         // A rebuild or replay fills the next generation, whose checkpoint tells how far it is.
         let progress = Arc::new(Progress::new(model.name(), head, "positions"));
+        // The generation it fills is fixed before it starts (after the switch it is current).
+        let next = read_models.generation(model.name())? + 1;
         let poller = matches!(mode, ReplayMode::Rebuild | ReplayMode::From(_)).then(|| {
             let (m, name) = (read_models.clone(), model.name());
-            progress.poll(move || {
-                let next = m.generation(name).ok()? + 1;
-                m.checkpoint(name, next).ok()
-            })
+            progress.poll(move || m.checkpoint(name, next).ok())
         });
         let outcomes = ops::replay(&read_models, model.name(), mode).await;
-        drop(poller);
+        // Joining the poller's thread waits up to one poll interval: not on a runtime worker.
+        tokio::task::block_in_place(|| drop(poller));
         let outcomes = outcomes?;
         for o in &outcomes {
             progress.set(o.checkpoint);

@@ -153,7 +153,7 @@ async fn serve(
     let outcome = node.run_until(stop).await;
     let _ = stop_http.send(true);
     server.await.context("the HTTP server task failed")?.context("the HTTP server failed")?;
-    outcome.map_err(anyhow::Error::msg)?;
+    outcome?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

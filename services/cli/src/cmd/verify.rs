@@ -22,12 +22,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = args.store.open_existing()?;
     let progress = Progress::new("verify", store.head(), "events");
     let log = store.verify_observed(&|n| progress.set(n))?;
+    progress.set(log.events);
     progress.finish();
     println!("log: {} events, {} streams", log.events, log.streams);
     // A node of a distributed deployment checks what its own log can answer for.
-    let role = services::kafka::shard::recorded(&store)?
-        .and_then(|l| services::node::Role::from_name(&l.role))
-        .unwrap_or(services::node::Role::All);
+    let (role, _) = services::node::recorded_role(&store)?;
     let scope = role.scope();
     println!("role: {} ({scope:?})", role.name());
     let inv = invariants::check_scope(&store, scope)?;

@@ -9,7 +9,9 @@ use aggregates::saga::{Outcome, SagaCommand, SagaLine};
 use aggregates::{Decider, Sku};
 use event_store::{EventStore, ExpectedVersion, Snapshot, Storage, StreamId};
 
-use super::{load, load_from, Decision, HandlerError, Handlers, LoadError, Step};
+use super::{Decision, Handlers, Step};
+use crate::app::aggregate::{load, load_from};
+use crate::app::error::{HandlerError, LoadError};
 use crate::app::gateway::PaymentGateway;
 use crate::app::messages;
 
@@ -147,8 +149,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             ));
         }
         for (sku, quantity) in if rejected.is_empty() { merged } else { BTreeMap::new() } {
-            let stream =
-                messages::inventory_stream(&sku).map_err(|err| HandlerError::Poison(err.to_string()))?;
+            let stream = messages::inventory_stream(&sku).map_err(HandlerError::from)?;
             let (state, version) = self.inventory(&stream)?;
             let cmd = match command {
                 SagaCommand::ReserveStock { .. } => {

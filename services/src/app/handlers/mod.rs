@@ -11,20 +11,18 @@
 //! was lost, or dead-lettered, hears it when it retries), and the copy's id follows from the
 //! redelivery, so a repeat of that delivery adds nothing either.
 
-use std::sync::Arc;
-
 use aggregates::codec::DomainEvent;
 use aggregates::inventory::Inventory;
-use aggregates::saga::{Outcome, SagaCommand, Service};
-use aggregates::{Decider, OrderId};
-use event_store::{
-    AppendRequest, Direction, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Storage, StreamId,
-};
+use aggregates::saga::{Outcome, SagaCommand};
+use aggregates::OrderId;
+use event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Storage, StreamId};
 use uuid::Uuid;
 
-use crate::app::consumer::{Handler, Source};
+use crate::app::aggregate::events_for;
+use crate::app::aggregate::MAX_CONFLICT_RETRIES;
+use crate::app::error::HandlerError;
 use crate::app::gateway::{Breaker, PaymentGateway};
-use crate::app::messages::{self, derived_id, ConsumerName};
+use crate::app::messages::{self, derived_id};
 
 mod inventory;
 mod order;
@@ -33,105 +31,6 @@ mod shipping;
 
 pub use inventory::{load_inventory, unusable_snapshots, SNAPSHOT_EVERY};
 pub use shipping::SimulatedCarrier;
-
-/// How a message failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// It can never be processed (bad payload, unknown type, undecodable history).
-    #[error("poison message: {0}")]
-    Poison(String),
-    /// It may succeed later (store busy, gateway down, repeated conflicts).
-    #[error("transient failure: {0}")]
-    Transient(String),
-}
-
-impl From<event_store::Error> for HandlerError {
-    fn from(e: event_store::Error) -> Self {
-        if e.is_client_error() {
-            HandlerError::Poison(e.to_string())
-        } else {
-            HandlerError::Transient(e.to_string())
-        }
-    }
-}
-
-/// Why an aggregate could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] event_store::Error),
-    /// An event of the stream cannot be read by this build.
-    #[error("{stream} version {version}: {error}")]
-    Undecodable {
-        /// The stream.
-        stream: String,
-        /// The event's version.
-        version: u64,
-        /// Why.
-        error: aggregates::DecodeError,
-    },
-}
-
-impl From<LoadError> for HandlerError {
-    fn from(e: LoadError) -> Self {
-        match e {
-            LoadError::Store(e) => e.into(),
-            e @ LoadError::Undecodable { .. } => HandlerError::Poison(e.to_string()),
-        }
-    }
-}
-
-/// Most conflict retries of one load → decide → append.
-pub const MAX_CONFLICT_RETRIES: usize = 8;
-
-/// Rebuilds an aggregate from its stream (from `from` with state `state`).
-pub fn load_from<S: Storage, D>(
-    store: &EventStore<S>,
-    stream: &StreamId,
-    mut state: D,
-    mut version: u64,
-) -> Result<(D, u64), LoadError>
-where
-    D: Decider,
-    D::Event: DomainEvent,
-{
-    for e in store.read_stream(stream, version + 1, Direction::Forward) {
-        let e = e?;
-        let event = D::Event::decode(&e.event_type, e.schema_version, &e.payload).map_err(|error| {
-            LoadError::Undecodable { stream: stream.to_string(), version: e.version, error }
-        })?;
-        state = state.evolve(&event);
-        version = e.version;
-    }
-    Ok((state, version))
-}
-
-/// Rebuilds an aggregate from its whole stream.
-pub fn load<S: Storage, D>(store: &EventStore<S>, stream: &StreamId) -> Result<(D, u64), LoadError>
-where
-    D: Decider,
-    D::Event: DomainEvent,
-{
-    load_from(store, stream, D::default(), 0)
-}
-
-/// A decider's events as log events with ids derived from `cause` (one per stream and index).
-pub fn events_for<E: DomainEvent>(
-    events: &[E],
-    cause: Uuid,
-    stream: &StreamId,
-    correlation: Uuid,
-    causation: Uuid,
-) -> Vec<NewEvent> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            messages::domain_event(e, derived_id(cause, stream.as_str(), i), correlation, causation)
-        })
-        .collect()
-}
 
 /// The four services' handlers over one store.
 #[derive(Debug)]
@@ -197,7 +96,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         e: &RecordedEvent,
         checkpoint: Option<(String, u64)>,
     ) -> Result<(), HandlerError> {
-        let (command_id, command) = messages::decode_command(e).map_err(HandlerError::Poison)?;
+        let (command_id, command) = messages::decode_command(e).map_err(HandlerError::bad_message)?;
         for _ in 0..MAX_CONFLICT_RETRIES {
             // Already answered (a duplicate delivery, or a retry of a processed command): no
             // second effect, but the answer again, in case the first one was lost on its way.
@@ -234,7 +133,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                 Err(err) => return Err(err.into()),
             }
         }
-        Err(HandlerError::Transient(format!("{} conflicts in a row", MAX_CONFLICT_RETRIES)))
+        Err(HandlerError::conflicts(format!("the streams of command {}", e.stream_id), MAX_CONFLICT_RETRIES))
     }
 
     async fn decide(
@@ -300,44 +199,5 @@ impl Step {
     /// A decider's events on `stream` as log events, with ids derived from the command.
     fn events<E: DomainEvent>(&self, events: &[E], stream: &StreamId) -> Vec<NewEvent> {
         events_for(events, self.command_id, stream, self.order_id.0, self.cause)
-    }
-}
-
-/// A service's command consumer.
-#[derive(Debug)]
-pub struct CommandConsumer<S: Storage, G: PaymentGateway> {
-    handlers: Arc<Handlers<S, G>>,
-    service: Service,
-    name: ConsumerName,
-}
-
-impl<S: Storage, G: PaymentGateway> CommandConsumer<S, G> {
-    /// The consumer of `service`'s commands.
-    pub fn new(handlers: Arc<Handlers<S, G>>, service: Service) -> Self {
-        Self { handlers, service, name: ConsumerName::of_service(service) }
-    }
-}
-
-impl<S: Storage, G: PaymentGateway> Handler for CommandConsumer<S, G> {
-    fn name(&self) -> &str {
-        self.name.as_str()
-    }
-    fn source(&self) -> Source {
-        Source::Categories(vec![messages::commands_category(self.service)])
-    }
-    fn accepts(&self, _: &RecordedEvent) -> bool {
-        true
-    }
-    fn partition_key(&self, e: &RecordedEvent) -> u64 {
-        // One order's (or one SKU's) commands in order, on one worker.
-        messages::shard_hash(&e.stream_id)
-    }
-    async fn handle(&self, e: &RecordedEvent, checkpoint: (String, u64)) -> Result<(), HandlerError> {
-        match messages::ApiCommand::decode(e).map_err(HandlerError::Poison)? {
-            Some(forwarded) => {
-                crate::app::commands::handle_forwarded(self.handlers.store(), e, &forwarded, checkpoint).await
-            }
-            None => self.handlers.handle_command(e, Some(checkpoint)).await,
-        }
     }
 }

@@ -6,8 +6,10 @@ use aggregates::saga::Outcome;
 use aggregates::{Decider, Money};
 use event_store::{ExpectedVersion, Storage};
 
-use super::{load, Decision, HandlerError, Handlers, Step};
-use crate::app::gateway::{GatewayError, PaymentGateway};
+use super::{Decision, Handlers, Step};
+use crate::app::aggregate::load;
+use crate::app::error::{HandlerError, Poison, Transient};
+use crate::app::gateway::PaymentGateway;
 use crate::app::messages;
 
 impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
@@ -25,14 +27,12 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         let mut events = Vec::new();
         let mut s = state.clone();
         if s.status == aggregates::payment::PaymentStatus::None {
-            let answer =
-                self.gateway.authorize(step.command_id, order_id, *amount).await.map_err(
-                    |err| match err {
-                        GatewayError::CircuitOpen | GatewayError::Unavailable(_) => {
-                            HandlerError::Transient(err.to_string())
-                        }
-                    },
-                )?;
+            // The gateway not answering (or its breaker open) is worth trying again later.
+            let answer = self
+                .gateway
+                .authorize(step.command_id, order_id, *amount)
+                .await
+                .map_err(|err| HandlerError::Transient(Transient::Gateway(err)))?;
             let ev = s
                 .decide(PaymentCommand::Authorize { order_id, amount: *amount, answer })
                 .map_err(rejected_as_poison)?;
@@ -84,5 +84,5 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
 }
 
 fn rejected_as_poison(e: aggregates::payment::PaymentError) -> HandlerError {
-    HandlerError::Poison(e.to_string())
+    HandlerError::Poison(Poison::Refused(e.to_string()))
 }

@@ -6,7 +6,9 @@ use aggregates::shipping::{Address, Shipment, ShippingCommand, ShippingEvent};
 use aggregates::Decider;
 use event_store::Storage;
 
-use super::{load, Decision, HandlerError, Handlers, Step};
+use super::{Decision, Handlers, Step};
+use crate::app::aggregate::load;
+use crate::app::error::HandlerError;
 use crate::app::gateway::PaymentGateway;
 use crate::app::messages;
 

@@ -23,8 +23,9 @@ use aggregates::{Decider, OrderId};
 use event_store::{time_to_nanos, AppendRequest, EventStore, ExpectedVersion, RecordedEvent, Storage};
 use time::OffsetDateTime;
 
+use crate::app::aggregate::{load_from, MAX_CONFLICT_RETRIES};
 use crate::app::consumer::{Handler, Source};
-use crate::app::handlers::{load_from, HandlerError, MAX_CONFLICT_RETRIES};
+use crate::app::error::{HandlerError, Poison};
 use crate::app::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
 
 mod timer;
@@ -194,7 +195,8 @@ impl<S: Storage> SagaRunner<S> {
                 }
             };
             let Some(input) = input(&saga) else { return Ok(()) };
-            let events = saga.decide(input).map_err(|e| HandlerError::Poison(e.to_string()))?;
+            let events =
+                saga.decide(input).map_err(|e| HandlerError::Poison(Poison::Refused(e.to_string())))?;
             if events.is_empty() {
                 return Ok(());
             }
@@ -245,7 +247,7 @@ impl<S: Storage> SagaRunner<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(HandlerError::Transient("saga conflicts".into()))
+        Err(HandlerError::conflicts(format!("saga {order}"), MAX_CONFLICT_RETRIES))
     }
 }
 
@@ -289,7 +291,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
         self.saw_input(e);
         if e.category() == "replies" {
             let reply: CommandReplied = serde_json::from_slice(&e.payload)
-                .map_err(|err| HandlerError::Poison(format!("bad reply: {err}")))?;
+                .map_err(|err| HandlerError::bad_message(format!("bad reply: {err}")))?;
             let input = |_: &Saga| {
                 Some(SagaInput::Reply {
                     command_id: reply.command_id,
@@ -302,7 +304,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
             return self.apply(reply.order_id, input, e.event_id, checkpoint).await;
         }
         let event = OrderEvent::decode(&e.event_type, e.schema_version, &e.payload)
-            .map_err(|err| HandlerError::Poison(err.to_string()))?;
+            .map_err(|err| HandlerError::bad_message(err.to_string()))?;
         match event {
             OrderEvent::OrderPlaced(p) => {
                 self.budget.lock().unwrap_or_else(|p| p.into_inner()).earn(RETRY_TOKENS_PER_SAGA);
