@@ -67,7 +67,7 @@ stop_node() { # prints the verify outcome
     deploy/local/cluster.sh stop >/dev/null 2>&1 || true
     local pods=0 failed=""
     for d in "$DATA"/*/; do
-      [ -d "$d/db" ] || continue
+      [ -e "$d/db" ] || continue
       pods=$((pods + 1))
       "$BIN" verify --data-dir "$d" >"$d.verify" 2>&1 || failed="$failed $(basename "$d"): $( { grep -m2 -E 'problem|unfinished|rror' "$d.verify" || tail -2 "$d.verify"; } | tr '\n' ' ' || true)"
     done

@@ -202,6 +202,10 @@ fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
     let out = run(&["replay", "--data-dir", data, "--projection", "all", "--from", "2026-01-01T00:00:00Z"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5, "{}", text(&out));
+    // Each read model's progress ends with its summary, on stderr.
+    let summaries =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(" positions in ")).count();
+    assert_eq!(summaries, 5, "{}", text(&out));
     let out = run(&["replay", "--data-dir", data, "--projection", "stock-levels", "--as-of", &now]);
     assert!(out.status.success() && text(&out).contains("stock-levels@"), "{}", text(&out));
     let out = run(&["verify", "--data-dir", data]);
@@ -285,6 +289,14 @@ fn load_drives_a_running_node_over_http() {
     let out = run(&["verify", "--data-dir", data.to_str().expect("utf8")]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("OK"), "{}", text(&out));
+    // Its progress ends with a summary on stderr, of every event checked; stdout stays the report.
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let events: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("log: ")?.split(' ').next()?.parse().ok())
+        .expect("the log line");
+    assert!(stderr.contains(&format!("verify: {events} events in ")), "{stderr}");
+    assert!(!stdout.contains("verify: "), "{stdout}");
 }
 
 #[test]
@@ -315,6 +327,12 @@ fn migrate_converts_a_store_of_the_first_format_and_keeps_the_old_one() {
 
     let out = run(&["migrate", "--data-dir", data]);
     assert!(out.status.success(), "{}", text(&out));
+    // The copy and the check of the copy each end with a summary of all 20 events, on stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("migrate: copy: 20 events in ") && stderr.contains("migrate: verify: 20 events in "),
+        "{stderr}"
+    );
     assert!(
         text(&out).contains("migrated 20 events") && text(&out).contains("from store format 1"),
         "{}",

@@ -14,12 +14,12 @@
 use aggregates::codec::DomainEvent;
 use aggregates::inventory::Inventory;
 use aggregates::saga::{Outcome, SagaCommand};
-use aggregates::OrderId;
+use aggregates::{Decider, OrderId};
 use event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, RecordedEvent, Storage, StreamId};
 use uuid::Uuid;
 
-use crate::app::aggregate::events_for;
 use crate::app::aggregate::MAX_CONFLICT_RETRIES;
+use crate::app::aggregate::{events_for, load};
 use crate::app::error::HandlerError;
 use crate::app::gateway::{Breaker, PaymentGateway};
 use crate::app::messages::{self, derived_id};
@@ -168,7 +168,24 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         Ok(d)
     }
 
-    /// The generic load → decide → append of one stream: `decided` (the decider's answer to
+    /// Load → decide → append of one stream: the aggregate at `stream` is loaded and asked
+    /// `command`; its events (or its refusal) go into `d`.
+    fn execute<D>(
+        &self,
+        d: &mut Decision,
+        step: &Step,
+        stream: &StreamId,
+        command: D::Command,
+    ) -> Result<Outcome, HandlerError>
+    where
+        D: Decider,
+        D::Event: DomainEvent,
+    {
+        let (state, version) = load::<S, D>(&self.store, stream)?;
+        Ok(self.apply(d, step, stream, version, state.decide(command)))
+    }
+
+    /// The append of one stream's decision: `decided` (the decider's answer to
     /// the command, on the state at `version`) is added to `d` as an append at exactly that
     /// version, or is the command's rejection.
     fn apply<E: DomainEvent, Err: std::fmt::Display>(

@@ -4,7 +4,6 @@
 use aggregates::order::{CancelReason, Order, OrderCommand};
 use aggregates::saga::Outcome;
 use aggregates::shipping::Shipment;
-use aggregates::Decider;
 use event_store::Storage;
 
 use super::{Decision, Handlers, Step};
@@ -22,8 +21,6 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         d: &mut Decision,
     ) -> Result<Outcome, HandlerError> {
         let order_id = step.order_id;
-        let stream = messages::order_stream(order_id);
-        let (state, version) = load::<S, Order>(&self.store, &stream)?;
         let tracking_number = match tracking_number {
             Some(t) => t.to_owned(),
             // A command from before the saga carried it: the shipment is local then.
@@ -32,8 +29,8 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                 shipment.tracking_number.unwrap_or_default()
             }
         };
-        let decided = state.decide(OrderCommand::Confirm { order_id, tracking_number });
-        Ok(self.apply(d, step, &stream, version, decided))
+        let confirm = OrderCommand::Confirm { order_id, tracking_number };
+        self.execute::<Order>(d, step, &messages::order_stream(order_id), confirm)
     }
 
     /// Cancels the order (the saga compensated it).
@@ -44,9 +41,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         d: &mut Decision,
     ) -> Result<Outcome, HandlerError> {
         let order_id = step.order_id;
-        let stream = messages::order_stream(order_id);
-        let (state, version) = load::<S, Order>(&self.store, &stream)?;
-        let decided = state.decide(OrderCommand::Cancel { order_id, reason: reason.clone() });
-        Ok(self.apply(d, step, &stream, version, decided))
+        let cancel = OrderCommand::Cancel { order_id, reason: reason.clone() };
+        self.execute::<Order>(d, step, &messages::order_stream(order_id), cancel)
     }
 }

@@ -76,10 +76,8 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         d: &mut Decision,
     ) -> Result<Outcome, HandlerError> {
         let order_id = step.order_id;
-        let stream = messages::payment_stream(order_id);
-        let (state, version) = load::<S, Payment>(&self.store, &stream)?;
-        let decided = state.decide(PaymentCommand::Refund { order_id, reason: reason.to_owned() });
-        Ok(self.apply(d, step, &stream, version, decided))
+        let refund = PaymentCommand::Refund { order_id, reason: reason.to_owned() };
+        self.execute::<Payment>(d, step, &messages::payment_stream(order_id), refund)
     }
 }
 

@@ -84,9 +84,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         d: &mut Decision,
     ) -> Result<Outcome, HandlerError> {
         let order_id = step.order_id;
-        let stream = messages::shipment_stream(order_id);
-        let (state, version) = load::<S, Shipment>(&self.store, &stream)?;
-        let decided = state.decide(ShippingCommand::Cancel { order_id, reason: reason.to_owned() });
-        Ok(self.apply(d, step, &stream, version, decided))
+        let cancel = ShippingCommand::Cancel { order_id, reason: reason.to_owned() };
+        self.execute::<Shipment>(d, step, &messages::shipment_stream(order_id), cancel)
     }
 }
