@@ -1,6 +1,7 @@
 //! How handling a message fails, in two kinds a consumer acts on (a poison message is
-//! dead-lettered, a transient failure retried), each with its typed cause; and why an aggregate
-//! could not be loaded. A leaf of the application: everything else may use it.
+//! dead-lettered, a transient failure retried), each with its typed cause (in its message: a
+//! chain of errors prints each cause once); and why an aggregate could not be loaded. It
+//! depends on `gateway` (a gateway error is transient) and on nothing else in the application.
 
 /// How a message failed. The two kinds are what a consumer acts on: a poison message is
 /// dead-lettered at once, a transient failure retried with backoff (then dead-lettered). A
@@ -9,10 +10,10 @@
 pub enum HandlerError {
     /// It can never be processed (bad payload, unknown type, undecodable history).
     #[error("poison message: {0}")]
-    Poison(#[source] Poison),
+    Poison(Poison),
     /// It may succeed later (store busy, gateway down, repeated conflicts).
     #[error("transient failure: {0}")]
-    Transient(#[source] Transient),
+    Transient(Transient),
 }
 
 /// Why a message can never be processed.

@@ -1,8 +1,9 @@
 //! The application: what the node does, whatever carries its messages. Nothing here depends on
 //! HTTP or Kafka code (its answers derive OpenAPI schemas, as the domain's types do); the
 //! transports ([`crate::http`], [`crate::kafka`]) and the wiring ([`crate::node`]) depend on it.
-//! Within it the leaves come first: `error` and `messages` depend on nothing here, `aggregate`
-//! on them, and the rest on those, without cycles.
+//! Within it the leaves come first: `gateway` and `messages` depend on nothing here, `error` on
+//! `gateway`, `aggregate` on those, and the rest on them, without cycles (one test-only edge:
+//! the inventory snapshot test stocks a SKU through `commands`).
 //!
 //! - [`error`]: how handling a message fails (poison or transient, with typed causes), why an
 //!   aggregate could not be loaded.

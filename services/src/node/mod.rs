@@ -543,22 +543,20 @@ type TaskEnd = Result<String, NodeError>;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A task on the local log (a consumer, admission, the answers of forwarded commands) failed.
-    #[error("{task}: {source}")]
+    #[error("{task}: {cause}")]
     Store {
         /// The task.
         task: String,
-        /// Why.
-        #[source]
-        source: event_store::Error,
+        /// Why (in the message, not again as a source, so a chain prints it once).
+        cause: event_store::Error,
     },
     /// A task on Kafka (a consumer of partitions, the relay) failed.
-    #[error("{task}: {source}")]
+    #[error("{task}: {cause}")]
     Kafka {
         /// The task.
         task: String,
         /// Why.
-        #[source]
-        source: crate::kafka::KafkaError,
+        cause: crate::kafka::KafkaError,
     },
     /// A task ended while the node was running.
     #[error("{0} stopped unexpectedly")]
@@ -573,8 +571,8 @@ fn ended<E: Into<TaskFailure>>(task: &str, outcome: Result<(), E>) -> TaskEnd {
     match outcome {
         Ok(()) => Ok(task.to_owned()),
         Err(e) => Err(match e.into() {
-            TaskFailure::Store(source) => NodeError::Store { task: task.to_owned(), source },
-            TaskFailure::Kafka(source) => NodeError::Kafka { task: task.to_owned(), source },
+            TaskFailure::Store(cause) => NodeError::Store { task: task.to_owned(), cause },
+            TaskFailure::Kafka(cause) => NodeError::Kafka { task: task.to_owned(), cause },
         }),
     }
 }
@@ -648,4 +646,40 @@ fn spawn_projection<S: Storage, P: Projection>(
         }
         Ok(name)
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::gateway::{SimulatedGateway, SimulatedGatewayConfig};
+    use crate::kafka::shard::{check_layout, Layout};
+    use event_store::{MemoryStorage, StoreConfig};
+
+    fn store_of(role: Option<&str>, count: i32) -> EventStore<MemoryStorage> {
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+        if let Some(role) = role {
+            let layout = Layout { role: role.into(), index: 0, count, partitions: None };
+            check_layout(&store, layout).expect("recorded");
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn a_store_of_a_role_this_build_does_not_know_is_refused_not_taken_for_all() {
+        assert_eq!(recorded_role(&store_of(None, 1)).expect("none recorded"), (Role::All, 1));
+        assert_eq!(recorded_role(&store_of(Some("inventory"), 2)).expect("known"), (Role::Inventory, 2));
+        let newer = store_of(Some("loyalty"), 1);
+        assert!(matches!(recorded_role(&newer), Err(RoleError::Unknown(r)) if r == "loyalty"));
+        // Re-drive on such a store runs nothing (an `all` node would run every handler).
+        let gateway = SimulatedGateway::new(SimulatedGatewayConfig::default());
+        let redriven = redrive_stopped(
+            &newer,
+            gateway,
+            &RuntimeConfig::default(),
+            ConsumerName::OrderService,
+            uuid::Uuid::nil(),
+        )
+        .await;
+        assert!(matches!(redriven, Err(RedriveError::Role(RoleError::Unknown(_)))), "{redriven:?}");
+    }
 }

@@ -82,7 +82,7 @@ async fn replay(
             progress.poll(move || m.checkpoint(name, next).ok())
         });
         let outcomes = ops::replay(&read_models, model.name(), mode).await;
-        // Joining the poller's thread waits up to one poll interval: not on a runtime worker.
+        // Joining the poller's thread waits for a checkpoint read in progress: not on a worker.
         tokio::task::block_in_place(|| drop(poller));
         let outcomes = outcomes?;
         for o in &outcomes {
