@@ -16,7 +16,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(10);
 pub struct Progress {
     what: String,
     unit: &'static str,
-    total: u64,
+    total: AtomicU64,
     done: AtomicU64,
     started: Instant,
     bar: Option<indicatif::ProgressBar>,
@@ -39,7 +39,7 @@ impl Progress {
         Self {
             what: what.to_owned(),
             unit,
-            total,
+            total: AtomicU64::new(total),
             done: AtomicU64::new(0),
             started,
             bar,
@@ -62,8 +62,8 @@ impl Progress {
     }
 
     /// A new total (when it becomes known, or grows).
-    pub fn set_total(&mut self, total: u64) {
-        self.total = total;
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.set_length(total);
         }
@@ -72,9 +72,10 @@ impl Progress {
     fn line(&self, n: u64) -> String {
         let secs = self.started.elapsed().as_secs_f64();
         let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let of = if self.total > 0 { format!(" of {}", self.total) } else { String::new() };
-        let eta = match (self.total > n, rate > 0.0) {
-            (true, true) => format!(", about {:.0} s left", (self.total - n) as f64 / rate),
+        let total = self.total.load(Ordering::Relaxed);
+        let of = if total > 0 { format!(" of {total}") } else { String::new() };
+        let eta = match (total > n, rate > 0.0) {
+            (true, true) => format!(", about {:.0} s left", (total - n) as f64 / rate),
             _ => String::new(),
         };
         format!("{}: {n}{of} {} in {secs:.1} s ({rate:.0}/s){eta}", self.what, self.unit)

@@ -148,12 +148,14 @@ fn stage(
     let topics = super::list_topics(config)?;
     let mut tpl = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    let mut to_read = 0u64;
     for (topic, partitions) in &topics {
         for p in 0..*partitions {
             let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
             if high > low {
                 tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
                 ends.insert((topic.clone(), p), high);
+                to_read += u64::try_from(high - low).unwrap_or(0);
             }
         }
     }
@@ -161,18 +163,6 @@ fn stage(
         return Err(KafkaError::Other(format!("Kafka holds no records of {source}")));
     }
     consumer.assign(&tpl)?;
-    let to_read: u64 = topics
-        .iter()
-        .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
-        .filter_map(|k| ends.get(&k).map(|high| (k, *high)))
-        .map(|((t, p), high)| {
-            let low = tpl.find_partition(&t, p).and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-            u64::try_from(high - low.unwrap_or(0)).unwrap_or(0)
-        })
-        .sum();
     let (mut records, mut duplicates, mut ours) = (0u64, 0u64, 0u64);
     let mut idle_since = Instant::now();
     while !ends.is_empty() {

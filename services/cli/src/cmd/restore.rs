@@ -30,17 +30,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let Args { from_kafka: _, data_dir, force, kafka } = args;
     let config = kafka.required()?;
     let report = tokio::task::spawn_blocking(move || {
-        let progress = std::sync::Mutex::new(Progress::new("restore: read Kafka", 0, "records"));
+        let progress = Progress::new("restore: read Kafka", 0, "records");
         let report = services::kafka::restore::restore_observed(&config, &data_dir, force, &|n, total| {
-            let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-            p.set_total(total);
-            p.set(n);
+            progress.set_total(total);
+            progress.set(n);
         });
-        let p = progress.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(r) = &report {
-            p.set(r.records);
+            progress.set(r.records);
         }
-        p.finish();
+        progress.finish();
         report
     })
     .await??;

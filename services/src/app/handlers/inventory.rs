@@ -190,11 +190,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             }
             let new_version = version + keep.len() as u64;
             let new_state = keep.iter().fold(state, |s, e| s.evolve(e));
-            d.request = std::mem::take(&mut d.request).and(
-                stream.clone(),
-                ExpectedVersion::Exact(version),
-                step.events(&keep, &stream),
-            );
+            d.append(stream.clone(), ExpectedVersion::Exact(version), step.events(&keep, &stream));
             d.after.push((stream, new_state, new_version));
         }
         Ok(if rejected.is_empty() {

@@ -55,6 +55,13 @@ struct Decision {
     detail: Option<String>,
 }
 
+impl Decision {
+    /// Adds `events` on `stream` to what the command appends, at `expected`.
+    fn append(&mut self, stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) {
+        self.request = std::mem::take(&mut self.request).and(stream, expected, events);
+    }
+}
+
 /// The command being decided: whose it is, and the ids its outputs derive from.
 #[derive(Debug, Clone, Copy)]
 struct Step {
@@ -160,11 +167,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             SagaCommand::CancelOrder { reason, .. } => self.cancel_order(&step, reason, &mut d)?,
         };
         let reply = messages::reply_event(command_id, command, outcome, d.detail.take(), step.cause);
-        d.request = std::mem::take(&mut d.request).and(
-            messages::replies_stream(step.order_id),
-            ExpectedVersion::Any,
-            vec![reply],
-        );
+        d.append(messages::replies_stream(step.order_id), ExpectedVersion::Any, vec![reply]);
         Ok(d)
     }
 
@@ -200,11 +203,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             Err(err) => Outcome::Rejected { reason: err.to_string() },
             Ok(events) => {
                 if !events.is_empty() {
-                    d.request = std::mem::take(&mut d.request).and(
-                        stream.clone(),
-                        ExpectedVersion::Exact(version),
-                        step.events(&events, stream),
-                    );
+                    d.append(stream.clone(), ExpectedVersion::Exact(version), step.events(&events, stream));
                 }
                 Outcome::Succeeded
             }

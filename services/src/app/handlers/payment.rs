@@ -59,11 +59,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             },
         };
         if !events.is_empty() {
-            d.request = std::mem::take(&mut d.request).and(
-                stream.clone(),
-                ExpectedVersion::Exact(version),
-                step.events(&events, &stream),
-            );
+            d.append(stream.clone(), ExpectedVersion::Exact(version), step.events(&events, &stream));
         }
         Ok(outcome)
     }
