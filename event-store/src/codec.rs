@@ -6,7 +6,7 @@
 //! [format u8 = 1][crc32 u32 LE of bytes 5..][position u64 BE][version u64 BE][recorded_at_ns u64 BE][body]
 //! ```
 //!
-//! The body ([`EventBody`]) holds everything the appender chose (stream, ids, type, metadata,
+//! The body (`BodyRef` written, `BodyView` read) holds everything the appender chose (stream, ids, type, metadata,
 //! payload), so appenders encode it on their own tasks, in parallel; the single writer only fills
 //! in the header. Equal bodies mean equal content, which is how an idempotent retry is checked.
 //! The fixed header lets a timestamp seek read 8 bytes instead of decoding an event, and the
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::types::{NewEvent, RecordedEvent};
+use crate::types::{EventView, NewEvent, RecordedEvent};
 
 /// Largest encoded event body accepted by `append` (1 MiB): payload, metadata, ids and names.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -30,21 +30,6 @@ pub(crate) const HEADER: usize = 29;
 
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_limit(MAX_EVENT_BYTES as u64 + 64 * 1024)
-}
-
-/// The appender-chosen part of a record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct EventBody {
-    pub stream_id: String,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub schema_version: u32,
-    pub correlation_id: Uuid,
-    pub causation_id: Uuid,
-    pub metadata: BTreeMap<String, String>,
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-    pub content_type: String,
 }
 
 /// Encodes an event body for `stream`.
@@ -146,6 +131,12 @@ pub(crate) fn body(bytes: &[u8]) -> &[u8] {
 
 /// Decodes and verifies the record stored at `position`.
 pub(crate) fn decode_record(bytes: &[u8], position: u64) -> Result<RecordedEvent> {
+    let h = check_record(bytes, position)?;
+    decode_checked(bytes, h)
+}
+
+/// Verifies a record stored at `position` (header, checksum, position) and returns its header.
+pub(crate) fn check_record(bytes: &[u8], position: u64) -> Result<Header> {
     let h = header(bytes, position)?;
     let mut crc = [0; 4];
     crc.copy_from_slice(&bytes[1..5]);
@@ -158,10 +149,39 @@ pub(crate) fn decode_record(bytes: &[u8], position: u64) -> Result<RecordedEvent
             format!("record says it is at position {}", h.position),
         ));
     }
-    let b: EventBody = options()
-        .deserialize(&bytes[HEADER..])
-        .map_err(|e| Error::corrupt(format!("position {position}"), e))?;
-    Ok(RecordedEvent {
+    Ok(h)
+}
+
+/// Decodes a record [`check_record`] passed.
+pub(crate) fn decode_checked(bytes: &[u8], h: Header) -> Result<RecordedEvent> {
+    view_checked(bytes, h).map(|v| v.to_recorded())
+}
+
+/// The body of a record, borrowed (bincode lays out a map and a sequence of pairs alike).
+#[derive(Deserialize)]
+struct BodyView<'a> {
+    #[serde(borrow)]
+    stream_id: &'a str,
+    event_id: Uuid,
+    #[serde(borrow)]
+    event_type: &'a str,
+    schema_version: u32,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+    #[serde(borrow)]
+    metadata: Vec<(&'a str, &'a str)>,
+    #[serde(borrow)]
+    payload: &'a [u8],
+    #[serde(borrow)]
+    content_type: &'a str,
+}
+
+/// A record [`check_record`] passed, read in place.
+pub(crate) fn view_checked(bytes: &[u8], h: Header) -> Result<EventView<'_>> {
+    let b: BodyView<'_> = options()
+        .deserialize(bytes.get(HEADER..).unwrap_or_default())
+        .map_err(|e| Error::corrupt(format!("position {}", h.position), e))?;
+    Ok(EventView {
         position: h.position,
         stream_id: b.stream_id,
         version: h.version,
@@ -200,26 +220,35 @@ pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8], locatio
     options().deserialize(&bytes[5..]).map_err(|e| Error::corrupt(location, e))
 }
 
+/// Bytes of a stream-index value before its inline records.
+pub(crate) const RUN_HEAD: usize = 12;
+
 /// A stream-index entry's value: the position of the first event of a run of the stream's
-/// consecutive versions at consecutive positions, and the run's length.
-pub(crate) fn encode_run(position: u64, count: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12);
+/// consecutive versions at consecutive positions, the run's length, and, for a short run, a copy
+/// of its records as one log frame (`frame`), so a stream read needs no log lookup for them.
+pub(crate) fn encode_run(position: u64, count: u32, inline: Option<&[u8]>) -> Vec<u8> {
+    let inline = inline.unwrap_or_default();
+    let mut v = Vec::with_capacity(RUN_HEAD + inline.len());
     v.extend_from_slice(&position.to_be_bytes());
     v.extend_from_slice(&count.to_be_bytes());
+    v.extend_from_slice(inline);
     v
 }
 
-/// Decodes a stream-index entry's value: `(first position, count)`, count at least 1.
-pub(crate) fn decode_run(bytes: &[u8], location: impl Fn() -> String) -> Result<(u64, u64)> {
+/// Decodes a stream-index entry's value: `(first position, count, whether its records are
+/// inline)`, count at least 1. The inline frame is checked where it is read.
+pub(crate) fn decode_run(bytes: &[u8], location: impl Fn() -> String) -> Result<(u64, u64, bool)> {
     let damaged = |why: String| Error::corrupt(location(), why);
-    let arr: [u8; 12] =
-        bytes.try_into().map_err(|_| damaged(format!("expected 12 bytes, found {}", bytes.len())))?;
-    let position = u64::from_be_bytes([arr[0], arr[1], arr[2], arr[3], arr[4], arr[5], arr[6], arr[7]]);
-    let count = u64::from(u32::from_be_bytes([arr[8], arr[9], arr[10], arr[11]]));
+    let Some(head) = bytes.get(..RUN_HEAD) else {
+        return Err(damaged(format!("expected at least {RUN_HEAD} bytes, found {}", bytes.len())));
+    };
+    let position =
+        u64::from_be_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]);
+    let count = u64::from(u32::from_be_bytes([head[8], head[9], head[10], head[11]]));
     if count == 0 || position == 0 || position.checked_add(count).is_none() {
         return Err(damaged(format!("run of {count} events at position {position}")));
     }
-    Ok((position, count))
+    Ok((position, count, bytes.len() > RUN_HEAD))
 }
 
 /// Reads a big-endian u64 value.
@@ -258,6 +287,35 @@ mod tests {
         let rec = record(1, 1, 1, &encode_body(&long, &e).expect("encode"));
         assert_eq!(peek_stream(&rec), Some(long.as_str()));
         assert_eq!(peek_stream(&rec[..HEADER + 2]), None);
+    }
+
+    #[test]
+    fn a_view_reads_what_a_decode_reads() {
+        let (e, body) = sample();
+        let e = e.with_metadata("a", "1");
+        let body2 = encode_body("order-1", &e).expect("encode");
+        for body in [body, body2] {
+            let rec = record(7, 3, 99, &body);
+            let full = decode_record(&rec, 7).expect("decode");
+            let view = view_checked(&rec, check_record(&rec, 7).expect("check")).expect("view");
+            assert_eq!(view.payload, full.payload.as_slice());
+            assert_eq!((view.position, view.version, view.recorded_at_ns), (7, 3, 99));
+            assert_eq!(
+                (view.stream_id, view.event_type),
+                (full.stream_id.as_str(), full.event_type.as_str())
+            );
+            assert_eq!(
+                (view.event_id, view.correlation_id, view.causation_id),
+                (full.event_id, full.correlation_id, full.causation_id)
+            );
+            assert_eq!(
+                (view.schema_version, view.content_type),
+                (full.schema_version, full.content_type.as_str())
+            );
+            let meta: Vec<_> = full.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(view.metadata, meta);
+            assert!(view_checked(&rec[..HEADER + 3], check_record(&rec, 7).expect("check")).is_err());
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::storage::Storage;
 /// Frame format byte.
 pub(crate) const FORMAT_V2: u8 = 2;
 /// Bytes before the first record.
-const HEAD: usize = 5;
+pub(crate) const HEAD: usize = 5;
 /// A frame holds at most this many bytes. A leaf of 17 such frames stays under sled's inline
 /// limit (a quarter of its 512 KiB segment), so frames do not become blob files; a single larger
 /// record makes a frame of its own.
@@ -37,12 +37,14 @@ pub(crate) struct FrameBuilder {
     buf: Vec<u8>,
     count: u32,
     last: u64,
+    /// Where the last record pushed starts in `buf`.
+    last_start: usize,
 }
 
 impl Default for FrameBuilder {
     /// An empty builder; its buffer is allocated by the first record.
     fn default() -> Self {
-        Self { buf: Vec::new(), count: 0, last: 0 }
+        Self { buf: Vec::new(), count: 0, last: 0, last_start: 0 }
     }
 }
 
@@ -57,23 +59,46 @@ impl FrameBuilder {
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Option<(u64, Vec<u8>)> {
         let closed = (!self.is_empty() && self.buf.len() + 4 + len > FRAME_TARGET).then(|| self.take());
+        if self.buf.is_empty() {
+            self.buf.reserve(FRAME_TARGET + 1024);
+        }
         self.push_with(position, write);
         closed
     }
 
+    /// Adds a record however large the frame gets (a stream-index entry's inline copy of a
+    /// short run, bounded by its caller).
+    pub(crate) fn push_copy(&mut self, position: u64, record: &[u8]) {
+        if self.buf.is_empty() {
+            self.buf.reserve(HEAD + 4 + record.len());
+        }
+        self.push_with(position, |out| out.extend_from_slice(record));
+    }
+
+    /// The bytes of the record pushed last (it is always in the open frame: `push` closes the
+    /// frame before a record that does not fit, never after).
+    pub(crate) fn last_record(&self) -> &[u8] {
+        self.buf.get(self.last_start..).unwrap_or_default()
+    }
+
     fn push_with(&mut self, position: u64, write: impl FnOnce(&mut Vec<u8>)) {
         if self.buf.is_empty() {
-            self.buf.reserve(FRAME_TARGET + 1024);
             self.buf.push(FORMAT_V2);
             self.buf.extend_from_slice(&[0; 4]);
         }
         let len_at = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
+        self.last_start = len_at + 4;
         write(&mut self.buf);
         let len = (self.buf.len() - len_at - 4) as u32;
         self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
         self.last = position;
+    }
+
+    /// The frame's bytes so far.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     /// True when nothing was pushed.

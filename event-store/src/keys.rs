@@ -4,7 +4,7 @@
 //! | prefix | key                                   | value                    |
 //! |--------|---------------------------------------|--------------------------|
 //! | `L`    | last position of the frame (u64)      | a log frame of encoded records (`frame`) |
-//! | `S`    | len (u16), stream id, first version (u64) | a run: first position (u64), count (u32) |
+//! | `S`    | len (u16), stream id, first version (u64) | a run: first position (u64), count (u32); for a short run, a copy of its records as a log frame |
 //! | `I`    | event id (16 bytes)                   | position (u64)           |
 //! | `K`    | checkpoint name                       | value (u64)              |
 //! | `N`    | stream id                             | encoded snapshot         |

@@ -46,10 +46,11 @@ pub use replay::{ParallelLogReader, ReadAhead};
 pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
 pub use store::{
     CategoryReader, Durability, EventStore, LogReader, StoreConfig, Stored, StreamReader, VerifyReport,
-    DEFAULT_MAX_PENDING_APPENDS,
+    DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_PENDING_APPENDS,
 };
 pub use subscription::Subscription;
 pub use types::{
-    category_of, nanos_to_time, time_to_nanos, AppendRequest, AppendResult, Direction, ExpectedVersion,
-    NewEvent, RecordedEvent, Snapshot, StreamAppend, StreamAppended, StreamId, MAX_STREAM_ID_BYTES,
+    category_of, nanos_to_time, time_to_nanos, AppendRequest, AppendResult, Direction, EventView,
+    ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamAppend, StreamAppended, StreamId,
+    MAX_STREAM_ID_BYTES,
 };

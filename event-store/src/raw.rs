@@ -12,8 +12,9 @@ pub const SLED_TREE: &str = crate::storage::SLED_TREE;
 
 /// The bytes the store writes for one event, as one entry each: the log record and its stream
 /// and event-id index entries. The store itself packs consecutive records into one log frame per
-/// key and writes one stream-index entry per run of a stream's events in an append; these
-/// per-event entries are the raw-engine baseline of the benchmarks.
+/// key and writes one stream-index entry per run of a stream's events in an append (with a copy
+/// of a short run's records, which these entries leave out); these per-event entries are the
+/// raw-engine baseline of the benchmarks.
 pub fn entries(
     position: u64,
     version: u64,
@@ -24,7 +25,7 @@ pub fn entries(
     let body = codec::encode_body(stream, event)?;
     Ok([
         (keys::log(position).to_vec(), codec::record(position, version, recorded_at_ns, &body)),
-        (keys::stream(stream, version), codec::encode_run(position, 1)),
+        (keys::stream(stream, version), codec::encode_run(position, 1, None)),
         (keys::event_id(&event.event_id).to_vec(), position.to_be_bytes().to_vec()),
     ])
 }
@@ -73,6 +74,8 @@ pub struct Importer<'a, S: crate::Storage> {
     frame: frame::FrameBuilder,
     /// The stream run being built: stream, first version, first position, length.
     run: Option<(String, u64, u64, u64)>,
+    /// The copy of the run's records for its index entry, while it is short enough.
+    inline: Option<frame::FrameBuilder>,
     next_position: u64,
     last_ts: u64,
     versions: std::collections::HashMap<String, u64>,
@@ -128,6 +131,7 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
             batched: 0,
             frame: frame::FrameBuilder::default(),
             run: None,
+            inline: None,
             next_position: 1,
             last_ts: 0,
             versions: std::collections::HashMap::new(),
@@ -171,7 +175,16 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
             _ => {
                 self.close_run();
                 self.run = Some((e.stream_id.clone(), e.version, e.position, 1));
+                self.inline = Some(frame::FrameBuilder::default());
             }
+        }
+        // The run's copy for its index entry, while the run stays short.
+        let fits = |b: &frame::FrameBuilder| {
+            b.len().max(frame::HEAD) + 4 + record.len() <= crate::store::INLINE_RUN_BYTES
+        };
+        match self.inline.as_mut() {
+            Some(inline) if fits(inline) => inline.push_copy(e.position, &record),
+            _ => self.inline = None,
         }
         self.next_position += 1;
         self.last_ts = e.recorded_at_ns;
@@ -184,7 +197,10 @@ impl<'a, S: crate::Storage> Importer<'a, S> {
 
     fn close_run(&mut self) {
         if let Some((stream, first_version, first_position, count)) = self.run.take() {
-            for (k, v) in crate::store::stream_runs(&stream, first_version, first_position, count) {
+            let inline = self.inline.take().map(|mut b| b.take().1);
+            for (k, v) in
+                crate::store::stream_runs(&stream, first_version, first_position, count, inline.as_deref())
+            {
                 self.batch.put(k, v);
             }
         }
@@ -246,7 +262,7 @@ pub struct Migration {
     pub digest: String,
 }
 
-/// Copies the store in `old` (of an older format this build can read: 1 or 2) into the empty
+/// Copies the store in `old` (of an older format this build can read: 1, 2 or 3) into the empty
 /// `new` in the current format. Every record keeps its exact bytes (positions, versions, ids,
 /// timestamps, payloads; the digests of both logs are compared), the indexes are written anew,
 /// and checkpoints, snapshots and application data (read models) are copied unchanged. Open an
@@ -262,13 +278,13 @@ pub fn migrate_observed<S: crate::Storage, T: crate::Storage>(
     progress: &dyn Fn(u64),
 ) -> Result<Migration> {
     let from_format = match store_format(old)? {
-        Some(f @ (1 | 2)) => f,
+        Some(f @ (1..=3)) => f,
         Some(f) if f == STORE_FORMAT => {
             return Err(crate::Error::InvalidAppend(format!("the store is already of format {f}")))
         }
         Some(f) => {
             return Err(crate::Error::InvalidAppend(format!(
-                "store format {f} is not one this build can migrate (1 or 2 to {STORE_FORMAT})"
+                "store format {f} is not one this build can migrate (1, 2 or 3 to {STORE_FORMAT})"
             )))
         }
         None => return Err(crate::Error::InvalidAppend("the store is empty: nothing to migrate".into())),
@@ -294,7 +310,7 @@ pub fn migrate_observed<S: crate::Storage, T: crate::Storage>(
             push(position, v.as_ref())?;
         }
     } else {
-        // Frames, as now (format 2 differs in its stream index only).
+        // Frames, as now (formats 2 and 3 differ in their stream index only).
         let mut scan = frame::RecordScan::new(old, 1, u64::MAX);
         while let Some((position, record)) = scan.next_record() {
             push(position, record?)?;

@@ -361,6 +361,144 @@ both_engines!(a_corrupt_record_is_reported_with_its_position, |store| {
     assert!(matches!(store.seek_time(OffsetDateTime::now_utc()), Err(Error::Corrupt { .. })));
 });
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_appender_never_waits_for_a_group_and_a_group_waits_at_most_the_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wait = Duration::from_millis(400);
+    let cfg = StoreConfig { group_commit_wait: wait, ..StoreConfig::default() };
+    let store =
+        EventStore::open(SledStorage::open(&SledConfig::new(dir.path())).expect("sled"), cfg).expect("open");
+    // One appender: each sync finds the one append it expects, so 20 appends take far less than
+    // one wait each would (20 x 400 ms).
+    let started = std::time::Instant::now();
+    for i in 0..20u64 {
+        store.append_to(&sid("order-lone"), ExpectedVersion::Exact(i), vec![ev("E")]).await.expect("append");
+    }
+    assert!(started.elapsed() < wait * 10, "a lone appender waited: {:?}", started.elapsed());
+    // Ten appenders at once, then one alone: the sync expects ten and waits, but not past the bound.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.append_to(&sid(&format!("order-g{i}")), ExpectedVersion::Any, vec![ev("G")]).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("append");
+    }
+    let started = std::time::Instant::now();
+    store.append_to(&sid("order-after"), ExpectedVersion::Any, vec![ev("A")]).await.expect("append");
+    let took = started.elapsed();
+    assert!(took >= wait / 2, "the sync did not wait for the group: {took:?}");
+    assert!(took < wait * 5, "the wait is bounded: {took:?}");
+    assert_eq!(store.head(), 31);
+}
+
+/// A stream folded in place from `from`, each view turned into the event it borrows from.
+fn folded<S: Storage>(store: &EventStore<S>, stream: &str, from: u64) -> Vec<RecordedEvent> {
+    let mut out = Vec::new();
+    let last = store
+        .fold_stream(&sid(stream), from, |v| {
+            out.push(v.to_recorded());
+            Ok::<_, Error>(())
+        })
+        .expect("fold");
+    assert_eq!(last, out.last().map(|e| e.version));
+    out
+}
+
+/// The stream-index entries of a stream.
+fn runs<S: Storage>(store: &EventStore<S>, stream: &str) -> Vec<Run> {
+    let prefix = keys::stream_prefix(stream);
+    store
+        .storage()
+        .range(&prefix, &keys::prefix_end(&prefix), false)
+        .map(|item| {
+            let (k, v) = item.expect("read");
+            Run::from_entry(k.as_ref(), v.as_ref()).expect("entry")
+        })
+        .collect()
+}
+
+both_engines!(short_runs_are_read_from_their_index_entry_and_long_ones_from_the_log, |store| {
+    // Two streams written one event at a time, interleaved; a long append; a short one of three.
+    for i in 0..20u64 {
+        for s in ["order-x", "order-y"] {
+            let e = ev(&format!("{s}-{i}"));
+            store.append_to(&sid(s), ExpectedVersion::Exact(i), vec![e]).await.expect("append");
+        }
+    }
+    let long: Vec<_> =
+        (0..12).map(|i| NewEvent::json("Big", format!("\"{}\"", "7".repeat(100 + i)).into_bytes())).collect();
+    store.append_to(&sid("order-z"), ExpectedVersion::NoStream, long).await.expect("long");
+    let three = vec![ev("x-a"), ev("x-b"), ev("x-c")];
+    store.append_to(&sid("order-x"), ExpectedVersion::Exact(20), three).await.expect("three");
+    let x = runs(&store, "order-x");
+    assert_eq!(x.len(), 21);
+    assert!(x.iter().all(|r| r.inline), "every short run keeps its records: {x:?}");
+    assert_eq!(x[20].count, 3);
+    assert!(runs(&store, "order-y").iter().all(|r| r.inline));
+    let z = runs(&store, "order-z");
+    assert!(z.len() == 1 && !z[0].inline, "a run over {INLINE_RUN_BYTES} bytes is read from the log: {z:?}");
+    let all: Vec<_> = store.read_all(1).collect::<Result<_>>().expect("read all");
+    for s in ["order-x", "order-y", "order-z"] {
+        let mine: Vec<_> = all.iter().filter(|e| e.stream_id == s).cloned().collect();
+        let top = mine.len() as u64;
+        for v in (0..=top + 1).chain([u64::MAX]) {
+            let fwd: Vec<_> =
+                store.read_stream(&sid(s), v, Direction::Forward).collect::<Result<_>>().expect("fwd");
+            let from = usize::try_from(v.max(1) - 1).unwrap_or(usize::MAX).min(mine.len());
+            assert_eq!(fwd.as_slice(), &mine[from..], "{s} forward from {v}");
+            assert_eq!(folded(&store, s, v), fwd, "{s} folded from {v}");
+            let back: Vec<_> =
+                store.read_stream(&sid(s), v, Direction::Backward).collect::<Result<_>>().expect("back");
+            let upto = usize::try_from(v).unwrap_or(usize::MAX).min(mine.len());
+            let want: Vec<_> = mine[..upto].iter().rev().cloned().collect();
+            assert_eq!(back, want, "{s} backward from {v}");
+        }
+    }
+    let report = store.verify().expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+});
+
+both_engines!(a_damaged_copy_in_the_stream_index_is_read_from_the_log_and_verify_finds_it, |store| {
+    let s = sid("order-d");
+    for t in ["A", "B", "C"] {
+        store.append_to(&s, ExpectedVersion::Any, vec![ev(t)]).await.expect("append");
+    }
+    let put = |key: Vec<u8>, value: Vec<u8>| {
+        let mut b = WriteBatch::default();
+        b.put(key, value);
+        store.storage().apply(b).expect("write");
+    };
+    let entry = |v: u64| {
+        store.storage().get(&keys::stream("order-d", v)).expect("get").expect("entry").as_ref().to_vec()
+    };
+    // One flipped byte in the copy of version 2.
+    let mut damaged = entry(2);
+    let n = damaged.len();
+    damaged[n - 2] ^= 0xff;
+    put(keys::stream("order-d", 2), damaged);
+    // The copy of version 1 where version 3's should be (its own header says position 1).
+    let mut misplaced = entry(3)[..codec::RUN_HEAD].to_vec();
+    misplaced.extend_from_slice(&entry(1)[codec::RUN_HEAD..]);
+    put(keys::stream("order-d", 3), misplaced);
+    // Reads fall back to the log, which still holds both records.
+    let got: Vec<_> = store.read_stream(&s, 1, Direction::Forward).collect::<Result<_>>().expect("read");
+    let log: Vec<_> = store.read_all(1).collect::<Result<_>>().expect("log");
+    assert_eq!(got, log);
+    assert_eq!(folded(&store, "order-d", 1), log);
+    let back: Vec<_> =
+        store.read_stream(&s, u64::MAX, Direction::Backward).collect::<Result<_>>().expect("back");
+    assert_eq!(back, log.iter().rev().cloned().collect::<Vec<_>>());
+    // The log itself is intact; verify finds both damaged copies.
+    assert!(store.read_all(1).all(|e| e.is_ok()));
+    let report = store.verify().expect("verify");
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(report.problems.iter().all(|p| p.contains("order-d")), "{:?}", report.problems);
+});
+
 both_engines!(the_parallel_reader_reads_what_read_all_reads, |store| {
     for i in 0..60 {
         let events = (0..5).map(|j| ev(&format!("E{i}-{j}"))).collect();
@@ -719,8 +857,9 @@ fn a_store_of_an_older_format_is_refused_with_a_clear_error() {
 }
 
 /// A store as this build's predecessors wrote it: format 1 (one record per key, one 8-byte
-/// stream-index entry per event) or format 2 (frames, the same stream index), with the same
-/// events, checkpoints, snapshots and application data as `current`.
+/// stream-index entry per event), format 2 (frames, the same stream index) or format 3 (frames,
+/// one stream-index entry per run without copies of its records), with the same events,
+/// checkpoints, snapshots and application data as `current`.
 fn legacy_copy(current: &MemoryStorage, format: u64) -> MemoryStorage {
     let legacy = MemoryStorage::new();
     let mut b = WriteBatch::default();
@@ -728,7 +867,9 @@ fn legacy_copy(current: &MemoryStorage, format: u64) -> MemoryStorage {
     for item in current.range(&[0], &[0xff], false) {
         let (k, v) = item.expect("read");
         match k[0] {
-            keys::STREAM | keys::META => {}
+            keys::META => {}
+            keys::STREAM if format == 3 => b.put(k.to_vec(), v[..codec::RUN_HEAD].to_vec()),
+            keys::STREAM => {}
             keys::LOG if format == 1 => {
                 let last = keys::trailing_u64(&k).expect("key");
                 let info = frame::parse(&v, last).expect("frame");
@@ -741,7 +882,7 @@ fn legacy_copy(current: &MemoryStorage, format: u64) -> MemoryStorage {
         }
     }
     let mut scan = frame::RecordScan::new(current, 1, u64::MAX);
-    while let Some((p, record)) = scan.next_record() {
+    while let Some((p, record)) = scan.next_record().filter(|_| format < 3) {
         let e = codec::decode_record(record.expect("record"), p).expect("decode");
         b.put(keys::stream(&e.stream_id, e.version), p.to_be_bytes().to_vec());
     }
@@ -750,7 +891,7 @@ fn legacy_copy(current: &MemoryStorage, format: u64) -> MemoryStorage {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stores_of_formats_1_and_2_migrate_to_the_current_format_unchanged() {
+async fn stores_of_formats_1_to_3_migrate_to_the_current_format_unchanged() {
     let storage = MemoryStorage::new();
     let store = EventStore::open(storage.clone(), StoreConfig::default()).expect("open");
     for i in 0..30u64 {
@@ -770,9 +911,34 @@ async fn stores_of_formats_1_and_2_migrate_to_the_current_format_unchanged() {
     let digest = crate::raw::digest(store.storage()).expect("digest").hex();
     drop(store);
 
-    for format in [1, 2] {
+    for format in [1, 2, 3] {
         let legacy = legacy_copy(&storage, format);
-        assert!(EventStore::open(legacy.clone(), StoreConfig::default()).is_err(), "format {format} opens");
+        if format == 3 {
+            // Format 3 is format 4 without copies in the index: it opens, reads the same and is
+            // marked format 4 from then on.
+            let copy = MemoryStorage::new();
+            let mut b = WriteBatch::default();
+            for item in legacy.range(&[0], &[0xff], false) {
+                let (k, v) = item.expect("read");
+                b.put(k.to_vec(), v.to_vec());
+            }
+            copy.apply(b).expect("copy");
+            let store = EventStore::open(copy.clone(), StoreConfig::default()).expect("format 3 opens");
+            assert_eq!(crate::raw::store_format(&copy).expect("format"), Some(FORMAT_VERSION));
+            assert_eq!(store.read_all(1).collect::<Result<Vec<_>>>().expect("read"), events);
+            let id = sid("order-1");
+            let want: Vec<_> = events.iter().filter(|e| e.stream_id == id.as_str()).cloned().collect();
+            let got: Vec<_> =
+                store.read_stream(&id, 1, Direction::Forward).collect::<Result<_>>().expect("read");
+            assert_eq!(got, want);
+            assert!(runs(&store, "order-1").iter().all(|r| !r.inline));
+            assert!(store.verify().expect("verify").is_ok());
+        } else {
+            assert!(
+                EventStore::open(legacy.clone(), StoreConfig::default()).is_err(),
+                "format {format} opens"
+            );
+        }
         let migrated = MemoryStorage::new();
         let report = crate::raw::migrate(&legacy, &migrated).expect("migrate");
         assert_eq!((report.from_format, report.events), (format, events.len() as u64));
@@ -781,6 +947,8 @@ async fn stores_of_formats_1_and_2_migrate_to_the_current_format_unchanged() {
         let store =
             EventStore::open(migrated.clone(), StoreConfig::default()).expect("opens in the current format");
         assert!(store.verify().expect("verify").is_ok());
+        // The importer writes copies of the short runs, as the writer does.
+        assert!(runs(&store, "order-1").iter().all(|r| r.inline), "format {format}: no copies");
         assert_eq!(store.read_all(1).collect::<Result<Vec<_>>>().expect("read"), events);
         for s in 0..6 {
             let id = sid(&format!("order-{s}"));

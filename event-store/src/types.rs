@@ -194,6 +194,57 @@ impl NewEvent {
     }
 }
 
+/// An event read in place ([`crate::EventStore::fold_stream`]): the fields of a
+/// [`RecordedEvent`] borrowed from the stored record, so a fold copies and allocates nothing per
+/// event (metadata entries aside). The record was verified (checksum, position) like any read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventView<'a> {
+    /// Global position.
+    pub position: u64,
+    /// The stream.
+    pub stream_id: &'a str,
+    /// Version within the stream.
+    pub version: u64,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Stable event name.
+    pub event_type: &'a str,
+    /// Schema version of the payload.
+    pub schema_version: u32,
+    /// Commit time, UTC nanoseconds since the Unix epoch.
+    pub recorded_at_ns: u64,
+    /// Correlation id.
+    pub correlation_id: Uuid,
+    /// Causation id.
+    pub causation_id: Uuid,
+    /// Metadata, in key order.
+    pub metadata: Vec<(&'a str, &'a str)>,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+    /// MIME type of the payload.
+    pub content_type: &'a str,
+}
+
+impl EventView<'_> {
+    /// The same event, owned.
+    pub fn to_recorded(&self) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream_id: self.stream_id.to_owned(),
+            version: self.version,
+            event_id: self.event_id,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            recorded_at_ns: self.recorded_at_ns,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            metadata: self.metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            payload: self.payload.to_vec(),
+            content_type: self.content_type.to_owned(),
+        }
+    }
+}
+
 /// An event as stored in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedEvent {

@@ -36,6 +36,15 @@ pub struct StoreArgs {
     /// with 429 once half of it is used).
     #[arg(long, env = "CAUSEWAY_MAX_PENDING_APPENDS", default_value_t = event_store::DEFAULT_MAX_PENDING_APPENDS)]
     pub max_pending_appends: usize,
+    /// Fsync mode: how long a sync waits (µs, at most 100,000) for the appenders the previous one
+    /// answered to append again, so one sync covers them all; 0 syncs at once.
+    #[arg(
+        long,
+        env = "CAUSEWAY_GROUP_COMMIT_WAIT_US",
+        default_value_t = event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=100_000)
+    )]
+    pub group_commit_wait_us: u64,
 }
 
 impl StoreArgs {
@@ -75,6 +84,7 @@ impl StoreArgs {
         let config = StoreConfig {
             durability,
             max_pending_appends: self.max_pending_appends,
+            group_commit_wait: Duration::from_micros(self.group_commit_wait_us),
             ..StoreConfig::default()
         };
         Ok(EventStore::open(storage, config)?)

@@ -38,7 +38,7 @@ enum Cmd {
     /// while a node runs on the directory. The restored node re-runs its consumers from the start
     /// (idempotent) and rebuilds its read models when it next starts.
     Restore(cmd::restore::Args),
-    /// Convert a store written by an older build (store format 1 or 2) to this build's format.
+    /// Convert a store written by an older build (store format 1, 2 or 3) to this build's format.
     /// Every record keeps its exact bytes (checked by digest), the indexes are written anew, and
     /// checkpoints, snapshots and read models are copied. The old store is kept next to the new
     /// one (`<data-dir>.format-<n>-<time>`). NOT safe while a node runs on the directory (it

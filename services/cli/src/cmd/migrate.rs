@@ -1,4 +1,4 @@
-//! `causeway migrate`: converts a store written by an older build (store format 1 or 2) next to
+//! `causeway migrate`: converts a store written by an older build (store format 1, 2 or 3) next to
 //! it, checks the copy, then swaps the directories (the old store stays, renamed).
 
 use std::path::{Path, PathBuf};

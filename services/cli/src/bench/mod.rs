@@ -15,6 +15,9 @@ use hdrhistogram::Histogram;
 
 use crate::load::rss_mib;
 
+mod aggregates;
+pub use aggregates::{run as aggregates, AggregateBenchArgs};
+
 type Store = EventStore<SledStorage>;
 
 /// Options of `causeway bench store`.
@@ -152,17 +155,7 @@ pub async fn store(args: StoreBenchArgs) -> Result<()> {
         args.replay_events = args.replay_events.min(200_000);
         args.scale_events = args.scale_events.min(500_000);
     }
-    let tmp;
-    let base = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (base, _tmp) = bench_dir(args.dir.as_deref())?;
     let secs = Duration::from_secs_f64(args.seconds);
     println!("# causeway bench store  (cores: {}, {} s per run)", num_cpus(), args.seconds);
 
@@ -186,6 +179,21 @@ pub async fn store(args: StoreBenchArgs) -> Result<()> {
         scale(&base.join("scale"), &args, secs).await?;
     }
     Ok(())
+}
+
+/// Where a benchmark puts its databases: `dir` (created if needed), or a temporary directory
+/// removed when the returned guard is dropped.
+fn bench_dir(dir: Option<&Path>) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok((d.to_path_buf(), None))
+        }
+        None => {
+            let tmp = tempfile::tempdir()?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
 }
 
 fn num_cpus() -> usize {
