@@ -46,7 +46,7 @@ pub use replay::{ParallelLogReader, ReadAhead};
 pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
 pub use store::{
     CategoryReader, Durability, EventStore, LogReader, StoreConfig, Stored, StreamReader, VerifyReport,
-    DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_PENDING_APPENDS,
+    DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_PENDING_APPENDS, MAX_GROUP_COMMIT_WAIT,
 };
 pub use subscription::Subscription;
 pub use types::{

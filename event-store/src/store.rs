@@ -87,7 +87,8 @@ pub struct StoreConfig {
     /// Fsync mode: how long a sync may wait for the appenders active at the end of the previous
     /// sync (those it answered and those still waiting) to append again, so one sync covers them
     /// all instead of alternating between halves of them. It waits only while fewer appends
-    /// wait than there were active appenders, so a lone appender never waits; zero never waits.
+    /// wait than there were active appenders, so a lone appender does not wait (except once,
+    /// right after a burst of others); zero never waits; at most [`MAX_GROUP_COMMIT_WAIT`].
     pub group_commit_wait: Duration,
 }
 
@@ -105,6 +106,9 @@ impl Default for StoreConfig {
 
 /// The default of [`StoreConfig::group_commit_wait`]: about half a sync on a virtual disk.
 pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(200);
+
+/// The longest [`StoreConfig::group_commit_wait`] the store applies (longer ones are cut to it).
+pub const MAX_GROUP_COMMIT_WAIT: Duration = Duration::from_millis(100);
 
 /// The default of [`StoreConfig::max_pending_appends`].
 pub const DEFAULT_MAX_PENDING_APPENDS: usize = 4_096;
@@ -179,6 +183,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a store whose log ends at `head`.
+    fn new(head: u64) -> Self {
+        let (durable_tx, _) = watch::channel(head);
+        Self {
+            syncs: AtomicU64::new(0),
+            sync_nanos: AtomicU64::new(0),
+            sync: Mutex::new(SyncState { applied_position: head, ..SyncState::default() }),
+            wake: Condvar::new(),
+            durable_position: AtomicU64::new(head),
+            durable_tx,
+            poisoned: OnceLock::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
         // A panic while holding this lock would be a bug; keep serving with the data as is.
         self.sync.lock().unwrap_or_else(|p| p.into_inner())
@@ -283,16 +301,7 @@ impl<S: Storage> EventStore<S> {
                 (pos, h.recorded_at_ns)
             }
         };
-        let (durable_tx, _) = watch::channel(head);
-        let shared = Arc::new(Shared {
-            syncs: AtomicU64::new(0),
-            sync_nanos: AtomicU64::new(0),
-            sync: Mutex::new(SyncState { applied_position: head, ..SyncState::default() }),
-            wake: Condvar::new(),
-            durable_position: AtomicU64::new(head),
-            durable_tx,
-            poisoned: OnceLock::new(),
-        });
+        let shared = Arc::new(Shared::new(head));
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             storage: storage.clone(),
@@ -307,7 +316,7 @@ impl<S: Storage> EventStore<S> {
             storage: storage.clone(),
             shared: shared.clone(),
             durability: config.durability,
-            group_wait: config.group_commit_wait,
+            group_wait: config.group_commit_wait.min(MAX_GROUP_COMMIT_WAIT),
         };
         let threads = vec![
             std::thread::Builder::new()

@@ -56,7 +56,11 @@ pub struct AggregateBenchArgs {
     #[arg(long, default_value_t = 256)]
     pub cache_mib: u64,
     /// The store's group-commit wait in µs (`StoreConfig::group_commit_wait`; 0 never waits).
-    #[arg(long, default_value_t = event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64)]
+    #[arg(
+        long,
+        default_value_t = event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=100_000)
+    )]
     pub group_commit_wait_us: u64,
     /// Only workload (b), the concurrent commands, in its three ways (for profiling it).
     #[arg(long)]

@@ -47,6 +47,13 @@ pub struct StoreBenchArgs {
     /// Events per append when filling the scale section's store (each append to one stream).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub scale_append: u64,
+    /// The store's group-commit wait in µs for the fsync sections (`durable`, `saga`).
+    #[arg(
+        long,
+        default_value_t = event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=100_000)
+    )]
+    pub group_commit_wait_us: u64,
 }
 
 /// A section of `bench store`.
@@ -82,6 +89,13 @@ fn event(i: u64) -> NewEvent {
 
 fn sled_config(path: &Path, cache_mib: u64) -> SledConfig {
     SledConfig { cache_capacity: cache_mib * 1024 * 1024, ..SledConfig::new(path) }
+}
+
+/// [`open`] in fsync mode with the given group-commit wait.
+fn open_fsync(path: &Path, cache_mib: u64, group_commit_wait: Duration) -> Result<Store> {
+    let storage = SledStorage::open(&sled_config(path, cache_mib))?;
+    let config = StoreConfig { durability: Durability::Fsync, group_commit_wait, ..StoreConfig::default() };
+    Ok(EventStore::open(storage, config)?)
 }
 
 fn open(path: &Path, cache_mib: u64, durability: Durability) -> Result<Store> {
@@ -202,7 +216,7 @@ fn num_cpus() -> usize {
 
 async fn durable_appends(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> {
     header("Durable appends (fsync mode), single-event appends, each writer on its own stream");
-    let store = open(dir, args.cache_mib, Durability::Fsync)?;
+    let store = open_fsync(dir, args.cache_mib, Duration::from_micros(args.group_commit_wait_us))?;
     println!("| writers | events/s | p50 ack ms | p99 ack ms | syncs | events/sync | vs 1 writer |");
     println!("|--------:|---------:|-----------:|-----------:|------:|------------:|------------:|");
     let mut base_rate = 0.0;
@@ -389,7 +403,7 @@ async fn saga_writes(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Resul
         "The order saga's appends alone (fsync): {} dependent appends, {events} events per saga",
         SAGA_APPENDS.len()
     ));
-    let store = open(dir, args.cache_mib, Durability::Fsync)?;
+    let store = open_fsync(dir, args.cache_mib, Duration::from_micros(args.group_commit_wait_us))?;
     println!("| sagas in flight | sagas/s | events/s | p50 saga ms | p99 saga ms | events/sync |");
     println!("|----------------:|--------:|---------:|------------:|------------:|------------:|");
     for pipelines in [32usize, 128, 512] {
