@@ -36,6 +36,14 @@ pub struct StoreArgs {
     /// with 429 once half of it is used).
     #[arg(long, env = "CAUSEWAY_MAX_PENDING_APPENDS", default_value_t = event_store::DEFAULT_MAX_PENDING_APPENDS)]
     pub max_pending_appends: usize,
+    #[command(flatten)]
+    pub group_commit: GroupCommitArgs,
+}
+
+/// The store's group-commit wait (`StoreConfig::group_commit_wait`), for the node and the
+/// benchmarks alike.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct GroupCommitArgs {
     /// Fsync mode: how long a sync waits (µs, at most 100,000) for the appenders the previous one
     /// answered to append again, so one sync covers them all; 0 syncs at once.
     #[arg(
@@ -45,6 +53,19 @@ pub struct StoreArgs {
         value_parser = clap::value_parser!(u64).range(0..=100_000)
     )]
     pub group_commit_wait_us: u64,
+}
+
+impl Default for GroupCommitArgs {
+    fn default() -> Self {
+        Self { group_commit_wait_us: event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64 }
+    }
+}
+
+impl GroupCommitArgs {
+    /// The wait.
+    pub fn wait(&self) -> Duration {
+        Duration::from_micros(self.group_commit_wait_us)
+    }
 }
 
 impl StoreArgs {
@@ -84,7 +105,7 @@ impl StoreArgs {
         let config = StoreConfig {
             durability,
             max_pending_appends: self.max_pending_appends,
-            group_commit_wait: Duration::from_micros(self.group_commit_wait_us),
+            group_commit_wait: self.group_commit.wait(),
             ..StoreConfig::default()
         };
         Ok(EventStore::open(storage, config)?)

@@ -26,11 +26,9 @@ use std::time::{Duration, Instant};
 
 use aggregates::{Decider, DecodeError, DomainEvent};
 use anyhow::{bail, ensure, Context, Result};
-use event_store::{Durability, EventStore, ExpectedVersion, NewEvent, SledStorage, StoreConfig, StreamId};
+use event_store::{EventStore, ExpectedVersion, NewEvent, SledStorage, StreamId};
 use serde::{Deserialize, Serialize};
 use services::app::aggregate::StateCache;
-
-use super::sled_config;
 
 type Store = EventStore<SledStorage>;
 
@@ -55,13 +53,9 @@ pub struct AggregateBenchArgs {
     /// sled cache in MiB.
     #[arg(long, default_value_t = 256)]
     pub cache_mib: u64,
-    /// The store's group-commit wait in µs (`StoreConfig::group_commit_wait`; 0 never waits).
-    #[arg(
-        long,
-        default_value_t = event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
-        value_parser = clap::value_parser!(u64).range(0..=100_000)
-    )]
-    pub group_commit_wait_us: u64,
+    /// The store's group-commit wait.
+    #[command(flatten)]
+    pub group_commit: crate::args::GroupCommitArgs,
     /// Only workload (b), the concurrent commands, in its three ways (for profiling it).
     #[arg(long)]
     pub only_concurrent: bool,
@@ -418,13 +412,7 @@ fn fresh(dir: &Path, name: &str, args: &AggregateBenchArgs) -> Result<Store> {
     if path.exists() {
         std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
     }
-    let storage = SledStorage::open(&sled_config(&path, args.cache_mib))?;
-    let config = StoreConfig {
-        durability: Durability::Fsync,
-        group_commit_wait: Duration::from_micros(args.group_commit_wait_us),
-        ..StoreConfig::default()
-    };
-    Ok(EventStore::open(storage, config)?)
+    super::open_fsync(&path, args.cache_mib, args.group_commit.wait())
 }
 
 fn loadavg() -> String {

@@ -47,13 +47,9 @@ pub struct StoreBenchArgs {
     /// Events per append when filling the scale section's store (each append to one stream).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub scale_append: u64,
-    /// The store's group-commit wait in µs for the fsync sections (`durable`, `saga`).
-    #[arg(
-        long,
-        default_value_t = event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
-        value_parser = clap::value_parser!(u64).range(0..=100_000)
-    )]
-    pub group_commit_wait_us: u64,
+    /// The store's group-commit wait for the fsync sections (`durable`, `saga`).
+    #[command(flatten)]
+    pub group_commit: crate::args::GroupCommitArgs,
 }
 
 /// A section of `bench store`.
@@ -216,7 +212,7 @@ fn num_cpus() -> usize {
 
 async fn durable_appends(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Result<()> {
     header("Durable appends (fsync mode), single-event appends, each writer on its own stream");
-    let store = open_fsync(dir, args.cache_mib, Duration::from_micros(args.group_commit_wait_us))?;
+    let store = open_fsync(dir, args.cache_mib, args.group_commit.wait())?;
     println!("| writers | events/s | p50 ack ms | p99 ack ms | syncs | events/sync | vs 1 writer |");
     println!("|--------:|---------:|-----------:|-----------:|------:|------------:|------------:|");
     let mut base_rate = 0.0;
@@ -403,7 +399,7 @@ async fn saga_writes(dir: &Path, args: &StoreBenchArgs, secs: Duration) -> Resul
         "The order saga's appends alone (fsync): {} dependent appends, {events} events per saga",
         SAGA_APPENDS.len()
     ));
-    let store = open_fsync(dir, args.cache_mib, Duration::from_micros(args.group_commit_wait_us))?;
+    let store = open_fsync(dir, args.cache_mib, args.group_commit.wait())?;
     println!("| sagas in flight | sagas/s | events/s | p50 saga ms | p99 saga ms | events/sync |");
     println!("|----------------:|--------:|---------:|------------:|------------:|------------:|");
     for pipelines in [32usize, 128, 512] {

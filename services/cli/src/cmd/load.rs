@@ -128,7 +128,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         flush_ms: 5,
         cache_mib,
         max_pending_appends: event_store::DEFAULT_MAX_PENDING_APPENDS,
-        group_commit_wait_us: event_store::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64,
+        group_commit: crate::args::GroupCommitArgs::default(),
     };
     let store = store_args.open()?;
     let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;
