@@ -130,6 +130,11 @@ def semantic(docs, name):
                     problems.append(f"{name}: {wn}: the admin token must come from a Secret")
                 elif secrets and ref["name"] not in secrets:
                     problems.append(f"{name}: {wn}: Secret {ref['name']} is not in the manifests")
+                ref = env.get("CAUSEWAY_READ_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+                if not ref:
+                    problems.append(f"{name}: {wn}: the read token must come from a Secret")
+                elif secrets and ref["name"] not in secrets:
+                    problems.append(f"{name}: {wn}: Secret {ref['name']} is not in the manifests")
                 if not c.get("envFrom"):
                     problems.append(f"{name}: {wn}: configuration must come from the ConfigMap")
                 # A sharded role's pods split its partitions by ordinal: the shard count must be

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Causeway needs, skipping whatever is already there:
-# a C toolchain (librdkafka and sled's C parts), and Nisshi, the Kafka-protocol broker the tests
+# a C toolchain (librdkafka and sled's C parts), Chromium and Node.js (the console's browser
+# test), and Nisshi, the Kafka-protocol broker the tests
 # start (see ../shared/kafka-for-tests.md). Sourced by scripts/test.sh and .ci/run.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -15,6 +16,10 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+# The console's browser test: Debian's Chromium, and Node.js to drive it (playwright-core).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

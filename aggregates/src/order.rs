@@ -36,6 +36,8 @@ pub enum CancelReason {
     CustomerRequest,
     /// A step did not answer in time, after retries.
     Timeout,
+    /// An operator aborted the order's saga.
+    Operator,
 }
 
 /// Commands.

@@ -206,11 +206,78 @@ pub struct RetryPolicy {
     pub backoff_cap_ms: u64,
     /// Attempts per step (the first one included).
     pub max_attempts: u32,
+    /// What a step whose attempts run out does.
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { step_timeout_ms: 5_000, backoff_base_ms: 200, backoff_cap_ms: 10_000, max_attempts: 4 }
+        Self {
+            step_timeout_ms: 5_000,
+            backoff_base_ms: 200,
+            backoff_cap_ms: 10_000,
+            max_attempts: 4,
+            on_exhausted: OnExhausted::default(),
+        }
+    }
+}
+
+/// What a saga does when a step (or a compensation) gets no reply after all its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Park the saga (`SagaQuarantined`): it waits, visible and counted, for an operator to retry,
+    /// resume, compensate or finish it by hand. It holds nothing else up. Confirming the order is
+    /// parked too, instead of being sent for ever.
+    #[default]
+    Quarantine,
+    /// A forward step gives up and compensates (the order is cancelled for a timeout), a
+    /// compensation that runs out fails the saga (`SagaFailed`), and confirming the order is sent
+    /// until it is answered.
+    Compensate,
+}
+
+/// An operator's action on one saga (each recorded as [`OperatorActed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// Send the commands of the step (or compensation) in flight again now, with a fresh budget of
+    /// attempts. A running, compensating or quarantined saga.
+    Retry,
+    /// Take a quarantined saga out of quarantine: its step is sent again with a fresh budget.
+    Resume,
+    /// Abort a running (or quarantined) saga on its forward path: undo what was done and cancel
+    /// the order. Not while the order is being confirmed (it may be confirmed already).
+    Compensate,
+    /// Record the compensation in flight (or the one a failed saga stopped at) as done by hand,
+    /// with a reason (a refund made outside the system), and go on with the rest.
+    MarkCompensationDone,
+}
+
+impl OperatorAction {
+    /// All actions.
+    pub const ALL: [OperatorAction; 4] = [
+        OperatorAction::Retry,
+        OperatorAction::Resume,
+        OperatorAction::Compensate,
+        OperatorAction::MarkCompensationDone,
+    ];
+
+    /// Its name in routes and on the command line (`retry`, `resume`, `compensate`,
+    /// `mark-compensation-done`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OperatorAction::Retry => "retry",
+            OperatorAction::Resume => "resume",
+            OperatorAction::Compensate => "compensate",
+            OperatorAction::MarkCompensationDone => "mark-compensation-done",
+        }
+    }
+
+    /// The action of a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
     }
 }
 
@@ -243,6 +310,16 @@ pub enum SagaInput {
     CustomerCancelled { now_ns: u64, policy: RetryPolicy },
     /// Time passed: retry or give up on overdue commands.
     Tick { now_ns: u64, jitter: f64, policy: RetryPolicy },
+    /// An operator acted on the saga. `action_id` makes the action idempotent: an action whose
+    /// id the saga has recorded decides nothing.
+    Operator {
+        action: OperatorAction,
+        action_id: Uuid,
+        operator: String,
+        reason: String,
+        now_ns: u64,
+        policy: RetryPolicy,
+    },
 }
 
 // ----- events -----
@@ -321,6 +398,9 @@ pub struct CompensationDone {
     /// The part that is done (its SKU; absent for a whole compensation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sku: Option<Sku>,
+    /// Done by hand, outside the system (an operator said so); the service never confirmed it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_hand: bool,
 }
 impl Upcast for CompensationDone {}
 
@@ -347,6 +427,38 @@ pub struct SagaFailed {
 }
 impl Upcast for SagaFailed {}
 
+/// `SagaQuarantined`: a step (or compensation) got no reply after all its attempts; the saga is
+/// parked until an operator acts (or a late reply to the part moves it on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaQuarantined {
+    /// Why (`step/take_payment: no reply after 4 attempts`).
+    pub reason: String,
+    /// It stopped while compensating (otherwise on its forward path).
+    pub in_compensation: bool,
+    /// The part that ran out (its SKU; absent for a whole step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
+    /// When (UTC ns).
+    pub at_ns: u64,
+}
+impl Upcast for SagaQuarantined {}
+
+/// `OperatorActed`: the audit record of an operator's action, appended before its effects in the
+/// same write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorActed {
+    pub action: OperatorAction,
+    /// The action's idempotency key.
+    pub action_id: Uuid,
+    /// Who (as the request named them).
+    pub operator: String,
+    /// Why.
+    pub reason: String,
+    /// When (UTC ns).
+    pub at_ns: u64,
+}
+impl Upcast for OperatorActed {}
+
 domain_events! {
     /// Events.
     pub enum SagaEvent {
@@ -359,6 +471,8 @@ domain_events! {
     SagaCompleted(SagaCompleted),
     SagaCompensated(SagaCompensated),
     SagaFailed(SagaFailed),
+    SagaQuarantined(SagaQuarantined),
+    OperatorActed(OperatorActed),
 }
 }
 
@@ -369,6 +483,65 @@ pub enum SagaError {
     NotStarted,
     #[error("an order needs at least one line")]
     NoLines,
+    /// The saga's state does not allow the operator's action.
+    #[error("cannot {action} a saga that is {state}: {why}", action = action.name(), state = state.name())]
+    NotAllowed { action: OperatorAction, state: SagaState, why: &'static str },
+    /// An operator's action without a reason where one is required.
+    #[error("{} needs a reason", action.name())]
+    ReasonRequired { action: OperatorAction },
+}
+
+/// Where a saga is, as an operator sees it (lists and filters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    NotStarted,
+    /// On its forward path, every command on its first attempt.
+    Running,
+    /// On its forward path, a command sent again after no reply.
+    Retrying,
+    /// Undoing what was done.
+    Compensating,
+    /// Parked after a step ran out of attempts; waits for an operator.
+    Quarantined,
+    /// A compensation was refused (or ran out under `OnExhausted::Compensate`); an operator must
+    /// finish it by hand.
+    Failed,
+    Completed,
+    Compensated,
+}
+
+impl SagaState {
+    /// All states, in the order a list shows them.
+    pub const ALL: [SagaState; 8] = [
+        SagaState::NotStarted,
+        SagaState::Running,
+        SagaState::Retrying,
+        SagaState::Compensating,
+        SagaState::Quarantined,
+        SagaState::Failed,
+        SagaState::Completed,
+        SagaState::Compensated,
+    ];
+
+    /// Its snake-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SagaState::NotStarted => "not_started",
+            SagaState::Running => "running",
+            SagaState::Retrying => "retrying",
+            SagaState::Compensating => "compensating",
+            SagaState::Quarantined => "quarantined",
+            SagaState::Failed => "failed",
+            SagaState::Completed => "completed",
+            SagaState::Compensated => "compensated",
+        }
+    }
+
+    /// The state of a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 // ----- state -----
@@ -394,7 +567,8 @@ impl SagaStatus {
 }
 
 /// How a part of a stage has been answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// Sent, no reply yet.
     #[default]
@@ -406,7 +580,7 @@ pub enum Answer {
 }
 
 /// One command of a stage, awaiting its reply (or answered).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
     /// The SKU of a per-SKU stock command; `None` for a whole step or compensation.
     pub sku: Option<Sku>,
@@ -414,12 +588,17 @@ pub struct Part {
     pub attempt: u32,
     pub deadline_ns: u64,
     pub answer: Answer,
+    /// The attempt the current budget of attempts began with (1; an operator's retry starts a
+    /// new budget).
+    #[serde(default)]
+    pub budget_from: u32,
 }
 
 impl Part {
     /// The next attempt and its deadline, or `None` when the attempts are used up.
     fn retry(&self, now_ns: u64, jitter: f64, policy: &RetryPolicy) -> Option<(u32, u64)> {
-        (self.attempt < policy.max_attempts).then(|| self.retry_anyway(now_ns, jitter, policy))
+        let used = self.attempt.saturating_sub(self.budget_from).saturating_add(1);
+        (used < policy.max_attempts).then(|| self.retry_anyway(now_ns, jitter, policy))
     }
 
     /// The next attempt even past the policy's count (a step that must not give up).
@@ -434,7 +613,7 @@ impl Part {
 }
 
 /// A step or a compensation in flight: its commands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage<T> {
     pub what: T,
     pub parts: Vec<Part>,
@@ -462,7 +641,14 @@ impl<T> Stage<T> {
                 p.attempt = attempt;
                 p.deadline_ns = deadline_ns;
             }
-            None => self.parts.push(Part { sku, command_id, attempt, deadline_ns, answer: Answer::Waiting }),
+            None => self.parts.push(Part {
+                sku,
+                command_id,
+                attempt,
+                deadline_ns,
+                answer: Answer::Waiting,
+                budget_from: attempt,
+            }),
         }
     }
 
@@ -478,8 +664,9 @@ impl<T> Stage<T> {
     }
 }
 
-/// The saga's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The saga's state (serialisable, so a read model can keep it folded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Saga {
     pub order_id: Option<OrderId>,
     pub lines: Vec<SagaLine>,
@@ -506,7 +693,19 @@ pub struct Saga {
     pub cancelled_by_customer: bool,
     /// The shipment's tracking number, once created.
     pub tracking_number: Option<String>,
+    /// Parked: why, and where.
+    pub quarantined: Option<SagaQuarantined>,
+    /// An operator aborted it (the order is cancelled for that reason).
+    pub aborted: bool,
+    /// Compensations an operator marked done by hand (the services never confirmed them).
+    pub by_hand: Vec<Compensation>,
+    /// The ids of the newest operator actions (at most [`MAX_REMEMBERED_ACTIONS`]), so a repeated
+    /// action decides nothing.
+    pub actions: Vec<Uuid>,
 }
+
+/// Operator actions a saga remembers the ids of.
+pub const MAX_REMEMBERED_ACTIONS: usize = 32;
 
 /// The deterministic id of a command: the same for every retry of the same step, different for
 /// every step and saga.
@@ -614,16 +813,173 @@ impl Saga {
         }
     }
 
-    /// The earliest deadline of a command in flight.
+    /// The earliest deadline of a command in flight (none for a parked or ended saga).
     pub fn next_deadline_ns(&self) -> Option<u64> {
+        if self.is_parked() {
+            return None;
+        }
         let a = self.step.as_ref().and_then(Stage::next_deadline_ns);
         let b = self.compensation.as_ref().and_then(Stage::next_deadline_ns);
         a.into_iter().chain(b).min()
     }
 
+    /// Where the saga is, as an operator sees it.
+    pub fn state(&self) -> SagaState {
+        match self.status {
+            SagaStatus::NotStarted => SagaState::NotStarted,
+            SagaStatus::Completed => SagaState::Completed,
+            SagaStatus::Compensated => SagaState::Compensated,
+            SagaStatus::Failed => SagaState::Failed,
+            _ if self.quarantined.is_some() => SagaState::Quarantined,
+            SagaStatus::Compensating => SagaState::Compensating,
+            SagaStatus::Running => {
+                let retrying = self
+                    .step
+                    .iter()
+                    .flat_map(|s| &s.parts)
+                    .any(|p| p.answer == Answer::Waiting && p.attempt > 1);
+                if retrying {
+                    SagaState::Retrying
+                } else {
+                    SagaState::Running
+                }
+            }
+        }
+    }
+
+    /// Ended, or waiting for an operator: nothing moves it on by itself but a late reply (or,
+    /// when failed, an operator's hand).
+    pub fn is_parked(&self) -> bool {
+        self.status.is_terminal() || self.quarantined.is_some()
+    }
+
+    /// Whether the saga has decided an action of this id already.
+    pub fn has_acted(&self, action_id: Uuid) -> bool {
+        self.actions.contains(&action_id)
+    }
+
+    /// The operator's action: the audit record, then its effects.
+    fn operate(
+        &self,
+        action: OperatorAction,
+        acted: OperatorActed,
+        now_ns: u64,
+        p: &RetryPolicy,
+    ) -> Result<Vec<SagaEvent>, SagaError> {
+        let order_id = self.oid()?;
+        let state = self.state();
+        let refuse = |why: &'static str| Err(SagaError::NotAllowed { action, state, why });
+        let acted = SagaEvent::OperatorActed(acted);
+        let after = self.clone().evolve(&acted);
+        let mut out = vec![acted];
+        match action {
+            OperatorAction::Retry | OperatorAction::Resume => {
+                if action == OperatorAction::Resume && state != SagaState::Quarantined {
+                    return refuse("only a quarantined saga is resumed");
+                }
+                let reopens = self.status == SagaStatus::Failed && self.compensation.is_some();
+                if self.status.is_terminal() && !reopens {
+                    return refuse("it has ended");
+                }
+                let resent = after.resend_waiting(now_ns, p);
+                if resent.is_empty() {
+                    return refuse("no command of it is waiting for a reply");
+                }
+                out.extend(resent);
+            }
+            OperatorAction::Compensate => {
+                if self.status != SagaStatus::Running {
+                    return refuse("only a saga on its forward path is compensated");
+                }
+                let Some(step) = self.step.as_ref().map(|s| s.what) else {
+                    return refuse("no step is in flight");
+                };
+                if step == Step::ConfirmOrder {
+                    return refuse("the order is being confirmed and may be confirmed already; retry it");
+                }
+                let OperatorActed { operator, reason, .. } = match &out[0] {
+                    SagaEvent::OperatorActed(a) => a.clone(),
+                    _ => return refuse("no audit record"),
+                };
+                let failed = StepFailed {
+                    step,
+                    reason: format!("aborted by {operator}: {reason}"),
+                    may_have_applied: true,
+                    by_customer: false,
+                    sku: None,
+                };
+                out.extend(after.fail(order_id, failed, now_ns, p));
+            }
+            OperatorAction::MarkCompensationDone => {
+                let stuck = matches!(self.status, SagaStatus::Compensating | SagaStatus::Failed);
+                let Some(stage) = self.compensation.as_ref().filter(|_| stuck) else {
+                    return refuse("no compensation is in flight or stopped");
+                };
+                let mut state = after.clone();
+                for part in stage.parts.iter().filter(|p| p.answer != Answer::Succeeded) {
+                    let done = SagaEvent::CompensationDone(CompensationDone {
+                        compensation: stage.what,
+                        sku: part.sku.clone(),
+                        by_hand: true,
+                    });
+                    state = state.evolve(&done);
+                    out.push(done);
+                }
+                match state.to_compensate.first() {
+                    Some(next) => out.extend(state.request_compensation(order_id, *next, now_ns, p)),
+                    None => out.push(SagaEvent::SagaCompensated(SagaCompensated {
+                        order_id,
+                        reason: state.failure.clone().unwrap_or_default(),
+                    })),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stage in flight's waiting commands, sent again now (the budget was reset by the
+    /// operator's action).
+    fn resend_waiting(&self, now_ns: u64, p: &RetryPolicy) -> Vec<SagaEvent> {
+        let deadline_ns = now_ns.saturating_add(ms(p.step_timeout_ms));
+        if let Some(stage) = &self.step {
+            return stage
+                .parts
+                .iter()
+                .filter(|part| part.answer == Answer::Waiting)
+                .map(|part| {
+                    SagaEvent::StepRequested(StepRequested {
+                        step: stage.what,
+                        command_id: part.command_id,
+                        attempt: part.attempt.saturating_add(1),
+                        deadline_ns,
+                        sku: part.sku.clone(),
+                    })
+                })
+                .collect();
+        }
+        if let Some(stage) = &self.compensation {
+            return stage
+                .parts
+                .iter()
+                .filter(|part| part.answer == Answer::Waiting)
+                .map(|part| {
+                    SagaEvent::CompensationRequested(CompensationRequested {
+                        compensation: stage.what,
+                        command_id: part.command_id,
+                        attempt: part.attempt.saturating_add(1),
+                        deadline_ns,
+                        sku: part.sku.clone(),
+                    })
+                })
+                .collect();
+        }
+        Vec::new()
+    }
+
     fn cancel_reason(&self) -> CancelReason {
         match self.failed_step {
             _ if self.cancelled_by_customer => CancelReason::CustomerRequest,
+            _ if self.aborted => CancelReason::Operator,
             _ if self.timed_out => CancelReason::Timeout,
             Some(Step::ReserveStock) => CancelReason::OutOfStock,
             Some(Step::TakePayment) => CancelReason::PaymentDeclined,
@@ -790,6 +1146,7 @@ impl Decider for Saga {
                                 let mut out = vec![SagaEvent::CompensationDone(CompensationDone {
                                     compensation: done,
                                     sku,
+                                    by_hand: false,
                                 })];
                                 if stage.done_but(command_id) {
                                     match self.to_compensate.first() {
@@ -834,18 +1191,46 @@ impl Decider for Saga {
                 };
                 Ok(self.fail(order_id, failed, now_ns, &policy))
             }
+            SagaInput::Operator { action, action_id, operator, reason, now_ns, policy } => {
+                self.oid()?;
+                if self.has_acted(action_id) {
+                    return Ok(vec![]);
+                }
+                if action == OperatorAction::MarkCompensationDone && reason.trim().is_empty() {
+                    return Err(SagaError::ReasonRequired { action });
+                }
+                let acted = OperatorActed { action, action_id, operator, reason, at_ns: now_ns };
+                self.operate(action, acted, now_ns, &policy)
+            }
             SagaInput::Tick { now_ns, jitter, policy } => {
                 let order_id = self.oid()?;
+                if self.is_parked() {
+                    return Ok(vec![]);
+                }
                 if let Some(stage) = &self.step {
                     let overdue: Vec<&Part> = stage.parts.iter().filter(|p| p.overdue(now_ns)).collect();
                     // Confirming is past the point of no return: the stock, the money and the
                     // shipment are undone only while the order is not confirmed, and a confirm
                     // that timed out may have been applied. So it is sent until answered (a
                     // cancelled order answers it with a refusal, which compensates).
-                    let gives_up = stage.what != Step::ConfirmOrder;
+                    let quarantine = policy.on_exhausted == OnExhausted::Quarantine;
+                    let gives_up = quarantine || stage.what != Step::ConfirmOrder;
                     if let Some(exhausted) =
                         overdue.iter().find(|p| gives_up && p.retry(now_ns, jitter, &policy).is_none())
                     {
+                        let why = format!(
+                            "{}: no reply after {} attempts",
+                            part_name(step_name(stage.what), &exhausted.sku),
+                            exhausted.attempt
+                        );
+                        if quarantine {
+                            return Ok(vec![SagaEvent::SagaQuarantined(SagaQuarantined {
+                                reason: why,
+                                in_compensation: false,
+                                sku: exhausted.sku.clone(),
+                                at_ns: now_ns,
+                            })]);
+                        }
                         let failed = StepFailed {
                             step: stage.what,
                             reason: format!(
@@ -880,14 +1265,20 @@ impl Decider for Saga {
                     if let Some(exhausted) =
                         overdue.iter().find(|p| p.retry(now_ns, jitter, &policy).is_none())
                     {
-                        return Ok(vec![SagaEvent::SagaFailed(SagaFailed {
-                            order_id,
-                            reason: format!(
-                                "{}: no reply after {} attempts",
-                                part_name(compensation_name(stage.what), &exhausted.sku),
-                                exhausted.attempt
-                            ),
-                        })]);
+                        let reason = format!(
+                            "{}: no reply after {} attempts",
+                            part_name(compensation_name(stage.what), &exhausted.sku),
+                            exhausted.attempt
+                        );
+                        if policy.on_exhausted == OnExhausted::Quarantine {
+                            return Ok(vec![SagaEvent::SagaQuarantined(SagaQuarantined {
+                                reason,
+                                in_compensation: true,
+                                sku: exhausted.sku.clone(),
+                                at_ns: now_ns,
+                            })]);
+                        }
+                        return Ok(vec![SagaEvent::SagaFailed(SagaFailed { order_id, reason })]);
                     }
                     return Ok(overdue
                         .iter()
@@ -936,6 +1327,7 @@ impl Decider for Saga {
                         self.done.push(e.step);
                         self.step = None;
                     }
+                    self.unpark_if_answered(false, &e.sku);
                 }
             }
             SagaEvent::StepFailed(e) => {
@@ -949,6 +1341,7 @@ impl Decider for Saga {
                 self.timed_out = e.may_have_applied && !e.by_customer;
                 self.step = None;
                 self.status = SagaStatus::Compensating;
+                self.quarantined = None;
             }
             SagaEvent::CompensationRequested(e) => {
                 self.status = SagaStatus::Compensating;
@@ -962,28 +1355,78 @@ impl Decider for Saga {
                 self.compensation = Some(stage);
             }
             SagaEvent::CompensationDone(e) => {
+                if e.by_hand && !self.by_hand.contains(&e.compensation) {
+                    self.by_hand.push(e.compensation);
+                }
                 if let Some(stage) = self.compensation.as_mut().filter(|s| s.what == e.compensation) {
                     stage.answer(&e.sku, Answer::Succeeded);
                     if stage.all_succeeded() {
                         self.compensation = None;
                     }
+                    self.unpark_if_answered(true, &e.sku);
                 }
             }
             SagaEvent::SagaCompleted(_) => {
                 self.status = SagaStatus::Completed;
                 self.step = None;
+                self.quarantined = None;
             }
             SagaEvent::SagaCompensated(_) => {
                 self.status = SagaStatus::Compensated;
                 self.compensation = None;
+                self.quarantined = None;
             }
             SagaEvent::SagaFailed(_) => {
+                // The compensation it stopped at stays, for an operator to finish by hand.
                 self.status = SagaStatus::Failed;
                 self.step = None;
-                self.compensation = None;
+                self.quarantined = None;
+            }
+            SagaEvent::SagaQuarantined(e) => {
+                self.quarantined = Some(e.clone());
+            }
+            SagaEvent::OperatorActed(e) => {
+                if self.actions.len() >= MAX_REMEMBERED_ACTIONS {
+                    self.actions.remove(0);
+                }
+                self.actions.push(e.action_id);
+                match e.action {
+                    OperatorAction::Retry | OperatorAction::Resume => {
+                        self.quarantined = None;
+                        if self.status == SagaStatus::Failed {
+                            // The compensation it stopped at is sent again.
+                            self.status = SagaStatus::Compensating;
+                        }
+                        let stages = self.step.iter_mut().flat_map(|s| &mut s.parts);
+                        for part in stages.chain(self.compensation.iter_mut().flat_map(|s| &mut s.parts)) {
+                            if part.answer == Answer::Waiting {
+                                part.budget_from = part.attempt.saturating_add(1);
+                            }
+                        }
+                    }
+                    OperatorAction::Compensate => {
+                        self.quarantined = None;
+                        self.aborted = true;
+                    }
+                    OperatorAction::MarkCompensationDone => {
+                        self.quarantined = None;
+                        if self.status == SagaStatus::Failed {
+                            self.status = SagaStatus::Compensating;
+                        }
+                    }
+                }
             }
         }
         self
+    }
+}
+
+impl Saga {
+    /// A reply to the part a quarantine stopped at takes the saga out of it.
+    fn unpark_if_answered(&mut self, in_compensation: bool, sku: &Option<Sku>) {
+        if self.quarantined.as_ref().is_some_and(|q| q.in_compensation == in_compensation && q.sku == *sku) {
+            self.quarantined = None;
+        }
     }
 }
 

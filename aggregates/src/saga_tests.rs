@@ -6,8 +6,41 @@ use crate::testing::given;
 
 const NOW: u64 = 1_000_000_000_000;
 
+/// The policy of the compensate-on-exhaustion tests.
 fn policy() -> RetryPolicy {
-    RetryPolicy { step_timeout_ms: 1000, backoff_base_ms: 100, backoff_cap_ms: 800, max_attempts: 3 }
+    RetryPolicy {
+        step_timeout_ms: 1000,
+        backoff_base_ms: 100,
+        backoff_cap_ms: 800,
+        max_attempts: 3,
+        on_exhausted: OnExhausted::Compensate,
+    }
+}
+
+/// The default: a step that runs out of attempts parks the saga.
+fn quarantining() -> RetryPolicy {
+    RetryPolicy { on_exhausted: OnExhausted::Quarantine, ..policy() }
+}
+
+fn operator(action: OperatorAction, action_id: u128, reason: &str, now_ns: u64) -> SagaInput {
+    SagaInput::Operator {
+        action,
+        action_id: Uuid::from_u128(action_id),
+        operator: "ops@example.com".into(),
+        reason: reason.into(),
+        now_ns,
+        policy: quarantining(),
+    }
+}
+
+fn acted(action: OperatorAction, action_id: u128, reason: &str, at_ns: u64) -> SagaEvent {
+    SagaEvent::OperatorActed(OperatorActed {
+        action,
+        action_id: Uuid::from_u128(action_id),
+        operator: "ops@example.com".into(),
+        reason: reason.into(),
+        at_ns,
+    })
 }
 
 fn oid() -> OrderId {
@@ -73,7 +106,11 @@ fn comp(c: Compensation) -> SagaEvent {
 }
 
 fn comp_done(c: Compensation) -> SagaEvent {
-    SagaEvent::CompensationDone(CompensationDone { compensation: c, sku: sku_of_comp(c) })
+    SagaEvent::CompensationDone(CompensationDone { compensation: c, sku: sku_of_comp(c), by_hand: false })
+}
+
+fn done_by_hand(c: Compensation) -> SagaEvent {
+    SagaEvent::CompensationDone(CompensationDone { compensation: c, sku: sku_of_comp(c), by_hand: true })
 }
 
 fn ok(command_id: Uuid) -> SagaInput {
@@ -744,4 +781,326 @@ fn confirming_the_order_is_retried_past_the_attempt_limit_never_compensated() {
     assert_eq!(step(waiting.clone(), ok(cid(Step::ConfirmOrder))).0.status, SagaStatus::Completed);
     let (refused, _) = step(waiting, rejected(cid(Step::ConfirmOrder), "cancelled"));
     assert_eq!(refused.status, SagaStatus::Compensating);
+}
+
+// ----- quarantine and operator actions -----
+
+/// A saga whose payment got no reply after all 3 attempts, and is quarantined.
+fn quarantined_at_payment() -> (Vec<SagaEvent>, u64) {
+    let mut h = running_at(Step::TakePayment);
+    let late = NOW + 50_000_000_000;
+    h.extend([requested(Step::TakePayment, 2, NOW + 3_000_000_000), requested(Step::TakePayment, 3, late)]);
+    let state = given::<Saga>(h.clone())
+        .when(SagaInput::Tick { now_ns: late, jitter: 0.0, policy: quarantining() })
+        .then([SagaEvent::SagaQuarantined(SagaQuarantined {
+            reason: "step/take_payment: no reply after 3 attempts".into(),
+            in_compensation: false,
+            sku: None,
+            at_ns: late,
+        })]);
+    assert_eq!(state.state(), SagaState::Quarantined);
+    assert_eq!(state.next_deadline_ns(), None, "a parked saga has no deadline");
+    h.push(SagaEvent::SagaQuarantined(SagaQuarantined {
+        reason: "step/take_payment: no reply after 3 attempts".into(),
+        in_compensation: false,
+        sku: None,
+        at_ns: late,
+    }));
+    (h, late)
+}
+
+#[test]
+fn a_step_out_of_attempts_quarantines_the_saga_and_time_does_not_move_it() {
+    let (h, late) = quarantined_at_payment();
+    given::<Saga>(h.clone())
+        .when(SagaInput::Tick { now_ns: late + 3_600_000_000_000, jitter: 0.0, policy: quarantining() })
+        .then([]);
+    // Retrying states: a second attempt shows as retrying.
+    let mut retrying = running_at(Step::TakePayment);
+    retrying.push(requested(Step::TakePayment, 2, NOW + 3_000_000_000));
+    assert_eq!(given::<Saga>(retrying).state().state(), SagaState::Retrying);
+    assert_eq!(given::<Saga>(running_at(Step::TakePayment)).state().state(), SagaState::Running);
+}
+
+#[test]
+fn retrying_a_quarantined_saga_sends_its_step_again_with_a_fresh_budget() {
+    let (h, late) = quarantined_at_payment();
+    let now = late + 10_000_000_000;
+    let deadline = now + 1_000_000_000;
+    let state =
+        given::<Saga>(h.clone()).when(operator(OperatorAction::Retry, 7, "gateway is back", now)).then([
+            acted(OperatorAction::Retry, 7, "gateway is back", now),
+            requested(Step::TakePayment, 4, deadline),
+        ]);
+    assert_eq!(state.state(), SagaState::Retrying);
+    assert!(state.has_acted(Uuid::from_u128(7)));
+    // A fresh budget: attempt 4 overdue is retried (not quarantined again at once).
+    let mut h2 = h.clone();
+    h2.extend([
+        acted(OperatorAction::Retry, 7, "gateway is back", now),
+        requested(Step::TakePayment, 4, deadline),
+    ]);
+    given::<Saga>(h2.clone())
+        .when(SagaInput::Tick { now_ns: deadline, jitter: 0.0, policy: quarantining() })
+        .then([requested(
+            Step::TakePayment,
+            5,
+            deadline + (1000 + quarantining().backoff_ms(4, 0.0)) * 1_000_000,
+        )]);
+    // The same action again (a repeated request) decides nothing.
+    given::<Saga>(h2.clone()).when(operator(OperatorAction::Retry, 7, "gateway is back", now)).then([]);
+    // And the reply moves it on to the next step.
+    let moved = given::<Saga>(h2).state().clone().decide(ok(cid(Step::TakePayment))).expect("decide");
+    assert!(matches!(moved.last(), Some(SagaEvent::StepRequested(r)) if r.step == Step::CreateShipment));
+    // Resume does the same as retry on a quarantined saga, and is refused on a running one.
+    given::<Saga>(h.clone())
+        .when(operator(OperatorAction::Resume, 8, "", now))
+        .then([acted(OperatorAction::Resume, 8, "", now), requested(Step::TakePayment, 4, deadline)]);
+    given::<Saga>(running_at(Step::TakePayment))
+        .when(operator(OperatorAction::Resume, 9, "", now))
+        .then_error(SagaError::NotAllowed {
+            action: OperatorAction::Resume,
+            state: SagaState::Running,
+            why: "only a quarantined saga is resumed",
+        });
+}
+
+#[test]
+fn a_late_reply_to_the_quarantined_step_takes_the_saga_out_of_quarantine() {
+    let (h, _) = quarantined_at_payment();
+    let mut state = given::<Saga>(h).state().clone();
+    for e in state.clone().decide(ok(cid(Step::TakePayment))).expect("decide") {
+        state = state.evolve(&e);
+    }
+    assert_eq!(state.state(), SagaState::Running);
+    assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::CreateShipment));
+}
+
+#[test]
+fn an_operator_compensates_a_running_saga_but_not_one_being_confirmed_or_ended() {
+    let now = NOW + 5_000_000_000;
+    let h = running_at(Step::CreateShipment);
+    let state = given::<Saga>(h).when(operator(OperatorAction::Compensate, 1, "fraud", now)).then([
+        acted(OperatorAction::Compensate, 1, "fraud", now),
+        failed(Step::CreateShipment, "aborted by ops@example.com: fraud", true, false),
+        SagaEvent::CompensationRequested(CompensationRequested {
+            compensation: Compensation::CancelShipment,
+            command_id: ccid(Compensation::CancelShipment),
+            attempt: 1,
+            deadline_ns: now + 1_000_000_000,
+            sku: None,
+        }),
+    ]);
+    assert_eq!(state.state(), SagaState::Compensating);
+    assert_eq!(
+        state.compensation_command(Compensation::CancelOrder, None),
+        Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::Operator })
+    );
+    let (quarantined, _) = quarantined_at_payment();
+    let state = given::<Saga>(quarantined).state().clone();
+    assert!(state.clone().decide(operator(OperatorAction::Compensate, 2, "give up", now)).is_ok());
+    given::<Saga>(running_at(Step::ConfirmOrder))
+        .when(operator(OperatorAction::Compensate, 3, "x", now))
+        .then_error(SagaError::NotAllowed {
+            action: OperatorAction::Compensate,
+            state: SagaState::Running,
+            why: "the order is being confirmed and may be confirmed already; retry it",
+        });
+    let mut done = running_at(Step::ConfirmOrder);
+    done.extend([succeeded(Step::ConfirmOrder), SagaEvent::SagaCompleted(SagaCompleted { order_id: oid() })]);
+    for action in OperatorAction::ALL {
+        let refused = given::<Saga>(done.clone()).state().clone().decide(operator(action, 4, "why", now));
+        assert!(
+            matches!(refused, Err(SagaError::NotAllowed { state: SagaState::Completed, .. })),
+            "{action:?}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_compensation_is_marked_done_by_hand_and_the_rest_runs() {
+    let mut h = running_at(Step::CreateShipment);
+    h.extend([
+        failed(Step::CreateShipment, "step/create_shipment: nope", false, false),
+        comp(Compensation::RefundPayment),
+        SagaEvent::SagaFailed(SagaFailed { order_id: oid(), reason: "refund refused".into() }),
+    ]);
+    assert_eq!(given::<Saga>(h.clone()).state().state(), SagaState::Failed);
+    let now = NOW + 9_000_000_000;
+    given::<Saga>(h.clone())
+        .when(operator(OperatorAction::MarkCompensationDone, 5, "  ", now))
+        .then_error(SagaError::ReasonRequired { action: OperatorAction::MarkCompensationDone });
+    let state = given::<Saga>(h.clone())
+        .when(operator(OperatorAction::MarkCompensationDone, 5, "refunded by bank transfer", now))
+        .then([
+            acted(OperatorAction::MarkCompensationDone, 5, "refunded by bank transfer", now),
+            done_by_hand(Compensation::RefundPayment),
+            SagaEvent::CompensationRequested(CompensationRequested {
+                compensation: Compensation::ReleaseStock,
+                command_id: ccid(Compensation::ReleaseStock),
+                attempt: 1,
+                deadline_ns: now + 1_000_000_000,
+                sku: Some(Sku::from("A")),
+            }),
+        ]);
+    assert_eq!(state.state(), SagaState::Compensating);
+    assert_eq!(state.by_hand, vec![Compensation::RefundPayment]);
+    // A failed saga's stopped compensation can be sent again instead (the service is back).
+    let resent = given::<Saga>(h.clone()).when(operator(OperatorAction::Retry, 15, "", now)).then([
+        acted(OperatorAction::Retry, 15, "", now),
+        SagaEvent::CompensationRequested(CompensationRequested {
+            compensation: Compensation::RefundPayment,
+            command_id: ccid(Compensation::RefundPayment),
+            attempt: 2,
+            deadline_ns: now + 1_000_000_000,
+            sku: None,
+        }),
+    ]);
+    assert_eq!(resent.state(), SagaState::Compensating);
+    // Nothing to mark on a running saga.
+    assert!(matches!(
+        given::<Saga>(running_at(Step::TakePayment)).state().clone().decide(operator(
+            OperatorAction::MarkCompensationDone,
+            6,
+            "x",
+            now
+        )),
+        Err(SagaError::NotAllowed { state: SagaState::Running, .. })
+    ));
+}
+
+#[test]
+fn a_compensation_out_of_attempts_quarantines_and_a_retry_sends_it_again() {
+    let mut h = running_at(Step::TakePayment);
+    let late = NOW + 100_000_000_000;
+    h.extend([
+        failed(Step::TakePayment, "step/take_payment: x", false, false),
+        comp(Compensation::ReleaseStock),
+        SagaEvent::CompensationRequested(CompensationRequested {
+            compensation: Compensation::ReleaseStock,
+            command_id: ccid(Compensation::ReleaseStock),
+            attempt: 3,
+            deadline_ns: late,
+            sku: Some(Sku::from("A")),
+        }),
+    ]);
+    let q = SagaEvent::SagaQuarantined(SagaQuarantined {
+        reason: "compensation/release_stock/A: no reply after 3 attempts".into(),
+        in_compensation: true,
+        sku: Some(Sku::from("A")),
+        at_ns: late,
+    });
+    given::<Saga>(h.clone())
+        .when(SagaInput::Tick { now_ns: late, jitter: 0.0, policy: quarantining() })
+        .then([q.clone()]);
+    h.push(q);
+    assert_eq!(given::<Saga>(h.clone()).state().state(), SagaState::Quarantined);
+    given::<Saga>(h.clone()).when(operator(OperatorAction::Retry, 11, "", late)).then([
+        acted(OperatorAction::Retry, 11, "", late),
+        SagaEvent::CompensationRequested(CompensationRequested {
+            compensation: Compensation::ReleaseStock,
+            command_id: ccid(Compensation::ReleaseStock),
+            attempt: 4,
+            deadline_ns: late + 1_000_000_000,
+            sku: Some(Sku::from("A")),
+        }),
+    ]);
+    // Forward-path compensation of a compensating saga is refused.
+    assert!(matches!(
+        given::<Saga>(h).state().clone().decide(operator(OperatorAction::Compensate, 12, "x", late)),
+        Err(SagaError::NotAllowed { .. })
+    ));
+}
+
+#[test]
+fn confirming_out_of_attempts_is_quarantined_not_sent_for_ever() {
+    let mut h = running_at(Step::ConfirmOrder);
+    let late = NOW + 100_000_000_000;
+    h.extend([requested(Step::ConfirmOrder, 3, late)]);
+    given::<Saga>(h.clone())
+        .when(SagaInput::Tick { now_ns: late, jitter: 0.0, policy: quarantining() })
+        .then([SagaEvent::SagaQuarantined(SagaQuarantined {
+            reason: "step/confirm_order: no reply after 3 attempts".into(),
+            in_compensation: false,
+            sku: None,
+            at_ns: late,
+        })]);
+    // Under the compensating policy it is sent again.
+    let sent = given::<Saga>(h).state().clone().decide(SagaInput::Tick {
+        now_ns: late,
+        jitter: 0.0,
+        policy: policy(),
+    });
+    assert!(matches!(sent.as_deref(), Ok([SagaEvent::StepRequested(r)]) if r.attempt == 4), "{sent:?}");
+}
+
+#[test]
+fn operator_events_round_trip_through_the_codec() {
+    for e in [
+        acted(OperatorAction::MarkCompensationDone, 1, "refunded", 5),
+        SagaEvent::SagaQuarantined(SagaQuarantined {
+            reason: "r".into(),
+            in_compensation: true,
+            sku: Some(Sku::from("A")),
+            at_ns: 9,
+        }),
+    ] {
+        let decoded = SagaEvent::decode(e.event_type(), e.schema_version(), &e.to_payload()).expect("decode");
+        assert_eq!(decoded, e);
+    }
+}
+
+#[test]
+fn a_saga_remembers_its_newest_action_ids_only() {
+    let (mut h, late) = quarantined_at_payment();
+    for i in 0..(MAX_REMEMBERED_ACTIONS as u128 + 1) {
+        h.push(acted(OperatorAction::Retry, 100 + i, "", late));
+    }
+    let state = given::<Saga>(h).state().clone();
+    assert_eq!(state.actions.len(), MAX_REMEMBERED_ACTIONS);
+    assert!(!state.has_acted(Uuid::from_u128(100)), "the oldest is forgotten");
+    assert!(state.has_acted(Uuid::from_u128(100 + MAX_REMEMBERED_ACTIONS as u128)));
+}
+
+#[test]
+fn a_compensation_quarantined_or_in_flight_is_marked_done_by_hand() {
+    let mut h = running_at(Step::TakePayment);
+    h.extend([
+        failed(Step::TakePayment, "step/take_payment: x", false, false),
+        comp(Compensation::ReleaseStock),
+    ]);
+    let now = NOW + 3_000_000_000;
+    // In flight, not quarantined.
+    let state = given::<Saga>(h.clone())
+        .when(operator(OperatorAction::MarkCompensationDone, 21, "released by hand", now))
+        .then([
+            acted(OperatorAction::MarkCompensationDone, 21, "released by hand", now),
+            done_by_hand(Compensation::ReleaseStock),
+            SagaEvent::CompensationRequested(CompensationRequested {
+                compensation: Compensation::CancelOrder,
+                command_id: ccid(Compensation::CancelOrder),
+                attempt: 1,
+                deadline_ns: now + 1_000_000_000,
+                sku: None,
+            }),
+        ]);
+    assert_eq!(state.state(), SagaState::Compensating);
+    // Quarantined in the compensation: the same, and the quarantine ends.
+    h.push(SagaEvent::SagaQuarantined(SagaQuarantined {
+        reason: "compensation/release_stock/A: no reply after 3 attempts".into(),
+        in_compensation: true,
+        sku: Some(Sku::from("A")),
+        at_ns: now,
+    }));
+    let state = given::<Saga>(h).state().clone();
+    assert_eq!(state.state(), SagaState::Quarantined);
+    let mut after = state.clone();
+    for e in state
+        .decide(operator(OperatorAction::MarkCompensationDone, 22, "released by hand", now))
+        .expect("decide")
+    {
+        after = after.evolve(&e);
+    }
+    assert_eq!(after.state(), SagaState::Compensating);
+    assert_eq!(after.by_hand, vec![Compensation::ReleaseStock]);
 }

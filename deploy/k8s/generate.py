@@ -57,6 +57,12 @@ def role_docs(role):
             "name": "CAUSEWAY_ADMIN_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": "causeway-admin", "key": "token"}},
         },
+        # Reads of personal data (the log, the live feed, orders, sagas) and the console need it:
+        # every pod listens on all interfaces.
+        {
+            "name": "CAUSEWAY_READ_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "causeway-read", "key": "token"}},
+        },
     ]
     if role == "query":
         # Admission on the pods that take commands: a saga crosses Kafka five times, so its

@@ -30,10 +30,24 @@ pub struct TimelineEntry {
     /// A short detail (step, reason, tracking number...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The event's id (saga timelines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<uuid::Uuid>,
+    /// The id of the event that caused it: the reply, the order event, the operator's request
+    /// (saga timelines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<uuid::Uuid>,
 }
 
 fn entry(e: &RecordedEvent, detail: Option<String>) -> TimelineEntry {
-    TimelineEntry { event: e.event_type.clone(), position: e.position, at_ns: e.recorded_at_ns, detail }
+    TimelineEntry {
+        event: e.event_type.clone(),
+        position: e.position,
+        at_ns: e.recorded_at_ns,
+        detail,
+        event_id: None,
+        causation_id: None,
+    }
 }
 
 /// `order-summaries`: one document per order (`order/<id>`), plus a per-customer index
@@ -253,7 +267,11 @@ impl Projection for StockLevels {
     }
 }
 
-/// `saga-timelines`: one document per saga (`saga/<order id>`).
+/// `saga-timelines`: one document per saga (`saga/<order id>`) with its timeline; the saga's
+/// folded state (`state/<order id>`, the decider's own, so the state shown is the one the saga
+/// manager decides on); a list newest first (`list/<inverted start ns>/<order id>`), the same per
+/// state (`by-state/<state>/<inverted start ns>/<order id>`), and a count per state
+/// (`count/<state>`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SagaTimelines;
 
@@ -262,9 +280,39 @@ pub struct SagaTimelines;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SagaTimeline {
     pub order_id: OrderId,
-    /// running, completed, compensated or failed.
+    /// running, retrying, compensating, quarantined, failed, completed or compensated.
     pub status: String,
+    /// When it started (UTC ns).
+    #[serde(default)]
+    pub started_at_ns: u64,
+    /// When it last moved (UTC ns).
+    #[serde(default)]
+    pub updated_at_ns: u64,
+    /// The step or compensation in flight and its attempt (`TakePayment attempt 2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// Why it is quarantined, compensating or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The saga stream's version.
+    #[serde(default)]
+    pub version: u64,
     pub steps: Vec<TimelineEntry>,
+}
+
+/// A saga in the lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SagaListEntry {
+    pub order_id: OrderId,
+    /// As [`SagaTimeline::status`].
+    pub status: String,
+    pub started_at_ns: u64,
+    pub updated_at_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl SagaTimelines {
@@ -275,6 +323,30 @@ impl SagaTimelines {
     pub fn key(id: OrderId) -> String {
         format!("saga/{id}")
     }
+
+    /// The key of a saga's folded state.
+    pub fn state_key(id: OrderId) -> String {
+        format!("state/{id}")
+    }
+
+    /// The prefix of the list of every saga, newest first.
+    pub const LIST: &'static str = "list/";
+
+    /// The prefix of the list of the sagas in one state, newest first.
+    pub fn by_state_prefix(state: aggregates::saga::SagaState) -> String {
+        format!("by-state/{}/", state.name())
+    }
+
+    /// The key of the count of sagas in a state.
+    pub fn count_key(state: aggregates::saga::SagaState) -> String {
+        format!("count/{}", state.name())
+    }
+
+    /// The part of a list key that orders by start time, newest first: a saga that started at
+    /// or before `ns` sorts at or after it.
+    pub fn inverted(ns: u64) -> String {
+        format!("{:020}", u64::MAX - ns)
+    }
 }
 
 /// ` <sku>` for a per-SKU step, nothing for a whole one.
@@ -282,9 +354,23 @@ fn of_sku(sku: &Option<aggregates::Sku>) -> String {
     sku.as_ref().map(|s| format!(" {s}")).unwrap_or_default()
 }
 
+/// The step or compensation in flight, with its newest attempt.
+fn in_flight(saga: &aggregates::saga::Saga) -> Option<String> {
+    let attempt = |parts: &[aggregates::saga::Part]| parts.iter().map(|p| p.attempt).max().unwrap_or(1);
+    if let Some(s) = &saga.step {
+        return Some(format!("{:?} attempt {}", s.what, attempt(&s.parts)));
+    }
+    saga.compensation.as_ref().map(|c| format!("{:?} attempt {}", c.what, attempt(&c.parts)))
+}
+
 impl Projection for SagaTimelines {
     fn name(&self) -> &str {
         Self::NAME
+    }
+
+    /// 2: the saga's folded state, its operator state (quarantine, retrying), the lists and counts.
+    fn version(&self) -> u32 {
+        2
     }
 
     fn categories(&self) -> &[&str] {
@@ -292,41 +378,102 @@ impl Projection for SagaTimelines {
     }
 
     fn apply<S: Storage>(&self, tx: &mut Tx<'_, S>, e: &RecordedEvent) -> Result<()> {
+        use aggregates::saga::{Saga, SagaState};
+        use aggregates::Decider;
         if e.category() != "saga" {
             return Ok(());
         }
         let Some(id) = order_of_stream(&e.stream_id) else { return Ok(()) };
         let key = Self::key(id);
+        let event = decode::<SagaEvent>(e)?;
+        let saga: Saga = tx.take::<Saga>(&Self::state_key(id))?.unwrap_or_default();
+        let before = (saga.status != aggregates::saga::SagaStatus::NotStarted).then(|| saga.state());
         let mut t = tx.take::<SagaTimeline>(&key)?.unwrap_or_else(|| SagaTimeline {
             order_id: id,
-            status: "running".into(),
+            status: SagaState::Running.name().into(),
+            started_at_ns: e.recorded_at_ns,
+            updated_at_ns: e.recorded_at_ns,
+            current: None,
+            reason: None,
+            version: 0,
             steps: Vec::new(),
         });
-        let detail = match decode::<SagaEvent>(e)? {
+        let detail = match &event {
             SagaEvent::StepRequested(r) => {
                 Some(format!("{:?}{} attempt {}", r.step, of_sku(&r.sku), r.attempt))
             }
-            SagaEvent::StepSucceeded(r) => Some(format!("{:?}{}", r.step, of_sku(&r.sku))),
-            SagaEvent::StepFailed(r) => Some(r.reason),
+            SagaEvent::StepSucceeded(r) => Some(format!(
+                "{:?}{}{}",
+                r.step,
+                of_sku(&r.sku),
+                r.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+            )),
+            SagaEvent::StepFailed(r) => Some(r.reason.clone()),
             SagaEvent::CompensationRequested(r) => {
                 Some(format!("{:?}{} attempt {}", r.compensation, of_sku(&r.sku), r.attempt))
             }
             SagaEvent::CompensationDone(r) => Some(format!("{:?}{}", r.compensation, of_sku(&r.sku))),
-            SagaEvent::SagaCompleted(_) => {
-                t.status = "completed".into();
-                None
-            }
-            SagaEvent::SagaCompensated(r) => {
-                t.status = "compensated".into();
-                Some(r.reason)
-            }
-            SagaEvent::SagaFailed(r) => {
-                t.status = "failed".into();
-                Some(r.reason)
-            }
-            SagaEvent::SagaStarted(_) => None,
+            SagaEvent::SagaCompleted(_) | SagaEvent::SagaStarted(_) => None,
+            SagaEvent::SagaCompensated(r) => Some(r.reason.clone()),
+            SagaEvent::SagaFailed(r) => Some(r.reason.clone()),
+            SagaEvent::SagaQuarantined(r) => Some(r.reason.clone()),
+            SagaEvent::OperatorActed(a) => Some(format!(
+                "{} by {}{}",
+                a.action.name(),
+                a.operator,
+                if a.reason.is_empty() { String::new() } else { format!(": {}", a.reason) }
+            )),
         };
-        t.steps.push(entry(e, detail));
+        let saga = saga.evolve(&event);
+        let state = saga.state();
+        t.status = state.name().into();
+        t.updated_at_ns = e.recorded_at_ns;
+        t.current = if state == SagaState::Completed || state == SagaState::Compensated {
+            None
+        } else {
+            in_flight(&saga)
+        };
+        t.reason = match state {
+            SagaState::Quarantined => saga.quarantined.as_ref().map(|q| q.reason.clone()),
+            SagaState::Completed => None,
+            _ => saga.failure.clone(),
+        };
+        t.version = e.version;
+        let mut step = entry(e, detail);
+        step.event_id = Some(e.event_id);
+        step.causation_id = Some(e.causation_id);
+        t.steps.push(step);
+        if state == SagaState::NotStarted {
+            // Seen from the middle of its history (this log does not hold its start): the
+            // timeline shows what there is, the lists and counts wait for a saga they can place.
+            return tx.put(&key, t);
+        }
+        let listed = SagaListEntry {
+            order_id: id,
+            status: t.status.clone(),
+            started_at_ns: t.started_at_ns,
+            updated_at_ns: t.updated_at_ns,
+            current: t.current.clone(),
+            reason: t.reason.clone(),
+        };
+        let at = Self::inverted(t.started_at_ns);
+        if before != Some(state) {
+            if let Some(old) = before {
+                tx.delete(&format!("{}{at}/{id}", Self::by_state_prefix(old)));
+                let n = tx.take::<u64>(&Self::count_key(old))?.unwrap_or(0);
+                tx.put(&Self::count_key(old), n.saturating_sub(1))?;
+            }
+            let n = tx.take::<u64>(&Self::count_key(state))?.unwrap_or(0);
+            tx.put(&Self::count_key(state), n.saturating_add(1))?;
+        }
+        tx.put(&format!("{}{at}/{id}", Self::by_state_prefix(state)), listed.clone())?;
+        tx.put(&format!("{}{at}/{id}", Self::LIST), listed)?;
+        if matches!(state, SagaState::Completed | SagaState::Compensated) {
+            // Ended for good: the folded state (its lines and address) is not kept.
+            tx.delete(&Self::state_key(id));
+        } else {
+            tx.put(&Self::state_key(id), saga)?;
+        }
         tx.put(&key, t)
     }
 }

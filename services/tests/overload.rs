@@ -30,6 +30,7 @@ fn state(rt: &Rt, stopping: tokio::sync::watch::Receiver<bool>) -> ApiState<Memo
         admission: rt.admission().cloned(),
         feeds: LiveFeeds::default(),
         limits: HttpLimits::default(),
+        read_token: None,
     }
 }
 

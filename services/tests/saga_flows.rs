@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use aggregates::inventory::Inventory;
 use aggregates::order::{CancelReason, LineItem, Order, OrderCommand, OrderStatus};
 use aggregates::payment::{Payment, PaymentStatus};
-use aggregates::saga::{RetryPolicy, Saga, SagaCommand, SagaStatus};
+use aggregates::saga::{OnExhausted, OperatorAction, RetryPolicy, Saga, SagaCommand, SagaState, SagaStatus};
 use aggregates::shipping::{Address, Shipment, ShipmentStatus};
 use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
 use event_store::{Direction, EventStore, ExpectedVersion, MemoryStorage, NewEvent, StoreConfig, StreamId};
@@ -31,6 +31,7 @@ fn config() -> RuntimeConfig {
             backoff_base_ms: 50,
             backoff_cap_ms: 200,
             max_attempts: 3,
+            on_exhausted: OnExhausted::Quarantine,
         },
         breaker: BreakerConfig { failure_threshold: 3, open_for: Duration::from_millis(200) },
         timer_interval: Duration::from_millis(20),
@@ -118,6 +119,7 @@ fn assert_invariants(rt: &Rt) -> invariants::Report {
     let report = invariants::check(rt.store()).expect("check");
     assert!(report.is_ok(), "{:?}", report.problems);
     assert!(report.unfinished.is_empty(), "unfinished sagas: {:?}", report.unfinished);
+    assert!(report.quarantined.is_empty(), "quarantined sagas: {:?}", report.quarantined);
     report
 }
 
@@ -318,11 +320,72 @@ async fn customer_cancel_mid_saga_compensates_what_was_done() {
     rt.shutdown().await.expect("shutdown");
 }
 
+/// Short steps, two attempts: a gateway outage runs a step out of attempts in well under a second.
+fn outage_config(on_exhausted: OnExhausted) -> RuntimeConfig {
+    let mut cfg = config();
+    cfg.policy = RetryPolicy {
+        step_timeout_ms: 300,
+        backoff_base_ms: 20,
+        backoff_cap_ms: 50,
+        max_attempts: 2,
+        on_exhausted,
+    };
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_outage_quarantines_the_saga_and_a_retry_after_it_completes_the_order() {
+    let cfg = outage_config(OnExhausted::Quarantine);
+    let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+    let rt = start_with(store, SimulatedGatewayConfig { failure_rate: 1.0, ..Default::default() }, cfg);
+    stock(&rt, "A", 10).await;
+    let id = place(&rt, &[("A", 2, 100)], "DE").await;
+    let stream = messages::saga_stream(id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let parked = loop {
+        let (saga, _) = load::<MemoryStorage, Saga>(rt.store(), &stream).expect("load");
+        if saga.state() == SagaState::Quarantined {
+            break saga;
+        }
+        assert!(Instant::now() < deadline, "never quarantined: {saga:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(parked.step.as_ref().map(|s| s.what), Some(aggregates::saga::Step::TakePayment));
+    assert_eq!(inventory(&rt, "A").available, 8, "a parked saga keeps its reservation");
+    // Parked, it holds nothing: not in memory, no deadline; time does not move it.
+    let saga = rt.saga().expect("saga manager");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while saga.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "a parked saga stays in memory");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = rt.store().stream_version(&stream).expect("version");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rt.store().stream_version(&stream).expect("version"), before, "no retry while parked");
+    // The gateway recovers; the operator retries.
+    rt.handlers().gateway().inner().reconfigure(SimulatedGatewayConfig::default());
+    let retry = services::app::saga::OperatorRequest {
+        action: OperatorAction::Retry,
+        action_id: Uuid::now_v7(),
+        operator: "ops".into(),
+        reason: "gateway back".into(),
+        expected_version: None,
+    };
+    let acted = saga.act(id, &retry).await.expect("act");
+    assert!(!acted.repeated);
+    let again = saga.act(id, &retry).await.expect("act");
+    assert!(again.repeated, "the same action id is not carried out twice");
+    let done = wait_terminal(&rt, id).await;
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(order(&rt, id).status, aggregates::order::OrderStatus::Confirmed);
+    assert_eq!(payment(&rt, id).captured, Money(200));
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_outage_opens_the_breaker_times_out_and_compensates() {
-    let mut cfg = config();
-    cfg.policy =
-        RetryPolicy { step_timeout_ms: 300, backoff_base_ms: 20, backoff_cap_ms: 50, max_attempts: 2 };
+    let cfg = outage_config(OnExhausted::Compensate);
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
     let rt = start_with(store, SimulatedGatewayConfig { failure_rate: 1.0, ..Default::default() }, cfg);
     stock(&rt, "A", 10).await;
@@ -480,8 +543,7 @@ async fn a_malformed_command_is_dead_lettered_and_can_be_redriven() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_from_an_outage_can_be_redriven_after_it() {
     let mut cfg = config();
-    cfg.policy =
-        RetryPolicy { step_timeout_ms: 60_000, backoff_base_ms: 20, backoff_cap_ms: 50, max_attempts: 2 };
+    cfg.policy = RetryPolicy { step_timeout_ms: 60_000, max_attempts: 2, ..cfg.policy };
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
     let rt = start_with(store, SimulatedGatewayConfig { failure_rate: 1.0, ..Default::default() }, cfg);
     stock(&rt, "A", 10).await;
@@ -660,8 +722,13 @@ async fn a_deadline_survives_a_restart() {
     // The payment gateway is down, so the payment step waits for its deadline; the node stops
     // before the deadline and a new node (gateway healthy) must retry the step when it is due.
     let mut cfg = config();
-    cfg.policy =
-        RetryPolicy { step_timeout_ms: 700, backoff_base_ms: 20, backoff_cap_ms: 50, max_attempts: 3 };
+    cfg.policy = RetryPolicy {
+        step_timeout_ms: 700,
+        backoff_base_ms: 20,
+        backoff_cap_ms: 50,
+        max_attempts: 3,
+        ..cfg.policy
+    };
     cfg.consumer.max_attempts = 1; // dead-letter the failed payment at once; only the deadline can retry it
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
     let rt = start_with(

@@ -295,7 +295,7 @@ pub fn check(cluster: &Cluster, sent: &[Sent], report: &mut Report) {
                 }
             }
             SagaStatus::Completed => {}
-            other => v.push(format!("{stream} did not end: {other:?}")),
+            _ => v.push(format!("{stream} did not end: {}", saga.state().name())),
         }
         states.insert(id, saga);
     }

@@ -151,9 +151,22 @@ pub struct SagaArgs {
     /// How long a step may wait for its reply before it is sent again, in ms.
     #[arg(long, env = "CAUSEWAY_STEP_TIMEOUT_MS", default_value_t = 5_000)]
     pub step_timeout_ms: u64,
-    /// Sends of a step (the first one included) before the saga gives up and compensates.
+    /// Sends of a step (the first one included) before the saga gives up on it.
     #[arg(long, env = "CAUSEWAY_STEP_ATTEMPTS", default_value_t = 4)]
     pub step_attempts: u32,
+    /// What a saga does when a step runs out of attempts: quarantine (park it for an operator,
+    /// the default) or compensate (cancel the order for a timeout; a compensation that runs out
+    /// fails the saga).
+    #[arg(long, env = "CAUSEWAY_ON_STEP_EXHAUSTED", default_value = "quarantine", value_parser = parse_exhausted)]
+    pub on_step_exhausted: aggregates::saga::OnExhausted,
+}
+
+fn parse_exhausted(s: &str) -> Result<aggregates::saga::OnExhausted, String> {
+    match s {
+        "quarantine" => Ok(aggregates::saga::OnExhausted::Quarantine),
+        "compensate" => Ok(aggregates::saga::OnExhausted::Compensate),
+        other => Err(format!("{other:?}: quarantine or compensate")),
+    }
 }
 
 impl SagaArgs {
@@ -167,6 +180,7 @@ impl SagaArgs {
         Ok(aggregates::saga::RetryPolicy {
             step_timeout_ms: self.step_timeout_ms,
             max_attempts: self.step_attempts,
+            on_exhausted: self.on_step_exhausted,
             ..aggregates::saga::RetryPolicy::default()
         })
     }

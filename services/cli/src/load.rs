@@ -41,6 +41,8 @@ pub struct LoadSpec {
     pub retries: u32,
     /// Remote runs: how long to wait, once every order is sent, for the accepted sagas to end.
     pub drain: Duration,
+    /// Remote runs: the node's read token (its live feed needs it when the node has one).
+    pub read_token: Option<String>,
 }
 
 /// What happened.
@@ -50,6 +52,8 @@ pub struct LoadReport {
     pub completed: u64,
     pub compensated: u64,
     pub failed: u64,
+    /// Sagas parked for an operator (a step ran out of attempts).
+    pub quarantined: u64,
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
     /// (orders ended, resident MiB, sagas in flight in memory, store size on disk in MiB)
@@ -94,7 +98,8 @@ pub struct Intake {
 impl LoadReport {
     /// Ended sagas per second.
     pub fn sagas_per_sec(&self) -> f64 {
-        (self.completed + self.compensated + self.failed) as f64 / self.elapsed.as_secs_f64()
+        (self.completed + self.compensated + self.failed + self.quarantined) as f64
+            / self.elapsed.as_secs_f64()
     }
 
     /// Latency quantile in milliseconds.
@@ -156,23 +161,26 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         let disk = move || sized.storage().size_on_disk().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new(3)?;
-            let (mut completed, mut compensated, mut failed) = (0u64, 0u64, 0u64);
+            let (mut completed, mut compensated, mut failed, mut quarantined) = (0u64, 0u64, 0u64, 0u64);
             let mut memory = Vec::new();
-            while completed + compensated + failed < total {
+            while completed + compensated + failed + quarantined < total {
                 let Some(e) = sub.next().await else { break };
                 let e = e?;
                 let outcome = match e.event_type.as_str() {
                     "SagaCompleted" => &mut completed,
                     "SagaCompensated" => &mut compensated,
                     "SagaFailed" => &mut failed,
+                    "SagaQuarantined" => &mut quarantined,
                     _ => continue,
                 };
+                // Each order counts once, at its first end (a quarantined saga may end later).
+                let Some(t) = order_of(&e.stream_id).and_then(|o| placed.lock().ok()?.remove(&o)) else {
+                    continue;
+                };
                 *outcome += 1;
-                if let Some(t) = order_of(&e.stream_id).and_then(|o| placed.lock().ok()?.remove(&o)) {
-                    latency.record(t.elapsed().as_micros() as u64)?;
-                }
+                latency.record(t.elapsed().as_micros() as u64)?;
                 slots.add_permits(1);
-                let ended = completed + compensated + failed;
+                let ended = completed + compensated + failed + quarantined;
                 if let Some(b) = &bar {
                     b.set_position(ended);
                 }
@@ -180,11 +188,11 @@ pub async fn run<S: Storage, G: PaymentGateway>(
                     memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight()), disk()));
                 }
             }
-            let ended = completed + compensated + failed;
+            let ended = completed + compensated + failed + quarantined;
             if memory.last().map(|m: &(u64, f64, usize, f64)| m.0) != Some(ended) {
                 memory.push((ended, rss_mib(), saga.as_ref().map_or(0, |s| s.in_flight()), disk()));
             }
-            anyhow::Ok((completed, compensated, failed, latency, memory))
+            anyhow::Ok(((completed, compensated, failed, quarantined), latency, memory))
         })
     };
 
@@ -219,7 +227,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
             }
         });
     }
-    let (completed, compensated, failed, latency, memory) = watcher.await??;
+    let ((completed, compensated, failed, quarantined), latency, memory) = watcher.await??;
     let space = if spec.memory_checkpoint > 0 { store.space_by_kind()? } else { Vec::new() };
     if let Some(b) = bar {
         b.finish();
@@ -229,6 +237,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         completed,
         compensated,
         failed,
+        quarantined,
         elapsed: started.elapsed(),
         latency,
         memory,
@@ -246,8 +255,8 @@ pub fn print(report: &LoadReport) {
     println!("|---------|------:|");
     println!("| orders | {} |", report.orders);
     println!(
-        "| completed / compensated / failed | {} / {} / {} |",
-        report.completed, report.compensated, report.failed
+        "| completed / compensated / failed / quarantined | {} / {} / {} / {} |",
+        report.completed, report.compensated, report.failed, report.quarantined
     );
     println!("| elapsed | {:.2} s |", report.elapsed.as_secs_f64());
     println!("| sagas/s | {:.0} |", report.sagas_per_sec());
@@ -285,7 +294,7 @@ pub fn print(report: &LoadReport) {
             i.ended_while_offered,
             i.ended_while_offered as f64 / secs
         );
-        let ended = report.completed + report.compensated + report.failed;
+        let ended = report.completed + report.compensated + report.failed + report.quarantined;
         println!("| accepted, not ended after the drain | {} |", i.accepted.saturating_sub(ended));
     }
     if report.errors.0 > 0 {
@@ -354,9 +363,16 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
     let base = base.trim_end_matches('/').to_owned();
     // Longer than the node's own request time (30 s by default), so the node's 504 arrives
     // before the client gives up; a client time-out is an unknown outcome all the same.
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &spec.read_token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the read token must be printable ASCII")?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(spec.concurrency.max(1))
         .timeout(CLIENT_TIMEOUT)
+        .default_headers(headers)
         .build()?;
     let ready = client
         .get(format!("{base}/readyz"))
@@ -394,11 +410,11 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
             (failed_requests.clone(), offered_at.clone(), answered_at.clone(), spec.drain);
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new(3)?;
-            let (mut completed, mut compensated, mut failed) = (0u64, 0u64, 0u64);
+            let (mut completed, mut compensated, mut failed, mut quarantined) = (0u64, 0u64, 0u64, 0u64);
             let mut ended_while_offered = 0u64;
             let mut body = feed.bytes_stream();
             let mut buf = String::new();
-            while completed + compensated + failed
+            while completed + compensated + failed + quarantined
                 < total - failed_requests.load(std::sync::atomic::Ordering::Acquire)
             {
                 if answered_at.get().is_some_and(|t| t.elapsed() > drain) {
@@ -415,6 +431,7 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                         "SagaCompleted" => &mut completed,
                         "SagaCompensated" => &mut compensated,
                         "SagaFailed" => &mut failed,
+                        "SagaQuarantined" => &mut quarantined,
                         _ => continue,
                     };
                     let event: serde_json::Value = serde_json::from_str(&data)?;
@@ -435,11 +452,11 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
                     }
                     slots.add_permits(1);
                     if let Some(b) = &bar {
-                        b.set_position(completed + compensated + failed);
+                        b.set_position(completed + compensated + failed + quarantined);
                     }
                 }
             }
-            anyhow::Ok((completed, compensated, failed, latency, ended_while_offered))
+            anyhow::Ok(((completed, compensated, failed, quarantined), latency, ended_while_offered))
         })
     };
     let intake: Arc<Mutex<Intake>> = Arc::default();
@@ -577,7 +594,7 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         let r = requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         (r.1, r.2.clone())
     };
-    let (completed, compensated, failed, mut latency, ended_while_offered) = watcher.await??;
+    let ((completed, compensated, failed, quarantined), mut latency, ended_while_offered) = watcher.await??;
     for us in &timings.lock().map_err(|_| anyhow::anyhow!("lock"))?.early_latencies {
         latency.record(*us)?;
     }
@@ -591,6 +608,7 @@ pub async fn run_remote(base: &str, spec: &LoadSpec) -> anyhow::Result<LoadRepor
         completed,
         compensated,
         failed,
+        quarantined,
         elapsed: started.elapsed(),
         latency,
         memory: Vec::new(),

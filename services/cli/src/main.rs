@@ -64,6 +64,10 @@ enum Cmd {
     /// List dead letters (messages a consumer could not process, with the reason and the
     /// original), or re-drive one. NOT safe while the node runs: it needs the store's lock.
     DeadLetters(cmd::dead_letters::Args),
+    /// List sagas (by state, age, order id) and act on one: retry, resume, compensate, mark a
+    /// compensation done. Safe while the node runs: it goes through the node's API, and the
+    /// node's saga manager carries each action out with its audit record.
+    Sagas(cmd::sagas::Args),
     /// Benchmarks (safe while a node runs: they use their own temporary stores).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -105,6 +109,7 @@ async fn run(command: Cmd) -> Result<ExitCode> {
         Cmd::Events(args) => cmd::events::run(args),
         Cmd::Replay(args) => cmd::replay::run(args).await,
         Cmd::DeadLetters(args) => cmd::dead_letters::run(args).await,
+        Cmd::Sagas(args) => cmd::sagas::run(args).await,
         Cmd::Bench(bench) => cmd::bench::run(bench).await,
     }
 }

@@ -84,7 +84,17 @@ fn dead_letters_are_listed_and_redriven() {
     let data = dir.path().join("node");
     let data = data.to_str().expect("utf8");
     // A gateway that always fails: payment commands end up in the dead letters.
-    let out = run(&["load", "--orders", "20", "--gateway-failure-rate", "1", "--data-dir", data]);
+    let out = run(&[
+        "load",
+        "--orders",
+        "20",
+        "--gateway-failure-rate",
+        "1",
+        "--on-step-exhausted",
+        "compensate",
+        "--data-dir",
+        data,
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let out = run(&["dead-letters", "--data-dir", data, "--consumer", "payment-service", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -232,7 +242,7 @@ fn replay_from_a_timestamp_and_as_of_run_and_bad_times_are_refused() {
     }
 }
 
-/// The "completed / compensated / failed" counts of a load report.
+/// The "completed / compensated / failed / quarantined" counts of a load report.
 fn outcomes(report: &str) -> Vec<u64> {
     report
         .lines()
@@ -242,28 +252,36 @@ fn outcomes(report: &str) -> Vec<u64> {
         .expect("outcome row")
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_listening(port: u16) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the node did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Two loads at once on one node: each counts the sagas of its own orders only (one load's
 /// orders all complete, the other's all compensate).
 #[test]
 fn load_drives_a_running_node_over_http() {
-    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let mut node = Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(&data)
         .env("RUST_LOG", "error")
         .spawn()
         .expect("spawn serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the node did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port);
     let target = format!("http://127.0.0.1:{port}");
     // Two loads on one node at once, each paced over about 3 s so that they overlap: each
     // counts the sagas of its own orders only (the other's end on the same live feed).
@@ -279,11 +297,11 @@ fn load_drives_a_running_node_over_http() {
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("| orders | 60 |"), "{report}");
-    assert_eq!(outcomes(&report), [60, 0, 0], "{report}");
+    assert_eq!(outcomes(&report), [60, 0, 0, 0], "{report}");
     assert!(report.contains("p99 POST /api/orders"), "{report}");
     let out = other.join().expect("the other load");
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(outcomes(&text(&out)), [0, 30, 0], "{}", text(&out));
+    assert_eq!(outcomes(&text(&out)), [0, 30, 0, 0], "{}", text(&out));
     let status = Command::new("kill").args(["-TERM", &node.id().to_string()]).status().expect("kill");
     assert!(status.success());
     assert!(node.wait().expect("wait").success(), "graceful stop");
@@ -359,4 +377,115 @@ fn migrate_converts_a_store_of_the_first_format_and_keeps_the_old_one() {
     let missing = dir.path().join("none");
     let none = run(&["migrate", "--data-dir", missing.to_str().expect("utf8")]);
     assert!(!none.status.success() && text(&none).contains("no store at"), "{}", text(&none));
+}
+
+/// `causeway sagas` lists a running node's sagas and retries a quarantined one through its API
+/// (with the tokens), refusing what the saga's state does not allow.
+#[test]
+fn sagas_lists_and_retries_a_quarantined_saga_on_a_running_node() {
+    use std::time::{Duration, Instant};
+    const ADMIN: &str = "cli-admin-token-000001";
+    const READ: &str = "cli-read-token-0000001";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let port = free_port();
+    let mut node = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--step-timeout-ms",
+            "300",
+            "--step-attempts",
+            "2",
+        ])
+        .args(["--gateway-failure-rate", "1", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "error")
+        .env("CAUSEWAY_ADMIN_TOKEN", ADMIN)
+        .env("CAUSEWAY_READ_TOKEN", READ)
+        .spawn()
+        .expect("spawn serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let sagas = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("sagas")
+            .args(args)
+            .args(["--url", &url])
+            .env("RUST_LOG", "error")
+            .env_remove("CAUSEWAY_ADMIN_TOKEN")
+            .env_remove("CAUSEWAY_READ_TOKEN")
+            .output()
+            .expect("run causeway sagas")
+    };
+    wait_listening(port);
+    let out = run(&["load", "--target", &url, "--orders", "1", "--drain-secs", "20", "--read-token", READ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(outcomes(&text(&out)), [0, 0, 0, 1], "the payment never answers: {}", text(&out));
+    // Without the read token the list is refused; with it, the quarantined saga is there.
+    let out = sagas(&["list"]);
+    assert!(!out.status.success() && text(&out).contains("401"), "{}", text(&out));
+    // (The read model trails the log by a few ms.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let out = sagas(&["list", "--status", "quarantined", "--json", "--read-token", READ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        if let Some(id) = page["sagas"][0]["order_id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no quarantined saga listed: {page}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = sagas(&["list", "--read-token", READ]);
+    let table = text(&out);
+    assert!(table.starts_with("ORDER") && table.contains(&id) && table.contains("quarantined"), "{table}");
+    // Refused: no admin token; a state that does not allow it (exit 1, the state named).
+    let out = sagas(&["retry", &id, "--operator", "ops"]);
+    assert!(!out.status.success() && text(&out).contains("admin token"), "{}", text(&out));
+    let out =
+        sagas(&["mark-compensation-done", &id, "--operator", "ops", "--reason", "r", "--admin-token", ADMIN]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("the saga is quarantined"), "{}", text(&out));
+    // Retried with the gateway still failing: the action is recorded, the saga goes on retrying
+    // and is quarantined again; `show` prints the operator's action on the timeline.
+    let out = sagas(&[
+        "retry",
+        &id,
+        "--operator",
+        "ops@example.com",
+        "--reason",
+        "try again",
+        "--key",
+        "k1",
+        "--admin-token",
+        ADMIN,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("retry: saga {id} is now")), "{}", text(&out));
+    let out = sagas(&["retry", &id, "--operator", "ops@example.com", "--key", "k1", "--admin-token", ADMIN]);
+    assert!(text(&out).contains("repeated"), "the same key is one action: {}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = sagas(&["show", &id, "--read-token", READ]);
+        let shown = text(&out);
+        if shown.contains("OperatorActed") && shown.lines().next().is_some_and(|l| l.ends_with("quarantined"))
+        {
+            assert!(shown.contains("retry by ops@example.com: try again"), "{shown}");
+            assert_eq!(shown.matches("OperatorActed").count(), 1, "{shown}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never quarantined again after the retry: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill").args(["-TERM", &node.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    assert!(node.wait().expect("wait").success(), "graceful stop");
+    // verify names the parked saga (it has not ended).
+    let out = run(&["verify", "--data-dir", data.to_str().expect("utf8")]);
+    assert!(
+        !out.status.success() && text(&out).contains(&format!("quarantined saga: {id}")),
+        "{}",
+        text(&out)
+    );
 }

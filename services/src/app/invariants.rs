@@ -5,7 +5,8 @@
 //! deployment checks its part (a saga pod: its sagas ended; an inventory pod: stock conserved;
 //! every pod: each of its aggregates can be rebuilt).
 //!
-//! - Every saga has ended (completed, compensated or failed) — [`Report::unfinished`].
+//! - Every saga has ended (completed, compensated or failed) — [`Report::unfinished`]; a saga
+//!   parked for an operator is listed apart ([`Report::quarantined`]).
 //! - Stock is conserved per SKU: added = available + reserved + shipped.
 //! - A compensated order holds no stock (reserved or committed) and no captured money.
 //! - A completed order is confirmed, with one captured payment and one created shipment, and its
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aggregates::inventory::{Inventory, InventoryEvent};
 use aggregates::order::{Order, OrderStatus};
 use aggregates::payment::{Payment, PaymentStatus};
-use aggregates::saga::{Saga, SagaStatus};
+use aggregates::saga::{Compensation, Saga, SagaStatus};
 use aggregates::shipping::{Shipment, ShipmentStatus};
 use aggregates::DomainEvent;
 use aggregates::{Money, OrderId};
@@ -34,8 +35,13 @@ pub struct Report {
     pub completed: usize,
     pub compensated: usize,
     pub failed: usize,
-    /// Sagas that have not ended.
+    /// Sagas that have not ended (and are not parked).
     pub unfinished: Vec<OrderId>,
+    /// Sagas parked for an operator (a step ran out of attempts): not ended either.
+    pub quarantined: Vec<OrderId>,
+    /// Compensated sagas with a compensation an operator marked done by hand: those parts are
+    /// not checked against the services' streams.
+    pub by_hand: Vec<OrderId>,
     /// SKUs checked.
     pub skus: usize,
     /// Every broken invariant.
@@ -150,6 +156,7 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
                 SagaStatus::Completed => report.completed += 1,
                 SagaStatus::Compensated => report.compensated += 1,
                 SagaStatus::Failed => report.failed += 1,
+                _ if saga.quarantined.is_some() => report.quarantined.push(order_id),
                 _ => report.unfinished.push(order_id),
             }
             continue;
@@ -192,32 +199,45 @@ pub fn check_scope<S: Storage>(store: &EventStore<S>, scope: Scope) -> Result<Re
             }
             SagaStatus::Compensated => {
                 report.compensated += 1;
-                if order.status != OrderStatus::Cancelled {
+                // What an operator marked done by hand was done outside the system: the services'
+                // streams do not show it, so it is not checked against them.
+                let by_hand = |c: Compensation| saga.by_hand.contains(&c);
+                if !saga.by_hand.is_empty() {
+                    report.by_hand.push(order_id);
+                }
+                if order.status != OrderStatus::Cancelled && !by_hand(Compensation::CancelOrder) {
                     report
                         .problems
                         .push(format!("order {order_id}: compensated but order is {:?}", order.status));
                 }
-                if holds_stock {
+                if holds_stock && !by_hand(Compensation::ReleaseStock) {
                     report.problems.push(format!("order {order_id}: compensated but still holds stock"));
                 }
                 for sku in inventories.keys() {
-                    if committed.contains_key(&(sku.clone(), order_id)) {
+                    if committed.contains_key(&(sku.clone(), order_id))
+                        && !by_hand(Compensation::ReleaseStock)
+                    {
                         report.problems.push(format!(
                             "order {order_id}: compensated but its stock of {sku} stays committed"
                         ));
                     }
                 }
-                if payment.captured != Money::ZERO || payment.status == PaymentStatus::Authorized {
+                let money_held =
+                    payment.captured != Money::ZERO || payment.status == PaymentStatus::Authorized;
+                if money_held && !by_hand(Compensation::RefundPayment) {
                     report.problems.push(format!(
                         "order {order_id}: compensated but money is held ({:?})",
                         payment.status
                     ));
                 }
-                if shipment.status == ShipmentStatus::Created {
+                if shipment.status == ShipmentStatus::Created && !by_hand(Compensation::CancelShipment) {
                     report.problems.push(format!("order {order_id}: compensated but the shipment is active"));
                 }
             }
             SagaStatus::Failed => report.failed += 1,
+            SagaStatus::Running | SagaStatus::Compensating if saga.quarantined.is_some() => {
+                report.quarantined.push(order_id)
+            }
             SagaStatus::NotStarted | SagaStatus::Running | SagaStatus::Compensating => {
                 report.unfinished.push(order_id)
             }

@@ -25,6 +25,29 @@ pub type RedriveFn = Arc<
         + Sync,
 >;
 
+/// An operator's action on one saga, as the admin route received it.
+#[derive(Debug, Clone)]
+pub struct SagaActionRequest {
+    /// The saga's order.
+    pub order: aggregates::OrderId,
+    /// The action.
+    pub request: crate::app::saga::OperatorRequest,
+}
+
+/// Carries out an operator's action on a saga on the running node.
+pub type ActFn = Arc<
+    dyn Fn(
+            SagaActionRequest,
+        )
+            -> futures::future::BoxFuture<'static, Result<crate::app::saga::Acted, crate::app::saga::ActError>>
+        + Send
+        + Sync,
+>;
+
+/// Reconfigures the node's simulated payment gateway (the simulator's knob, for drills and
+/// tests; `None` when the node talks to another gateway).
+pub type SimulatorFn = Arc<dyn Fn(crate::app::gateway::SimulatedGatewayConfig) + Send + Sync>;
+
 /// What the admin routes need.
 #[derive(Clone)]
 pub struct AdminApi {
@@ -32,6 +55,10 @@ pub struct AdminApi {
     pub token: String,
     /// Re-drive through the node's own consumers.
     pub redrive: RedriveFn,
+    /// Operators' actions on sagas, through the node's saga manager.
+    pub act: ActFn,
+    /// The simulated gateway's settings.
+    pub simulator: Option<SimulatorFn>,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -64,10 +91,7 @@ pub(crate) fn authorize<S: Storage>(st: &ApiState<S>, headers: &HeaderMap) -> Ap
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
-    // Compare in time independent of where the first difference is.
-    let (a, b) = (given.as_bytes(), admin.token.as_bytes());
-    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if same {
+    if super::auth::same(given, &admin.token) {
         Ok(admin.clone())
     } else {
         Err(unauthorized())

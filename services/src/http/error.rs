@@ -20,11 +20,13 @@ pub struct ApiError {
     message: String,
     /// Seconds for the `Retry-After` header (429 and 503 answers).
     retry_after: Option<u64>,
+    /// Fields added beside `error` (a refused saga action's `status` and `version`).
+    extra: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code, message: message.into(), retry_after: None, extra: Vec::new() }
     }
     /// 429 `overloaded`: the node is at a bound; try again after `retry_after` seconds.
     pub(crate) fn overloaded(message: impl Into<String>, retry_after: u64) -> Self {
@@ -39,6 +41,11 @@ impl ApiError {
             retry_after: Some(retry_after.max(1)),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
+    }
+    /// Adds `name: value` beside `error` in the body.
+    pub(crate) fn with(mut self, name: &'static str, value: serde_json::Value) -> Self {
+        self.extra.push((name, value));
+        self
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -71,8 +78,13 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(json!({"error": {"code": self.code, "message": self.message}})))
-            .into_response();
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(map) = body.as_object_mut() {
+            for (name, value) in self.extra {
+                map.insert(name.to_owned(), value);
+            }
+        }
+        let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
         }
@@ -162,3 +174,30 @@ impl From<event_store::Error> for ApiError {
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::app::saga::ActError> for ApiError {
+    fn from(e: crate::app::saga::ActError) -> Self {
+        use crate::app::error::{HandlerError, Poison};
+        use crate::app::saga::ActError as A;
+        match &e {
+            A::NotFound(_) => ApiError::not_found(e.to_string()),
+            A::Refused { error: aggregates::saga::SagaError::ReasonRequired { .. }, .. } => {
+                ApiError::bad_request(e.to_string())
+            }
+            A::Refused { state, version, .. } | A::Moved { state, version, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                    .with("status", serde_json::Value::String(state.name().to_owned()))
+                    .with("version", serde_json::Value::from(*version))
+            }
+            A::NotOwner(_) => ApiError::new(StatusCode::CONFLICT, "not_owner", e.to_string()),
+            // Refused on a state that changed under the request (decided again after a conflict).
+            A::Handler(HandlerError::Poison(Poison::Refused(_))) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            A::Handler(HandlerError::Transient(_)) => {
+                ApiError::unavailable("unavailable", format!("try again: {e}"), 1)
+            }
+            A::Handler(_) | A::Load(_) => ApiError::internal(e),
+        }
+    }
+}

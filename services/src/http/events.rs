@@ -31,6 +31,8 @@ pub struct EventView {
     pub recorded_at: String,
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
+    /// The event's metadata (its source node, trace context, ...).
+    pub metadata: std::collections::BTreeMap<String, String>,
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
@@ -51,6 +53,7 @@ pub fn view(e: RecordedEvent) -> EventView {
         recorded_at,
         correlation_id: e.correlation_id,
         causation_id: e.causation_id,
+        metadata: e.metadata,
         payload,
     }
 }
@@ -124,4 +127,21 @@ pub(crate) async fn log_events<S: Storage>(
     };
     let events = st.store.read_all(start).take(limit).map(|e| e.map(view)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(events))
+}
+
+/// One event, by its id.
+#[utoipa::path(get, path = "/api/events/by-id/{id}", tag = "events",
+    params(("id" = Uuid, Path, description = "the event's id")),
+    responses((status = 200, body = EventView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn event_by_id<S: Storage>(
+    State(st): State<ApiState<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<EventView>> {
+    let Path(id) = id?;
+    let id: Uuid =
+        id.parse().map_err(|_| ApiError::bad_request(format!("{id:?} is not an event id (a UUID)")))?;
+    match st.store.find_event(id)? {
+        Some(e) => Ok(Json(view(e))),
+        None => Err(ApiError::not_found(format!("no event {id} in this node's log"))),
+    }
 }

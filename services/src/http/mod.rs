@@ -1,8 +1,13 @@
-//! The REST API (axum): commands, queries over the read models, event reads, health.
+//! The REST API (axum): commands, queries over the read models, event reads, health, the
+//! operators' routes (sagas, read models, dead letters) and the web console (`/ui`). With a read
+//! token, the reads that show personal data need it (`auth`).
 //!
 //! Errors have one JSON shape, `{"error": {"code": "...", "message": "..."}}`, with stable codes:
 //! `bad_request` (400: malformed JSON, unknown fields, bad ids or numbers), `not_found` (404),
-//! `conflict` (409: an idempotency key reused for another request, a busy stream),
+//! `unauthorized` (401: a read or admin route without its token), `forbidden` (403: the admin
+//! routes are off), `conflict` (409: an idempotency key reused for another request, a busy stream,
+//! a saga action its state does not allow, with the saga's `status` and `version`), `not_owner`
+//! (409: another pod owns it),
 //! `payload_too_large` (413), `unsupported_media_type` (415: not JSON), `rejected` (422: the
 //! domain refused the command), `overloaded` (429: the node is at a bound, of sagas in flight, of
 //! pending appends, of requests or of live feeds), `not_ready` / `unavailable` (503), `timeout`
@@ -19,6 +24,7 @@ use projections::ReadModels;
 use std::time::Duration;
 
 mod admin;
+mod auth;
 mod commands;
 mod error;
 mod events;
@@ -27,8 +33,13 @@ mod limits;
 mod live;
 mod queries;
 mod router;
+mod sagas;
+mod ui;
 
-pub use admin::{AdminApi, ReadModelName, RedriveFn, Redriven, ReplayRequest, MIN_ADMIN_TOKEN};
+pub use admin::{
+    ActFn, AdminApi, ReadModelName, RedriveFn, Redriven, ReplayRequest, SagaActionRequest, SimulatorFn,
+    MIN_ADMIN_TOKEN,
+};
 pub use commands::{
     idempotency_uuid, order_id_of_key, AddStockRequest, CancelledOrder, IdempotencyHeader, OrderLine,
     PlaceOrderRequest, PlacedOrder, StockAddedView,
@@ -40,6 +51,7 @@ pub use limits::{BoundedListener, BoundedStream, HttpLimits, LiveFeeds, DEFAULT_
 pub use live::LiveQuery;
 pub use queries::{CustomerOrdersPage, CustomerOrdersQuery, DeadLettersQuery};
 pub use router::{app, ApiDoc};
+pub use sagas::{Overview, SagaActionBody, SagaActionDone, SagasPage, SagasQuery, SimulatorGateway};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -69,6 +81,9 @@ pub struct ApiState<S: Storage> {
     pub feeds: LiveFeeds,
     /// The bounds on requests of the `/api` routes.
     pub limits: HttpLimits,
+    /// The credential of reads that show personal data (the log, the live feed, orders, sagas,
+    /// dead letters, the console): `None` leaves them open.
+    pub read_token: Option<String>,
 }
 
 /// Where a node's REST commands go.
@@ -108,6 +123,7 @@ impl<S: Storage> Clone for ApiState<S> {
             admission: self.admission.clone(),
             feeds: self.feeds.clone(),
             limits: self.limits,
+            read_token: self.read_token.clone(),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::queries::get_payments;
 use super::queries::get_saga;
 use super::queries::get_stock;
 use super::ApiState;
-use super::{admin, commands, events, health, live, queries, MAX_BODY_BYTES};
+use super::{admin, commands, events, health, live, queries, sagas, MAX_BODY_BYTES};
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -52,9 +52,14 @@ pub(crate) fn handler<S: Storage>(
         ("get", "/api/dead-letters") => get(dead_letters::<S>),
         ("get", "/api/streams/{id}/events") => get(stream_events::<S>),
         ("get", "/api/events") => get(log_events::<S>),
+        ("get", "/api/events/by-id/{id}") => get(events::event_by_id::<S>),
         ("get", "/api/events/live") => get(live_events::<S>),
         ("post", "/api/admin/projections/{name}/replay") => post(admin_replay::<S>),
         ("post", "/api/admin/dead-letters/{consumer}/{event_id}/redrive") => post(admin_redrive::<S>),
+        ("get", "/api/sagas") => get(sagas::list_sagas::<S>),
+        ("get", "/api/overview") => get(sagas::overview::<S>),
+        ("post", "/api/admin/sagas/{id}/{action}") => post(sagas::saga_action::<S>),
+        ("put", "/api/admin/simulator/gateway") => axum::routing::put(sagas::simulator_gateway::<S>),
         _ => return None,
     })
 }
@@ -103,9 +108,12 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
             limits.max_in_flight.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         ))
         .timeout(limits.request_timeout);
+    let reads = axum::middleware::from_fn_with_state(state.clone(), super::auth::require_read::<S>);
     probes
         .merge(api.layer(bounded))
+        .merge(super::ui::routes::<S>())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(reads)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(http_metrics))
         .with_state(state)
@@ -151,8 +159,9 @@ impl utoipa::Modify for BearerAuth {
     paths(health::healthz, health::readyz, health::prometheus, openapi, commands::place_order,
         commands::cancel_order, commands::add_stock, queries::get_order, queries::get_payments,
         queries::customer_orders, queries::get_stock, queries::get_saga, queries::dead_letters,
-        events::stream_events, events::log_events, live::live_events, admin::admin_replay,
-        admin::admin_redrive),
+        events::stream_events, events::log_events, events::event_by_id, live::live_events, admin::admin_replay,
+        admin::admin_redrive, sagas::list_sagas, sagas::overview, sagas::saga_action,
+        sagas::simulator_gateway),
     components(schemas(ReadModelName)),
     modifiers(&BearerAuth),
     tags((name = "commands"), (name = "queries"), (name = "events"), (name = "admin"), (name = "health"))

@@ -502,6 +502,35 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
         })
     }
 
+    /// Carries out operators' actions on sagas through this node's saga manager. A node that runs
+    /// none refuses, naming the pods that own sagas.
+    pub fn actor(&self) -> crate::http::ActFn {
+        let (saga, role) = (self.saga.clone(), self.role);
+        Arc::new(move |req: crate::http::SagaActionRequest| {
+            let saga = saga.clone();
+            Box::pin(async move {
+                let Some(saga) = saga else {
+                    return Err(crate::app::saga::ActError::NotOwner(format!(
+                        "this node ({} role) runs no saga manager: act on the saga pods (the saga of \
+                         order {} belongs to the pod of its order's partition of order_domain_events)",
+                        role.name(),
+                        req.order
+                    )));
+                };
+                match saga.act(req.order, &req.request).await {
+                    // A saga pod holds the sagas of its partitions only.
+                    Err(crate::app::saga::ActError::NotFound(order)) if role == Role::Saga => {
+                        Err(crate::app::saga::ActError::NotOwner(format!(
+                            "this saga pod holds no saga for order {order}: act on the saga pod that owns \
+                             the order's partition of order_domain_events"
+                        )))
+                    }
+                    other => other,
+                }
+            })
+        })
+    }
+
     /// Runs until `stop` completes (then stops gracefully) or until a consumer fails (then stops
     /// the rest and returns the failure): a node that lost a consumer must not keep serving.
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> Result<(), NodeError> {
@@ -646,6 +675,14 @@ fn spawn_projection<S: Storage, P: Projection>(
         }
         Ok(name)
     });
+}
+
+impl<S: Storage> Runtime<S, crate::app::gateway::SimulatedGateway> {
+    /// The knob of this node's simulated payment gateway (the admin route's).
+    pub fn simulator(&self) -> crate::http::SimulatorFn {
+        let handlers = self.handlers.clone();
+        Arc::new(move |config| handlers.gateway().inner().reconfigure(config))
+    }
 }
 
 #[cfg(test)]

@@ -761,6 +761,7 @@ async fn filled_node(
         rate: None,
         retries: 0,
         drain: Duration::from_secs(120),
+        read_token: None,
     };
     crate::load::run(&node, &spec).await?;
     Ok((store, node, spec))
@@ -897,6 +898,7 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
         admission: node.admission().cloned(),
         feeds: services::http::LiveFeeds::default(),
         limits: services::http::HttpLimits::default(),
+        read_token: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

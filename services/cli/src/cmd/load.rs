@@ -60,6 +60,11 @@ pub struct Args {
     pub durability: DurabilityArg,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub saga: crate::args::SagaArgs,
+    /// With --target: the node's read token (its live feed needs it when the node has one).
+    #[arg(long, env = "CAUSEWAY_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
 }
 
 /// Checks the flags and runs the load.
@@ -79,7 +84,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         drain_secs,
         durability,
         gateway,
+        saga,
+        read_token,
     } = args;
+    let policy = saga.policy()?;
     if duration.is_some_and(|d| !(d.is_finite() && d > 0.0 && d <= 86_400.0)) {
         bail!("--duration must be between 0 and 86400 seconds");
     }
@@ -112,6 +120,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         rate,
         retries,
         drain: Duration::from_secs_f64(drain_secs),
+        read_token,
     };
     if let Some(target) = target {
         if !target.starts_with("http://") {
@@ -131,7 +140,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         group_commit: crate::args::GroupCommitArgs::default(),
     };
     let store = store_args.open()?;
-    let node = Runtime::start(store, gateway.build()?, RuntimeConfig::default())?;
+    let node = Runtime::start(store, gateway.build()?, RuntimeConfig { policy, ..RuntimeConfig::default() })?;
     let report = load::run(&node, &spec).await?;
     node.shutdown().await?;
     load::print(&report);

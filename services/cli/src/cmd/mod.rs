@@ -7,5 +7,6 @@ pub mod load;
 pub mod migrate;
 pub mod replay;
 pub mod restore;
+pub mod sagas;
 pub mod serve;
 pub mod verify;

@@ -26,6 +26,11 @@ pub struct Args {
     /// one the admin routes are disabled. Prefer the environment variable to the flag.
     #[arg(long, env = "CAUSEWAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Token of the reads that show personal data (the log, the live feed, orders, sagas, dead
+    /// letters) and of the console, at least 16 characters; the admin token reads too. Without
+    /// one those reads are open. Prefer the environment variable to the flag.
+    #[arg(long, env = "CAUSEWAY_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// What this node runs: all (everything in one process, the default) or one role of a
@@ -48,13 +53,15 @@ pub struct Args {
 struct HttpOptions {
     listen: std::net::SocketAddr,
     admin_token: Option<String>,
+    read_token: Option<String>,
     forward_wait: Duration,
     limits: Limits,
 }
 
 /// Checks the flags, then runs the node until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let Args { store, gateway, listen, admin_token, kafka, role, forward_wait_ms, saga, limits } = args;
+    let Args { store, gateway, listen, admin_token, read_token, kafka, role, forward_wait_ms, saga, limits } =
+        args;
     let limits = limits.limits()?;
     let kafka = kafka.config()?;
     if role != Role::All && kafka.is_none() {
@@ -70,8 +77,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         admission: limits.admission,
         ..RuntimeConfig::default()
     };
-    let http =
-        HttpOptions { listen, admin_token, forward_wait: Duration::from_millis(forward_wait_ms), limits };
+    let http = HttpOptions {
+        listen,
+        admin_token,
+        read_token,
+        forward_wait: Duration::from_millis(forward_wait_ms),
+        limits,
+    };
     serve(store, gateway, http, config, role).await
 }
 
@@ -82,7 +94,7 @@ async fn serve(
     config: RuntimeConfig,
     role: Role,
 ) -> Result<ExitCode> {
-    let HttpOptions { listen, admin_token, forward_wait, limits } = http;
+    let HttpOptions { listen, admin_token, read_token, forward_wait, limits } = http;
     // A forwarded command's answer must be awaited inside the request's time, or the client
     // gets "outcome unknown" for commands that were carried out.
     if limits.http.request_timeout <= forward_wait + Duration::from_secs(1) {
@@ -92,10 +104,15 @@ async fn serve(
             forward_wait.as_millis() + 1000
         );
     }
-    if let Some(t) = &admin_token {
-        if t.chars().count() < http::MIN_ADMIN_TOKEN || t.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            bail!("the admin token must be at least {} characters with no spaces", http::MIN_ADMIN_TOKEN);
+    for (name, token) in [("admin", &admin_token), ("read", &read_token)] {
+        if let Some(t) = token {
+            let bad = |c: char| c.is_whitespace() || c.is_control() || c == ';' || c == ',';
+            if t.chars().count() < http::MIN_ADMIN_TOKEN || t.chars().any(bad) {
+                bail!(
+                    "the {name} token must be at least {} characters with no spaces, commas or semicolons",
+                    http::MIN_ADMIN_TOKEN
+                );
+            }
         }
     }
     let gateway = gateway.build()?;
@@ -128,11 +145,17 @@ async fn serve(
         ready: node.readiness().clone(),
         metrics: Some(metrics),
         stopping: http_stopped.clone(),
-        admin: admin_token.map(|token| http::AdminApi { token, redrive: node.redriver() }),
+        admin: admin_token.map(|token| http::AdminApi {
+            token,
+            redrive: node.redriver(),
+            act: node.actor(),
+            simulator: Some(node.simulator()),
+        }),
         commands,
         admission: node.admission().cloned(),
         feeds: http::LiveFeeds::new(limits.feeds),
         limits: limits.http,
+        read_token,
     };
     let listener = http::BoundedListener::new(listener, limits.connections, limits.idle);
     let server = tokio::spawn(

@@ -31,10 +31,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     println!("role: {} ({scope:?})", role.name());
     let inv = invariants::check_scope(&store, scope)?;
     println!(
-        "sagas: {} completed, {} compensated, {} failed, {} unfinished; {} SKUs",
+        "sagas: {} completed, {} compensated, {} failed, {} quarantined, {} unfinished; {} SKUs",
         inv.completed,
         inv.compensated,
         inv.failed,
+        inv.quarantined.len(),
         inv.unfinished.len(),
         inv.skus
     );
@@ -51,6 +52,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     for o in &inv.unfinished {
         println!("unfinished saga: {o}");
+        ok = false;
+    }
+    for o in &inv.by_hand {
+        println!("note: saga {o} has a compensation marked done by hand (not checked against the services)");
+    }
+    for o in &inv.quarantined {
+        println!("quarantined saga: {o} (parked for an operator: causeway sagas retry, compensate, ...)");
         ok = false;
     }
     if ok {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aggregates::codec::DomainEvent;
 use aggregates::order::{CancelReason, OrderEvent};
-use aggregates::saga::{RetryPolicy, Saga, SagaInput, SagaLine, SagaStatus};
+use aggregates::saga::{OperatorAction, RetryPolicy, Saga, SagaInput, SagaLine, SagaState, SagaStatus};
 use aggregates::{Decider, OrderId};
 use event_store::{time_to_nanos, AppendRequest, EventStore, ExpectedVersion, RecordedEvent, Storage};
 use time::OffsetDateTime;
@@ -115,7 +115,7 @@ impl<S: Storage> SagaRunner<S> {
             let stream = event_store::StreamId::new(stream)?;
             let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
             let Some(order) = saga.order_id else { continue };
-            if saga.status.is_terminal() {
+            if saga.is_parked() {
                 continue;
             }
             self.remember(order, saga, version, position);
@@ -157,7 +157,9 @@ impl<S: Storage> SagaRunner<S> {
         if let Some(old) = active.get(&order).and_then(|a| a.saga.next_deadline_ns()) {
             deadlines.remove(&(old, order));
         }
-        if saga.status.is_terminal() {
+        if saga.is_parked() {
+            // Ended or quarantined: nothing moves it on by itself, so it holds no memory and no
+            // low-water mark (an input that does comes loads it from its stream).
             active.remove(&order);
             return;
         }
@@ -172,6 +174,43 @@ impl<S: Storage> SagaRunner<S> {
         active.values().map(|a| a.started_at).min().map_or(self.store.head(), |p| p.saturating_sub(1))
     }
 
+    /// Carries out an operator's action on the saga of `order` (this node runs its saga manager):
+    /// the audit record and its effects in one write. The action's id is its idempotency key: an
+    /// action the saga has recorded is not carried out again (`Acted::repeated`).
+    pub async fn act(&self, order: OrderId, action: &OperatorRequest) -> Result<Acted, ActError> {
+        let OperatorRequest { action, action_id, ref operator, ref reason, expected_version } = *action;
+        let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
+        let stream = messages::saga_stream(order);
+        let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
+        if saga.order_id.is_none() {
+            return Err(ActError::NotFound(order));
+        }
+        let repeated = saga.has_acted(action_id);
+        if repeated {
+            return Ok(Acted { state: saga.state(), version, repeated });
+        }
+        if let Some(expected) = expected_version.filter(|v| *v != version) {
+            return Err(ActError::Moved { state: saga.state(), version, expected });
+        }
+        let input = SagaInput::Operator {
+            action,
+            action_id,
+            operator: operator.to_owned(),
+            reason: reason.to_owned(),
+            now_ns: now_ns(),
+            policy: self.policy,
+        };
+        if let Err(error) = saga.decide(input.clone()) {
+            return Err(ActError::Refused { state: saga.state(), version, error });
+        }
+        // Decided again on the state `apply_locked` holds (the cache's, as fresh: the stripe is
+        // ours), and appended with ids derived from the action's.
+        self.apply_locked(order, |_| Some(input.clone()), action_id, None).await?;
+        let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
+        metrics::counter!("causeway_saga_operator_actions_total", "action" => action.name()).increment(1);
+        Ok(Acted { state: saga.state(), version, repeated: false })
+    }
+
     /// Applies one input to a saga: load, decide, append saga events + commands (+ checkpoint).
     pub async fn apply(
         &self,
@@ -181,6 +220,17 @@ impl<S: Storage> SagaRunner<S> {
         checkpoint: Option<(String, u64)>,
     ) -> Result<(), HandlerError> {
         let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
+        self.apply_locked(order, input, cause, checkpoint).await
+    }
+
+    /// [`SagaRunner::apply`], its stripe held.
+    async fn apply_locked(
+        &self,
+        order: OrderId,
+        input: impl Fn(&Saga) -> Option<SagaInput>,
+        cause: uuid::Uuid,
+        checkpoint: Option<(String, u64)>,
+    ) -> Result<(), HandlerError> {
         let stream = messages::saga_stream(order);
         for _ in 0..MAX_CONFLICT_RETRIES {
             let cached = {
@@ -230,7 +280,7 @@ impl<S: Storage> SagaRunner<S> {
             match self.store.append(request).await {
                 Ok(r) => {
                     let started_at = if started_at == 0 { r.first_position } else { started_at };
-                    record_outcome(&state);
+                    record_outcome(&state, &events);
                     self.remember(order, state, r.streams[0].last_version, started_at);
                     return Ok(());
                 }
@@ -251,11 +301,76 @@ impl<S: Storage> SagaRunner<S> {
     }
 }
 
-fn record_outcome(state: &Saga) {
+/// An operator's action on one saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRequest {
+    /// What to do.
+    pub action: OperatorAction,
+    /// Its idempotency key.
+    pub action_id: uuid::Uuid,
+    /// Who (as the request names them: whoever holds the admin token may name anyone).
+    pub operator: String,
+    /// Why.
+    pub reason: String,
+    /// Carry it out only if the saga's stream is at this version (what the operator looked at).
+    pub expected_version: Option<u64>,
+}
+
+/// What an operator's action did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Acted {
+    /// The saga's state after it.
+    pub state: SagaState,
+    /// The saga stream's version after it.
+    pub version: u64,
+    /// The action had been carried out before (same action id): nothing was done now.
+    pub repeated: bool,
+}
+
+/// Why an operator's action was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// No saga runs for that order.
+    #[error("no saga for order {0}")]
+    NotFound(OrderId),
+    /// This node does not run the saga manager (the message names where the saga is owned).
+    #[error("{0}")]
+    NotOwner(String),
+    /// The saga's state does not allow it.
+    #[error("{error}")]
+    Refused {
+        /// The saga's state.
+        state: SagaState,
+        /// The saga stream's version.
+        version: u64,
+        /// Why.
+        error: aggregates::saga::SagaError,
+    },
+    /// The saga moved on since the version the operator saw.
+    #[error("the saga is at version {version} ({}), not {expected}: look at it again", state.name())]
+    Moved {
+        /// The saga's state.
+        state: SagaState,
+        /// The saga stream's version.
+        version: u64,
+        /// The version the request expected.
+        expected: u64,
+    },
+    /// Loading or appending failed.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    /// The saga's stream cannot be read.
+    #[error(transparent)]
+    Load(#[from] crate::app::error::LoadError),
+}
+
+fn record_outcome(state: &Saga, events: &[aggregates::saga::SagaEvent]) {
+    let quarantined = events.iter().any(|e| matches!(e, aggregates::saga::SagaEvent::SagaQuarantined(_)));
     let outcome = match state.status {
         SagaStatus::Completed => "completed",
         SagaStatus::Compensated => "compensated",
         SagaStatus::Failed => "failed",
+        _ if quarantined => "quarantined",
         _ => return,
     };
     metrics::counter!("causeway_saga_outcomes_total", "outcome" => outcome).increment(1);
