@@ -542,6 +542,60 @@ mod tests {
         assert!(r.low_water() < r.store.head());
     }
 
+    fn reply(
+        order: OrderId,
+        name: &str,
+        sku: Option<&Sku>,
+        now_ns: u64,
+    ) -> impl Fn(&Saga) -> Option<SagaInput> {
+        let command_id = aggregates::saga::part_command_id(order, name, sku);
+        move |_| {
+            Some(SagaInput::Reply {
+                command_id,
+                outcome: Outcome::Succeeded,
+                detail: None,
+                now_ns,
+                policy: RetryPolicy::default(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_saga_leaves_memory_and_a_late_reply_brings_it_back_with_its_deadline() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        r.apply(order, start(order, 1_000), uuid::Uuid::now_v7(), None).await.expect("start");
+        let a = Sku::from("A");
+        r.apply(order, reply(order, "step/reserve_stock", Some(&a), 2_000), uuid::Uuid::now_v7(), None)
+            .await
+            .expect("reserved");
+        // The payment gets no reply: every tick past its deadline sends it again, until the
+        // attempts run out and the saga is quarantined.
+        let mut now = 1_000_000_000_000_000_000u64;
+        for _ in 0..RetryPolicy::default().max_attempts {
+            let tick = move |_: &Saga| {
+                Some(SagaInput::Tick { now_ns: now, jitter: 0.0, policy: RetryPolicy::default() })
+            };
+            r.apply(order, tick, uuid::Uuid::now_v7(), None).await.expect("tick");
+            now += 1_000_000_000_000;
+        }
+        let (saga, _) =
+            load_from::<MemoryStorage, Saga>(&r.store, &messages::saga_stream(order), Saga::default(), 0)
+                .expect("load");
+        assert_eq!(saga.state(), SagaState::Quarantined, "{saga:?}");
+        assert_eq!(tracked(&r, order), (None, vec![]), "parked: not in memory, no deadline");
+        assert_eq!(r.low_water(), r.store.head(), "a parked saga holds no low-water mark");
+        // A late reply to the payment takes it out of quarantine: cached again, with the next
+        // step's deadline, exactly as the log has it.
+        r.apply(order, reply(order, "step/take_payment", None, now), uuid::Uuid::now_v7(), None)
+            .await
+            .expect("late reply");
+        let (version, deadline) = the_log_says(&r, order);
+        assert!(deadline.is_some());
+        assert_eq!(tracked(&r, order), (Some(version), deadline.into_iter().collect()));
+        assert!(r.low_water() < r.store.head());
+    }
+
     #[tokio::test]
     async fn deadlines_wait_while_the_inputs_are_behind_and_while_the_retry_budget_is_spent() {
         let r = runner();
