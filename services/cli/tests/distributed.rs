@@ -49,6 +49,11 @@ impl Node {
         if self.role == "payment" {
             cmd.args(["--gateway-decline-rate", "0.1"]);
         }
+        if self.role == "saga" {
+            // A step that runs out of attempts through the kills and the broker outage
+            // compensates, so every saga ends by itself (the run waits for each to end).
+            cmd.args(["--on-step-exhausted", "compensate"]);
+        }
         if self.role == "query" {
             // Orders go in one after another: one that waits out a broker outage for its answer
             // is answered 202 after a second.

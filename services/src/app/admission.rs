@@ -2,7 +2,8 @@
 //! adapts to how long sagas take, so a node past its capacity refuses new orders quickly (429 with
 //! `Retry-After`) instead of accepting work it can only finish late.
 //!
-//! The limit is AIMD on saga latency (place → `SagaCompleted`/`SagaCompensated`/`SagaFailed`,
+//! The limit is AIMD on saga latency (place → `SagaCompleted`/`SagaCompensated`/`SagaFailed`, or
+//! `SagaQuarantined`,
 //! as the node's log shows it), judged in half-second windows: a window in which no saga was late
 //! while the limit was at least half used grows it by √limit / 2; a window in which more than a
 //! tenth of the sagas took longer than the target shrinks it by a fifth, at most once per target
@@ -325,9 +326,13 @@ impl Admission {
         }
     }
 
-    /// Sees one event of the log: a saga's end frees its order's place.
+    /// Sees one event of the log: a saga's end frees its order's place, and so does its
+    /// quarantine (a parked saga waits for an operator, not for this node's capacity).
     pub fn observe(&self, e: &RecordedEvent) {
-        if matches!(e.event_type.as_str(), "SagaCompleted" | "SagaCompensated" | "SagaFailed") {
+        if matches!(
+            e.event_type.as_str(),
+            "SagaCompleted" | "SagaCompensated" | "SagaFailed" | "SagaQuarantined"
+        ) {
             if let Some(order) = e.stream_id.strip_prefix("saga-").and_then(|s| s.parse().ok()) {
                 self.ended(OrderId(order));
             }
@@ -402,6 +407,38 @@ mod tests {
         // One dropped (the saga starts, or the request was abandoned) keeps it.
         drop(a.admit(order()).expect("a place is free again").expect("a place"));
         assert_eq!(a.load().in_flight, 2, "a dropped ticket holds its place");
+    }
+
+    #[test]
+    fn a_saga_that_ends_or_is_quarantined_frees_its_place_and_other_saga_events_do_not() {
+        let a = Admission::new(AdmissionConfig::fixed(10));
+        let event = |order: OrderId, event_type: &str| RecordedEvent {
+            position: 1,
+            stream_id: format!("saga-{order}"),
+            version: 1,
+            event_id: uuid::Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            recorded_at_ns: 0,
+            correlation_id: order.0,
+            causation_id: order.0,
+            metadata: Default::default(),
+            payload: b"{}".to_vec(),
+            content_type: "application/json".into(),
+        };
+        let orders: Vec<OrderId> = (0..5).map(|_| order()).collect();
+        for o in &orders {
+            drop(a.admit(*o).expect("admitted").expect("a place"));
+        }
+        a.observe(&event(orders[0], "StepRequested"));
+        a.observe(&event(orders[0], "OperatorActed"));
+        assert_eq!(a.load().in_flight, 5);
+        for (o, end) in
+            orders.iter().zip(["SagaCompleted", "SagaCompensated", "SagaFailed", "SagaQuarantined"])
+        {
+            a.observe(&event(*o, end));
+        }
+        assert_eq!(a.load().in_flight, 1, "four ended or parked, one still running");
     }
 
     /// Admits `n` orders at `at` and ends them `took` later; returns the end time.
