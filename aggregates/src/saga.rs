@@ -941,39 +941,36 @@ impl Saga {
     /// operator's action).
     fn resend_waiting(&self, now_ns: u64, p: &RetryPolicy) -> Vec<SagaEvent> {
         let deadline_ns = now_ns.saturating_add(ms(p.step_timeout_ms));
+        let waiting = |parts: &[Part]| -> Vec<(Uuid, u32, Option<Sku>)> {
+            parts
+                .iter()
+                .filter(|part| part.answer == Answer::Waiting)
+                .map(|part| (part.command_id, part.attempt.saturating_add(1), part.sku.clone()))
+                .collect()
+        };
         if let Some(stage) = &self.step {
-            return stage
-                .parts
-                .iter()
-                .filter(|part| part.answer == Answer::Waiting)
-                .map(|part| {
-                    SagaEvent::StepRequested(StepRequested {
-                        step: stage.what,
-                        command_id: part.command_id,
-                        attempt: part.attempt.saturating_add(1),
-                        deadline_ns,
-                        sku: part.sku.clone(),
-                    })
+            return waiting(&stage.parts)
+                .into_iter()
+                .map(|(command_id, attempt, sku)| {
+                    let step = stage.what;
+                    SagaEvent::StepRequested(StepRequested { step, command_id, attempt, deadline_ns, sku })
                 })
                 .collect();
         }
-        if let Some(stage) = &self.compensation {
-            return stage
-                .parts
-                .iter()
-                .filter(|part| part.answer == Answer::Waiting)
-                .map(|part| {
-                    SagaEvent::CompensationRequested(CompensationRequested {
-                        compensation: stage.what,
-                        command_id: part.command_id,
-                        attempt: part.attempt.saturating_add(1),
-                        deadline_ns,
-                        sku: part.sku.clone(),
-                    })
+        let Some(stage) = &self.compensation else { return Vec::new() };
+        waiting(&stage.parts)
+            .into_iter()
+            .map(|(command_id, attempt, sku)| {
+                let compensation = stage.what;
+                SagaEvent::CompensationRequested(CompensationRequested {
+                    compensation,
+                    command_id,
+                    attempt,
+                    deadline_ns,
+                    sku,
                 })
-                .collect();
-        }
-        Vec::new()
+            })
+            .collect()
     }
 
     fn cancel_reason(&self) -> CancelReason {

@@ -315,6 +315,20 @@ pub struct SagaListEntry {
     pub reason: Option<String>,
 }
 
+impl SagaTimeline {
+    /// Its entry in the lists.
+    pub fn list_entry(&self) -> SagaListEntry {
+        SagaListEntry {
+            order_id: self.order_id,
+            status: self.status.clone(),
+            started_at_ns: self.started_at_ns,
+            updated_at_ns: self.updated_at_ns,
+            current: self.current.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
 impl SagaTimelines {
     /// The name of this read model.
     pub const NAME: &'static str = "saga-timelines";
@@ -448,14 +462,7 @@ impl Projection for SagaTimelines {
             // timeline shows what there is, the lists and counts wait for a saga they can place.
             return tx.put(&key, t);
         }
-        let listed = SagaListEntry {
-            order_id: id,
-            status: t.status.clone(),
-            started_at_ns: t.started_at_ns,
-            updated_at_ns: t.updated_at_ns,
-            current: t.current.clone(),
-            reason: t.reason.clone(),
-        };
+        let listed = t.list_entry();
         let at = Self::inverted(t.started_at_ns);
         if before != Some(state) {
             if let Some(old) = before {

@@ -80,14 +80,7 @@ pub(crate) async fn list_sagas<S: Storage>(
         let one = st
             .models
             .get::<projections::models::SagaTimeline>(SagaTimelines::NAME, &SagaTimelines::key(id))?
-            .map(|t| SagaListEntry {
-                order_id: t.order_id,
-                status: t.status,
-                started_at_ns: t.started_at_ns,
-                updated_at_ns: t.updated_at_ns,
-                current: t.current,
-                reason: t.reason,
-            })
+            .map(|t| t.list_entry())
             .filter(|t| state.is_none_or(|s| s.name() == t.status));
         return Ok(Json(SagasPage { sagas: one.into_iter().collect(), next: None }));
     }
