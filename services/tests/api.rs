@@ -825,6 +825,11 @@ async fn an_operator_retries_a_quarantined_saga_once_and_the_action_is_in_its_st
     assert_eq!(code, StatusCode::OK, "{again}");
     assert_eq!(again["repeated"], true);
     assert_eq!(again["action_id"], first["action_id"]);
+    // The same key for another request (another operator): refused, nothing done.
+    let other = json!({"operator": "someone@example.com", "reason": "gateway back"});
+    let (code, reused) = act(&app, &id, "retry", other, Some("incident-42")).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{reused}");
+    assert!(reused["error"]["message"].as_str().is_some_and(|m| m.contains("Idempotency-Key")), "{reused}");
     saga_status(&app, &rt, &id, "completed").await;
     wait_status(&app, &rt, &id, "confirmed").await;
     let (code, body) = act(&app, &id, "resume", json!({"operator": "ops"}), None).await;

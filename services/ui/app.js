@@ -190,7 +190,9 @@ async function sagaPage(id) {
         const key = `${name}-${t.version}`; // one click per version: a double click is one action
         const body = { operator, reason: reason.value, expected_version: t.version };
         const done = await admin(`/api/admin/sagas/${id}/${name}`, body, key);
-        toast(`${name}: the saga is now ${done.status}${done.repeated ? " (already done)" : ""}`);
+        toast(done.status === "pending"
+          ? `${name}: sent to the saga's owner, which has not answered yet`
+          : `${name}: the saga is now ${done.status}${done.repeated ? " (already done)" : ""}`);
         clearTimeout(sagaTimer);
         sagaTimer = setTimeout(() => sagaPage(id), 400);
       } catch (e) {

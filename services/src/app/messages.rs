@@ -9,7 +9,8 @@
 //! | `<service>_commands-<order id>` | commands the saga sent to a service (one event per send) |
 //! | `inventory_commands-<sku>` | the saga's per-SKU stock commands, and stock added through the API |
 //! | `replies-<order id>` | `CommandReplied`: a service's answer to a command |
-//! | `answers-<key>` | `CommandAnswered`: the owner's answer to a REST command another node forwarded |
+//! | `saga_commands-<order id>` | an operator's action on a saga, forwarded by a query node to the saga pod that owns it |
+//! | `answers-<key>` | `CommandAnswered`: the owner's answer to a REST command or an operator's action another node forwarded |
 //! | `deadletters-<consumer>` | `DeadLettered` / `DeadLetterResolved` |
 //!
 //! Output events get deterministic ids ([`derived_id`]) from what caused them, so processing the
@@ -400,6 +401,59 @@ impl ApiCommand {
     }
 }
 
+/// The category of operators' actions forwarded to the saga pods (also their topic).
+pub const SAGA_COMMANDS: &str = "saga_commands";
+
+/// `saga_commands-<order id>`: routed like the order's other streams, to the saga pod that owns
+/// the order's partition.
+pub fn saga_commands_stream(id: OrderId) -> StreamId {
+    stream(SAGA_COMMANDS, id)
+}
+
+/// The event type of a forwarded operator's action.
+pub const SAGA_ACTION_TYPE: &str = "ApiSagaAction";
+
+/// An operator's action on a saga that a query node forwards to the saga pod owning it (appended
+/// to `saga_commands-<order>`, answered on `answers-<action id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaAction {
+    pub order_id: OrderId,
+    /// `retry`, `resume`, `compensate` or `mark-compensation-done`.
+    pub action: String,
+    /// Its idempotency key.
+    pub action_id: Uuid,
+    pub operator: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+impl SagaAction {
+    /// The event a forwarding node appends: one per request (a fresh id), since the saga pod
+    /// tells a repeat by the action id itself. So a retried request, on any query node, is
+    /// answered as the saga pod decides it now (`repeated`, or a reused key for another body),
+    /// never by an earlier request's refusal.
+    pub fn to_event(&self) -> NewEvent {
+        NewEvent::json(SAGA_ACTION_TYPE, serde_json::to_vec(self).unwrap_or_default())
+            .with_id(Uuid::now_v7())
+            .with_metadata(COMMAND_ID, self.action_id.to_string())
+            .caused_by(self.order_id.0, self.action_id)
+    }
+
+    /// Reads a forwarded action; `Ok(None)` for any other event.
+    pub fn decode(e: &RecordedEvent) -> Result<Option<SagaAction>, String> {
+        if e.event_type != SAGA_ACTION_TYPE {
+            return Ok(None);
+        }
+        let action: SagaAction =
+            serde_json::from_slice(&e.payload).map_err(|err| format!("bad forwarded saga action: {err}"))?;
+        if e.stream_id != saga_commands_stream(action.order_id).as_str() {
+            return Err(format!("a saga action for order {} on stream {}", action.order_id, e.stream_id));
+        }
+        Ok(Some(action))
+    }
+}
+
 /// `answers-<key>`.
 pub fn answers_stream(key: Uuid) -> StreamId {
     StreamId::compose("answers", key).unwrap_or_else(|_| unreachable_stream())
@@ -424,6 +478,32 @@ pub enum Answer {
     /// What it names does not exist.
     NotFound {
         /// What is missing.
+        reason: String,
+    },
+    /// An operator's action on a saga was carried out (now, or before under the same key).
+    Acted {
+        /// The saga's state after it.
+        status: String,
+        /// The saga stream's version after it.
+        version: u64,
+        /// It had been carried out before: nothing was done now.
+        repeated: bool,
+    },
+    /// An operator's action was refused: the saga's state does not allow it, or the saga is not
+    /// at the version the request expected.
+    Conflict {
+        /// Why.
+        reason: String,
+        /// The saga's state, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+        /// The saga stream's version, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
+    },
+    /// The request itself is wrong (an action that needs a reason came without one).
+    Invalid {
+        /// Why.
         reason: String,
     },
 }

@@ -139,6 +139,9 @@ pub(crate) async fn forward<S: Storage>(st: &ApiState<S>, command: ApiCommand) -
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason))
         }
         Some(Answer::NotFound { reason }) => Err(ApiError::not_found(reason)),
+        Some(other @ (Answer::Acted { .. } | Answer::Conflict { .. } | Answer::Invalid { .. })) => {
+            Err(ApiError::internal(format!("the owner answered {other:?} to a command")))
+        }
     }
 }
 

@@ -9,9 +9,14 @@ use super::error::ApiError;
 use super::error::ApiResult;
 use super::error::ErrorBody;
 use super::ApiState;
+use super::CommandRoute;
 use super::MAX_PAGE;
+use crate::app::messages;
+use crate::app::messages::Answer;
+use crate::app::saga::OperatorRequest;
 use aggregates::saga::OperatorAction;
 use aggregates::saga::SagaState;
+use aggregates::OrderId;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::rejection::QueryRejection;
@@ -19,6 +24,7 @@ use axum::extract::Path;
 use axum::extract::Query;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::Json;
 use event_store::Storage;
 use projections::models::SagaListEntry;
@@ -216,10 +222,12 @@ pub struct SagaActionDone {
     pub action: String,
     /// The action's id (its idempotency key).
     pub action_id: Uuid,
-    /// The saga's state after it.
+    /// The saga's state after it; `pending` when the saga pod has not answered in time (202,
+    /// on a query node: the action is on its way and is carried out once).
     pub status: String,
-    /// The saga stream's version after it.
-    pub version: u64,
+    /// The saga stream's version after it (absent when pending).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     /// The same action (same key) was carried out before; nothing was done now.
     pub repeated: bool,
 }
@@ -231,15 +239,19 @@ const MAX_REASON: usize = 2000;
 /// An operator's action on one saga, carried out by the node that runs its saga manager and
 /// recorded in the saga's stream (`OperatorActed`: who, why, when) in the same write as its effects.
 /// `Idempotency-Key` (any string) makes it safe to send again: a repeat answers `repeated: true`.
+/// A query node forwards the action through Kafka to the saga pod that owns the order and waits
+/// for its answer (202 `pending` when it does not come in time).
 #[utoipa::path(post, path = "/api/admin/sagas/{id}/{action}", tag = "admin",
     params(("id" = Uuid, Path, description = "the order id"),
         ("action" = String, Path, description = "retry, resume, compensate or mark-compensation-done"),
         ("Idempotency-Key" = Option<String>, Header, description = "makes the action safe to repeat")),
     request_body(content = SagaActionBody),
     security(("bearer" = [])),
-    responses((status = 200, body = SagaActionDone), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = SagaActionDone),
+        (status = 202, description = "forwarded to the saga pod that owns the order, which has not answered yet (query node): status pending", body = SagaActionDone),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "the saga's state does not allow it, or it is not at expected_version (the body's status and version say where it is), or this node does not run the saga manager", body = ErrorBody),
+        (status = 409, description = "the saga's state does not allow it, or it is not at expected_version (the body's status and version say where it is), or the Idempotency-Key was used with another body, or this node neither runs the saga manager nor forwards", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 503, description = "the store is busy; try again (Retry-After)", body = ErrorBody)))]
 pub(crate) async fn saga_action<S: Storage>(
@@ -247,7 +259,7 @@ pub(crate) async fn saga_action<S: Storage>(
     headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<SagaActionBody>, JsonRejection>,
-) -> ApiResult<Json<SagaActionDone>> {
+) -> ApiResult<(StatusCode, Json<SagaActionDone>)> {
     let admin = authorize(&st, &headers)?;
     let Path((id, action_name)) = path?;
     let order = order_id(&id)?;
@@ -269,6 +281,12 @@ pub(crate) async fn saga_action<S: Storage>(
     let reason = body.reason.trim().to_owned();
     if reason.chars().count() > MAX_REASON {
         return Err(ApiError::bad_request(format!("reason must be at most {MAX_REASON} characters")));
+    }
+    if action == OperatorAction::MarkCompensationDone && reason.is_empty() {
+        // Checked here too, so that a query node refuses it before forwarding it.
+        return Err(ApiError::bad_request(
+            "mark-compensation-done needs a reason: what was done by hand (a refund made outside the system, say)",
+        ));
     }
     let destructive = matches!(action, OperatorAction::Compensate | OperatorAction::MarkCompensationDone);
     if destructive && body.expected_version.is_none() {
@@ -297,15 +315,70 @@ pub(crate) async fn saga_action<S: Storage>(
         reason,
         expected_version: body.expected_version,
     };
-    let done = (admin.act)(SagaActionRequest { order, request }).await?;
-    Ok(Json(SagaActionDone {
-        order_id: order.0,
-        action: action.name().to_owned(),
-        action_id,
-        status: done.state.name().to_owned(),
-        version: done.version,
-        repeated: done.repeated,
-    }))
+    let (code, status, version, repeated) = if let CommandRoute::Forward { .. } = &st.commands {
+        match forward_action(&st, order, &request).await? {
+            Some((status, version, repeated)) => (StatusCode::OK, status, Some(version), repeated),
+            None => (StatusCode::ACCEPTED, "pending".to_owned(), None, false),
+        }
+    } else {
+        let done = (admin.act)(SagaActionRequest { order, request }).await?;
+        (StatusCode::OK, done.state.name().to_owned(), Some(done.version), done.repeated)
+    };
+    Ok((
+        code,
+        Json(SagaActionDone {
+            order_id: order.0,
+            action: action.name().to_owned(),
+            action_id,
+            status,
+            version,
+            repeated,
+        }),
+    ))
+}
+
+/// Forwards an operator's action to the saga pod that owns the order (the query role): appends it
+/// to `saga_commands-<order>`, which the relay publishes keyed by the order like the order's other
+/// streams, then waits for the pod's answer. `None`: not answered in time.
+async fn forward_action<S: Storage>(
+    st: &ApiState<S>,
+    order: OrderId,
+    request: &OperatorRequest,
+) -> ApiResult<Option<(String, u64, bool)>> {
+    let CommandRoute::Forward { answers, source, wait } = &st.commands else {
+        return Err(ApiError::internal("forward_action called on a node that does not forward"));
+    };
+    let action = messages::SagaAction {
+        order_id: order,
+        action: request.action.name().to_owned(),
+        action_id: request.action_id,
+        operator: request.operator.clone(),
+        reason: request.reason.clone(),
+        expected_version: request.expected_version,
+    };
+    let event = action.to_event();
+    let event_id = event.event_id;
+    let stream = messages::saga_commands_stream(order);
+    st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![event]).await?;
+    match answers.wait(&st.store, messages::answer_id(event_id, source), *wait).await? {
+        None => Ok(None),
+        Some(Answer::Acted { status, version, repeated }) => Ok(Some((status, version, repeated))),
+        Some(Answer::Conflict { reason, status, version }) => {
+            let mut e = ApiError::new(StatusCode::CONFLICT, "conflict", reason);
+            if let Some(status) = status {
+                e = e.with("status", serde_json::Value::String(status));
+            }
+            if let Some(version) = version {
+                e = e.with("version", serde_json::Value::from(version));
+            }
+            Err(e)
+        }
+        Some(Answer::Invalid { reason }) => Err(ApiError::bad_request(reason)),
+        Some(Answer::NotFound { reason }) => Err(ApiError::not_found(reason)),
+        Some(other) => {
+            Err(ApiError::internal(format!("the saga pod answered {other:?} to an operator's action")))
+        }
+    }
 }
 
 /// `PUT /api/admin/simulator/gateway` body: the simulated payment gateway's behaviour.

@@ -142,8 +142,13 @@ pub async fn run<S: Storage, H: Handler>(
     }
     let partitions: Vec<(String, Vec<i32>)> =
         found.into_iter().map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect())).collect();
-    let total: i32 = partitions.iter().map(|(_, ps)| ps.len() as i32).sum();
-    // The workers are shared out over the partitions.
+    // The workers are shared out over the partitions of the busy topics; the operators' actions
+    // (a handful a day) take no share, their partitions get the least.
+    let total: i32 = partitions
+        .iter()
+        .filter(|(t, _)| t != crate::app::messages::SAGA_COMMANDS)
+        .map(|(_, ps)| ps.len() as i32)
+        .sum();
     let per_partition = ConsumerConfig { workers: (config.workers / total.max(1) as usize).max(2), ..config };
     // One client per handler; each partition gets its own queue (and feed), so partitions
     // proceed independently while sharing connections and fetch requests.

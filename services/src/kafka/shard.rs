@@ -335,6 +335,7 @@ mod tests {
                 messages::commands_stream(Service::Order, order),
                 messages::commands_stream(Service::Payment, order),
                 messages::commands_stream(Service::Shipping, order),
+                messages::saga_commands_stream(order),
             ];
             for partitions in [2, 4, 12] {
                 let p = partition_of_stream(streams[0].as_str(), partitions);

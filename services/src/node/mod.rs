@@ -74,7 +74,8 @@ pub enum Role {
     Payment,
     /// Shipments: `shipment-*`; handles `shipping_commands`.
     Shipping,
-    /// The saga manager: `saga-*` and the commands it sends; reads order events and replies.
+    /// The saga manager: `saga-*` and the commands it sends; reads order events, replies and
+    /// operators' actions (`saga_commands`).
     Saga,
     /// Read models from every topic, the REST queries; forwards REST commands to their owners.
     Query,
@@ -174,6 +175,7 @@ pub fn all_topics() -> Vec<String> {
             .into_iter()
             .map(messages::commands_category),
     );
+    t.push(messages::SAGA_COMMANDS.into());
     t.push("dead_letters".into());
     t
 }
@@ -366,7 +368,12 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                     spawn_consumer(&mut tasks, &store, c, config.consumer, inputs(topics), &rx, &readiness);
                 }
                 (None, Some(saga)) => {
-                    let topics = vec!["order_domain_events".to_owned(), "replies_domain_events".to_owned()];
+                    // Operators' actions come on saga_commands, keyed by order like the rest.
+                    let topics = vec![
+                        "order_domain_events".to_owned(),
+                        "replies_domain_events".to_owned(),
+                        messages::SAGA_COMMANDS.to_owned(),
+                    ];
                     spawn_consumer(
                         &mut tasks,
                         &store,
@@ -511,8 +518,8 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
             Box::pin(async move {
                 let Some(saga) = saga else {
                     return Err(crate::app::saga::ActError::NotOwner(format!(
-                        "this node ({} role) runs no saga manager: act on the saga pods (the saga of \
-                         order {} belongs to the pod of its order's partition of order_domain_events)",
+                        "this node ({} role) runs no saga manager: send the action on the saga of order {} \
+                         to a query node, which forwards it to the saga pod that owns it",
                         role.name(),
                         req.order
                     )));
@@ -521,8 +528,8 @@ impl<S: Storage, G: PaymentGateway> Runtime<S, G> {
                     // A saga pod holds the sagas of its partitions only.
                     Err(crate::app::saga::ActError::NotFound(order)) if role == Role::Saga => {
                         Err(crate::app::saga::ActError::NotOwner(format!(
-                            "this saga pod holds no saga for order {order}: act on the saga pod that owns \
-                             the order's partition of order_domain_events"
+                            "this saga pod holds no saga for order {order}: send the action to a query \
+                             node, which forwards it to the saga pod that owns the order"
                         )))
                     }
                     other => other,

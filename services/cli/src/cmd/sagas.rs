@@ -79,7 +79,8 @@ pub struct Act {
     /// Why (recorded).
     #[arg(long, default_value = "")]
     pub reason: String,
-    /// Idempotency key: the same key again is answered "repeated" and does nothing.
+    /// Idempotency key: the same key again is answered "repeated" and does nothing (default: a
+    /// fresh one, printed when the action is still pending, to send it again with).
     #[arg(long)]
     pub key: Option<String>,
     /// Act only if the saga is still at this version (as `show` prints it). compensate and
@@ -239,9 +240,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 "reason": a.reason,
                 "expected_version": expected,
             }));
-            if let Some(k) = &a.key {
-                req = req.header("Idempotency-Key", k);
-            }
+            let key = a.key.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            req = req.header("Idempotency-Key", &key);
             let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
             let done = match answer(resp).await {
                 Ok(done) => done,
@@ -252,6 +252,16 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             };
             if args.json {
                 write_line(&mut out, &done.to_string())?;
+            } else if done["status"].as_str() == Some("pending") {
+                write_line(
+                    &mut out,
+                    &format!(
+                        "{action}: forwarded to the saga pod that owns saga {}, which has not answered yet; \
+                         `causeway sagas show {}` shows when it is carried out (to ask again without acting \
+                         twice: the same command with --key {key})",
+                        a.order_id, a.order_id
+                    ),
+                )?;
             } else {
                 let repeated =
                     if done["repeated"].as_bool() == Some(true) { " (repeated: done before)" } else { "" };

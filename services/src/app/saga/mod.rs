@@ -178,6 +178,19 @@ impl<S: Storage> SagaRunner<S> {
     /// the audit record and its effects in one write. The action's id is its idempotency key: an
     /// action the saga has recorded is not carried out again (`Acted::repeated`).
     pub async fn act(&self, order: OrderId, action: &OperatorRequest) -> Result<Acted, ActError> {
+        self.act_answering(order, action, None, None).await
+    }
+
+    /// [`SagaRunner::act`], with `answer` (the answer to the node that forwarded the action, made
+    /// from the saga's state and version after it) and `checkpoint` appended in the same write as
+    /// the action when it is carried out.
+    async fn act_answering(
+        &self,
+        order: OrderId,
+        action: &OperatorRequest,
+        answer: Option<&AnswerFn<'_>>,
+        checkpoint: Option<(String, u64)>,
+    ) -> Result<Acted, ActError> {
         let OperatorRequest { action, action_id, ref operator, ref reason, expected_version } = *action;
         let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
         let stream = messages::saga_stream(order);
@@ -185,9 +198,14 @@ impl<S: Storage> SagaRunner<S> {
         if saga.order_id.is_none() {
             return Err(ActError::NotFound(order));
         }
-        let repeated = saga.has_acted(action_id);
-        if repeated {
-            return Ok(Acted { state: saga.state(), version, repeated });
+        if saga.has_acted(action_id) {
+            // The same key again: the same action, or a client that reused its key for another.
+            if let Some(recorded) = self.recorded_action(&stream, action_id)? {
+                if recorded.action != action || recorded.operator != *operator || recorded.reason != *reason {
+                    return Err(ActError::KeyReused { action: recorded.action, operator: recorded.operator });
+                }
+            }
+            return Ok(Acted { state: saga.state(), version, repeated: true });
         }
         if let Some(expected) = expected_version.filter(|v| *v != version) {
             return Err(ActError::Moved { state: saga.state(), version, expected });
@@ -205,10 +223,39 @@ impl<S: Storage> SagaRunner<S> {
         }
         // Decided again on the state `apply_locked` holds (the cache's, as fresh: the stripe is
         // ours), and appended with ids derived from the action's.
-        self.apply_locked(order, |_| Some(input.clone()), action_id, None).await?;
+        self.apply_locked(order, |_| Some(input.clone()), action_id, checkpoint, answer).await?;
         let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
         metrics::counter!("causeway_saga_operator_actions_total", "action" => action.name()).increment(1);
         Ok(Acted { state: saga.state(), version, repeated: false })
+    }
+
+    /// The `OperatorActed` the saga recorded for `action_id`.
+    fn recorded_action(
+        &self,
+        stream: &event_store::StreamId,
+        action_id: uuid::Uuid,
+    ) -> Result<Option<aggregates::saga::OperatorActed>, ActError> {
+        use aggregates::saga::SagaEvent;
+        for e in self.store.read_stream(stream, 1, event_store::Direction::Forward) {
+            let e = e.map_err(HandlerError::from)?;
+            if e.event_type != "OperatorActed" {
+                continue;
+            }
+            let decoded =
+                SagaEvent::decode(&e.event_type, e.schema_version, &e.payload).map_err(|error| {
+                    crate::app::error::LoadError::Undecodable {
+                        stream: stream.to_string(),
+                        version: e.version,
+                        error,
+                    }
+                })?;
+            if let SagaEvent::OperatorActed(a) = decoded {
+                if a.action_id == action_id {
+                    return Ok(Some(a));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Applies one input to a saga: load, decide, append saga events + commands (+ checkpoint).
@@ -220,16 +267,18 @@ impl<S: Storage> SagaRunner<S> {
         checkpoint: Option<(String, u64)>,
     ) -> Result<(), HandlerError> {
         let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
-        self.apply_locked(order, input, cause, checkpoint).await
+        self.apply_locked(order, input, cause, checkpoint, None).await
     }
 
-    /// [`SagaRunner::apply`], its stripe held.
+    /// [`SagaRunner::apply`], its stripe held; `answer` (made from the saga's state and version
+    /// after the decision) is appended in the same write when the decision appends anything.
     async fn apply_locked(
         &self,
         order: OrderId,
         input: impl Fn(&Saga) -> Option<SagaInput>,
         cause: uuid::Uuid,
         checkpoint: Option<(String, u64)>,
+        answer: Option<&AnswerFn<'_>>,
     ) -> Result<(), HandlerError> {
         let stream = messages::saga_stream(order);
         for _ in 0..MAX_CONFLICT_RETRIES {
@@ -269,10 +318,15 @@ impl<S: Storage> SagaRunner<S> {
                     }
                 }
             }
+            let version_after = version + saga_events.len() as u64;
             let mut request =
                 AppendRequest::single(stream.clone(), ExpectedVersion::Exact(version), saga_events);
             for (stream, cmds) in commands {
                 request = request.and(stream, ExpectedVersion::Any, cmds);
+            }
+            if let Some(answer) = answer {
+                let (answers, event) = answer(&state, version_after);
+                request = request.and(answers, ExpectedVersion::Any, vec![event]);
             }
             if let Some((name, value)) = &checkpoint {
                 request = request.with_checkpoint(name.clone(), *value);
@@ -300,6 +354,9 @@ impl<S: Storage> SagaRunner<S> {
         Err(HandlerError::conflicts(format!("saga {order}"), MAX_CONFLICT_RETRIES))
     }
 }
+
+/// Makes the answer to a forwarded action from the saga's state and version after it.
+type AnswerFn<'a> = dyn Fn(&Saga, u64) -> (event_store::StreamId, event_store::NewEvent) + Send + Sync + 'a;
 
 /// An operator's action on one saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +403,15 @@ pub enum ActError {
         /// Why.
         error: aggregates::saga::SagaError,
     },
+    /// The action id (the request's `Idempotency-Key`) was used for another action or with
+    /// another operator or reason.
+    #[error("the Idempotency-Key was used before for {} by {operator} on this saga, with another request", action.name())]
+    KeyReused {
+        /// The action recorded under that id.
+        action: OperatorAction,
+        /// Its operator.
+        operator: String,
+    },
     /// The saga moved on since the version the operator saw.
     #[error("the saga is at version {version} ({}), not {expected}: look at it again", state.name())]
     Moved {
@@ -362,6 +428,109 @@ pub enum ActError {
     /// The saga's stream cannot be read.
     #[error(transparent)]
     Load(#[from] crate::app::error::LoadError),
+}
+
+impl<S: Storage> SagaRunner<S> {
+    /// Carries out an operator's action a query node forwarded (this pod owns the order's
+    /// partition) and answers it on `answers-<action id>`, addressed to the forwarding node. An
+    /// action carried out is answered in the same write as its effects and the consumer's
+    /// checkpoint; a refusal in one write with the checkpoint. A forwarded action answered before
+    /// (a redelivery, a replay after a restore) is not decided again, so a refused action is never
+    /// carried out later by a second reading of it.
+    async fn handle_forwarded_action(
+        &self,
+        e: &RecordedEvent,
+        checkpoint: Option<(String, u64)>,
+    ) -> Result<(), HandlerError> {
+        use crate::app::messages::Answer;
+        let Some(forwarded) = messages::SagaAction::decode(e).map_err(HandlerError::bad_message)? else {
+            return Ok(());
+        };
+        let action = OperatorAction::from_name(&forwarded.action).ok_or_else(|| {
+            HandlerError::bad_message(format!(
+                "forwarded saga action {:?} is not an action",
+                forwarded.action
+            ))
+        })?;
+        let source =
+            e.metadata.get(messages::SOURCE_KEY).cloned().unwrap_or_else(|| "causeway://local".to_owned());
+        let answer_id = messages::answer_id(e.event_id, &source);
+        if self.store.find_event(answer_id)?.is_some() {
+            return Ok(());
+        }
+        let request = OperatorRequest {
+            action,
+            action_id: forwarded.action_id,
+            operator: forwarded.operator.clone(),
+            reason: forwarded.reason.clone(),
+            expected_version: forwarded.expected_version,
+        };
+        let answers = messages::answers_stream(forwarded.action_id);
+        let answer_with = |answer: Answer| messages::answer_event(e, forwarded.action_id, &source, answer);
+        let acted_answer = |saga: &Saga, version: u64| {
+            let answer = Answer::Acted { status: saga.state().name().to_owned(), version, repeated: false };
+            (answers.clone(), answer_with(answer))
+        };
+        let answer = match self
+            .act_answering(forwarded.order_id, &request, Some(&acted_answer), checkpoint.clone())
+            .await
+        {
+            Ok(Acted { state, version, repeated }) => {
+                if self.store.find_event(answer_id)?.is_some() {
+                    // Answered with the action's own write.
+                    return Ok(());
+                }
+                Answer::Acted { status: state.name().to_owned(), version, repeated }
+            }
+            Err(error) => match answer_of(&error) {
+                Some(answer) => answer,
+                // The store could not be read or written: the consumer tries again.
+                None => {
+                    return Err(match error {
+                        ActError::Handler(h) => h,
+                        ActError::Load(l) => l.into(),
+                        other => HandlerError::Poison(crate::app::error::Poison::NotHere(other.to_string())),
+                    })
+                }
+            },
+        };
+        let mut request =
+            AppendRequest::single(answers.clone(), ExpectedVersion::Any, vec![answer_with(answer)]);
+        if let Some((name, value)) = checkpoint {
+            request = request.with_checkpoint(name, value);
+        }
+        match self.store.append(request).await {
+            Ok(_) => Ok(()),
+            // Answered before (a redelivery of an answered action).
+            Err(event_store::Error::EventIdReused { .. }) if self.store.find_event(answer_id)?.is_some() => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// How a refused action is answered to the node that forwarded it (`None`: not an answer, a
+/// failure to try again).
+fn answer_of(error: &ActError) -> Option<crate::app::messages::Answer> {
+    use crate::app::error::Poison;
+    use crate::app::messages::Answer;
+    let reason = error.to_string();
+    Some(match error {
+        ActError::NotFound(order) => Answer::NotFound {
+            reason: format!("no saga for order {order} on the saga pod that owns its partition"),
+        },
+        ActError::Refused { error: aggregates::saga::SagaError::ReasonRequired { .. }, .. } => {
+            Answer::Invalid { reason }
+        }
+        ActError::Refused { state, version, .. } | ActError::Moved { state, version, .. } => {
+            Answer::Conflict { reason, status: Some(state.name().to_owned()), version: Some(*version) }
+        }
+        ActError::Handler(HandlerError::Poison(Poison::Refused(_))) | ActError::KeyReused { .. } => {
+            Answer::Conflict { reason, status: None, version: None }
+        }
+        ActError::NotOwner(_) | ActError::Handler(_) | ActError::Load(_) => return None,
+    })
 }
 
 fn record_outcome(state: &Saga, events: &[aggregates::saga::SagaEvent]) {
@@ -384,13 +553,14 @@ impl<S: Storage> Handler for SagaRunner<S> {
     fn source(&self) -> Source {
         // Only order events and replies are inputs: other records are skipped by their stream
         // id without being decoded.
-        Source::Categories(vec!["order".into(), "replies".into()])
+        Source::Categories(vec!["order".into(), "replies".into(), messages::SAGA_COMMANDS.into()])
     }
 
     fn accepts(&self, e: &RecordedEvent) -> bool {
         match e.category() {
             "order" => e.event_type == "OrderPlaced" || e.event_type == "OrderCancelled",
             "replies" => e.event_type == REPLY_TYPE,
+            messages::SAGA_COMMANDS => e.event_type == messages::SAGA_ACTION_TYPE,
             _ => false,
         }
     }
@@ -403,6 +573,10 @@ impl<S: Storage> Handler for SagaRunner<S> {
         let policy = self.policy;
         let now = now_ns();
         let checkpoint = Some(checkpoint);
+        if e.category() == messages::SAGA_COMMANDS {
+            // Not an input of the sagas' own flow: it says nothing of how far behind they are.
+            return self.handle_forwarded_action(e, checkpoint).await;
+        }
         self.saw_input(e);
         if e.category() == "replies" {
             let reply: CommandReplied = serde_json::from_slice(&e.payload)
@@ -624,5 +798,206 @@ mod tests {
         r.budget.lock().expect("lock").tokens = RETRY_TOKENS_PER_SAGA;
         assert_eq!(r.tick().await, 1);
         assert!(the_log_says(&r, order).0 > before, "the retry was sent");
+    }
+
+    /// Appends an operator's action as the query node `query` forwards it (as the Kafka consumer
+    /// hands it over: the forwarding node's source in the metadata) and reads it back.
+    async fn forwarded_by(
+        r: &SagaRunner<MemoryStorage>,
+        action: &messages::SagaAction,
+        query: &str,
+    ) -> RecordedEvent {
+        let event = action.to_event().with_metadata(messages::SOURCE_KEY, query);
+        let stream = messages::saga_commands_stream(action.order_id);
+        r.store.append_to(&stream, ExpectedVersion::Any, vec![event]).await.expect("append");
+        let version = r.store.stream_version(&stream).expect("version");
+        r.store
+            .read_stream(&stream, version, event_store::Direction::Forward)
+            .next()
+            .expect("one")
+            .expect("read")
+    }
+
+    async fn forwarded(r: &SagaRunner<MemoryStorage>, action: &messages::SagaAction) -> RecordedEvent {
+        forwarded_by(r, action, "causeway://query-0").await
+    }
+
+    fn answer_to(r: &SagaRunner<MemoryStorage>, e: &RecordedEvent) -> messages::CommandAnswered {
+        let id = messages::answer_id(e.event_id, &e.metadata[messages::SOURCE_KEY]);
+        let stored = r.store.find_event(id).expect("find").expect("an answer");
+        serde_json::from_slice::<messages::CommandAnswered>(&stored.payload).expect("answer")
+    }
+
+    fn acted_events(r: &SagaRunner<MemoryStorage>, order: OrderId) -> usize {
+        r.store
+            .read_stream(&messages::saga_stream(order), 1, event_store::Direction::Forward)
+            .filter(|e| e.as_ref().is_ok_and(|e| e.event_type == "OperatorActed"))
+            .count()
+    }
+
+    fn an_action(name: &str, order_id: OrderId, expected_version: Option<u64>) -> messages::SagaAction {
+        messages::SagaAction {
+            order_id,
+            action: name.into(),
+            action_id: uuid::Uuid::now_v7(),
+            operator: "ops".into(),
+            reason: "the customer called".into(),
+            expected_version,
+        }
+    }
+
+    /// Moves the saga on: its stock is reserved, the payment is requested (two events).
+    async fn move_on(r: &SagaRunner<MemoryStorage>, order: OrderId) {
+        let reserved = |_: &Saga| {
+            Some(SagaInput::Reply {
+                command_id: aggregates::saga::part_command_id(
+                    order,
+                    "step/reserve_stock",
+                    Some(&Sku::from("A")),
+                ),
+                outcome: Outcome::Succeeded,
+                detail: None,
+                now_ns: 2_000,
+                policy: RetryPolicy::default(),
+            })
+        };
+        r.apply(order, reserved, uuid::Uuid::now_v7(), None).await.expect("reply");
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_action_is_carried_out_once_and_answered_in_its_own_write() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        r.apply(order, start(order, 1_000), uuid::Uuid::now_v7(), None).await.expect("start");
+        let version = the_log_says(&r, order).0;
+        let action = an_action("compensate", order, Some(version));
+        let e = forwarded(&r, &action).await;
+        assert!(r.accepts(&e));
+        r.handle(&e, (NAME.into(), 7)).await.expect("handle");
+        let after = the_log_says(&r, order).0;
+        let answer = answer_to(&r, &e);
+        assert_eq!(
+            answer.answer,
+            messages::Answer::Acted { status: "compensating".into(), version: after, repeated: false }
+        );
+        assert_eq!(answer.to, "causeway://query-0");
+        // The answer follows the action's events (it is written with them).
+        let answered = r
+            .store
+            .find_event(messages::answer_id(e.event_id, "causeway://query-0"))
+            .expect("find")
+            .expect("answer");
+        let acted = r
+            .store
+            .read_stream(&messages::saga_stream(order), version + 1, event_store::Direction::Forward)
+            .next()
+            .expect("the audit record")
+            .expect("read");
+        assert_eq!(acted.event_type, "OperatorActed");
+        assert!(answered.position > acted.position && answered.position <= r.store.head());
+        assert_eq!(r.store.checkpoint(NAME).expect("checkpoint"), Some(7));
+        // Delivered again (a crash before the checkpoint, a rebalance, a restore): nothing more.
+        r.handle(&e, (NAME.into(), 7)).await.expect("again");
+        assert_eq!(acted_events(&r, order), 1);
+        assert_eq!(the_log_says(&r, order).0, after);
+        // The same request through another query node: done before, and said so to that node.
+        let other = forwarded_by(&r, &action, "causeway://query-1").await;
+        r.handle(&other, (NAME.into(), 8)).await.expect("handle");
+        let answer = answer_to(&r, &other);
+        assert_eq!(
+            answer.answer,
+            messages::Answer::Acted { status: "compensating".into(), version: after, repeated: true }
+        );
+        assert_eq!(answer.to, "causeway://query-1");
+        // The same key for another request: refused, on any node.
+        let reused = messages::SagaAction { operator: "someone-else".into(), ..action.clone() };
+        let e = forwarded_by(&r, &reused, "causeway://query-1").await;
+        r.handle(&e, (NAME.into(), 9)).await.expect("handle");
+        assert!(
+            matches!(answer_to(&r, &e).answer, messages::Answer::Conflict { reason, .. } if reason.contains("Idempotency-Key"))
+        );
+        assert_eq!(acted_events(&r, order), 1);
+    }
+
+    #[tokio::test]
+    async fn an_action_carried_out_before_it_was_answered_is_answered_as_a_repeat() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        r.apply(order, start(order, 1_000), uuid::Uuid::now_v7(), None).await.expect("start");
+        let action = an_action("compensate", order, None);
+        // Carried out (the answer's write lost, as by a crash between two writes)...
+        let request = OperatorRequest {
+            action: OperatorAction::Compensate,
+            action_id: action.action_id,
+            operator: action.operator.clone(),
+            reason: action.reason.clone(),
+            expected_version: None,
+        };
+        r.act(order, &request).await.expect("act");
+        // ... then the forwarded action is read: answered, not carried out again.
+        let e = forwarded(&r, &action).await;
+        r.handle(&e, (NAME.into(), 1)).await.expect("handle");
+        assert!(matches!(answer_to(&r, &e).answer, messages::Answer::Acted { repeated: true, .. }));
+        assert_eq!(acted_events(&r, order), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_action_that_cannot_be_carried_out_is_answered_with_why_and_never_later() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        r.apply(order, start(order, 1_000), uuid::Uuid::now_v7(), None).await.expect("start");
+        let version = the_log_says(&r, order).0;
+        // A version the saga has not reached: refused with where the saga is.
+        let early = forwarded(&r, &an_action("compensate", order, Some(version + 2))).await;
+        r.handle(&early, (NAME.into(), 1)).await.expect("handle");
+        assert!(matches!(
+            answer_to(&r, &early).answer,
+            messages::Answer::Conflict { status: Some(s), version: Some(v), .. } if s == "running" && v == version
+        ));
+        // The saga reaches that version; the refused action is read again (a redelivery, a replay
+        // after a restore): it stays refused.
+        move_on(&r, order).await;
+        assert_eq!(the_log_says(&r, order).0, version + 2);
+        r.handle(&early, (NAME.into(), 1)).await.expect("again");
+        assert_eq!(acted_events(&r, order), 0, "a refused action was carried out later");
+        // Not allowed in its state (a running saga cannot be resumed).
+        let e = forwarded(&r, &an_action("resume", order, None)).await;
+        r.handle(&e, (NAME.into(), 2)).await.expect("handle");
+        assert!(
+            matches!(answer_to(&r, &e).answer, messages::Answer::Conflict { status: Some(s), .. } if s == "running")
+        );
+        // No such saga.
+        let e = forwarded(&r, &an_action("retry", OrderId(uuid::Uuid::now_v7()), None)).await;
+        r.handle(&e, (NAME.into(), 3)).await.expect("handle");
+        assert!(matches!(answer_to(&r, &e).answer, messages::Answer::NotFound { .. }));
+        // A compensation marked done without a reason.
+        let e = forwarded(
+            &r,
+            &messages::SagaAction {
+                reason: String::new(),
+                ..an_action("mark-compensation-done", order, Some(version + 2))
+            },
+        )
+        .await;
+        r.handle(&e, (NAME.into(), 4)).await.expect("handle");
+        assert!(
+            matches!(answer_to(&r, &e).answer, messages::Answer::Invalid { .. }),
+            "{:?}",
+            answer_to(&r, &e)
+        );
+        assert_eq!(acted_events(&r, order), 0);
+        assert_eq!(the_log_says(&r, order).0, version + 2, "nothing was done");
+        // Not an action, or not readable, or on another order's stream: a poison message
+        // (dead-lettered), not an answer.
+        let e = forwarded(&r, &an_action("reboot", order, None)).await;
+        assert!(matches!(r.handle(&e, (NAME.into(), 5)).await, Err(HandlerError::Poison(_))));
+        let valid = forwarded(&r, &an_action("compensate", order, None)).await;
+        let mut bad = valid.clone();
+        bad.payload = b"{".to_vec();
+        assert!(matches!(r.handle(&bad, (NAME.into(), 5)).await, Err(HandlerError::Poison(_))));
+        let mut elsewhere = valid;
+        elsewhere.stream_id = messages::saga_commands_stream(OrderId(uuid::Uuid::now_v7())).to_string();
+        assert!(matches!(r.handle(&elsewhere, (NAME.into(), 5)).await, Err(HandlerError::Poison(_))));
+        assert_eq!(acted_events(&r, order), 0);
     }
 }
