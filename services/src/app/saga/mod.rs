@@ -648,6 +648,23 @@ mod tests {
         }
     }
 
+    /// The reply that SKU A of the order's stock is reserved.
+    fn stock_reserved(order: OrderId) -> impl Fn(&Saga) -> Option<SagaInput> {
+        move |_| {
+            Some(SagaInput::Reply {
+                command_id: aggregates::saga::part_command_id(
+                    order,
+                    "step/reserve_stock",
+                    Some(&Sku::from("A")),
+                ),
+                outcome: Outcome::Succeeded,
+                detail: None,
+                now_ns: 2_000,
+                policy: RetryPolicy::default(),
+            })
+        }
+    }
+
     /// The runner's view of a saga: cached version, and its deadline entries.
     fn tracked(r: &SagaRunner<MemoryStorage>, order: OrderId) -> (Option<u64>, Vec<u64>) {
         let version = r.active.lock().expect("lock").get(&order).map(|a| a.version);
@@ -680,20 +697,7 @@ mod tests {
             .await
             .expect("append");
         // An input that decides nothing on the fresh state: the conflict, then a reload.
-        let stale_reply = |_: &Saga| {
-            Some(SagaInput::Reply {
-                command_id: aggregates::saga::part_command_id(
-                    order,
-                    "step/reserve_stock",
-                    Some(&Sku::from("A")),
-                ),
-                outcome: Outcome::Succeeded,
-                detail: None,
-                now_ns: 2_000,
-                policy: RetryPolicy::default(),
-            })
-        };
-        r.apply(order, stale_reply, uuid::Uuid::now_v7(), None).await.expect("apply");
+        r.apply(order, stock_reserved(order), uuid::Uuid::now_v7(), None).await.expect("apply");
         let (version, deadline) = the_log_says(&r, order);
         assert_eq!(tracked(&r, order), (Some(version), deadline.into_iter().collect()));
         assert!(r.low_water() < r.store.head(), "the low-water mark stays before the saga");
@@ -848,20 +852,7 @@ mod tests {
 
     /// Moves the saga on: its stock is reserved, the payment is requested (two events).
     async fn move_on(r: &SagaRunner<MemoryStorage>, order: OrderId) {
-        let reserved = |_: &Saga| {
-            Some(SagaInput::Reply {
-                command_id: aggregates::saga::part_command_id(
-                    order,
-                    "step/reserve_stock",
-                    Some(&Sku::from("A")),
-                ),
-                outcome: Outcome::Succeeded,
-                detail: None,
-                now_ns: 2_000,
-                policy: RetryPolicy::default(),
-            })
-        };
-        r.apply(order, reserved, uuid::Uuid::now_v7(), None).await.expect("reply");
+        r.apply(order, stock_reserved(order), uuid::Uuid::now_v7(), None).await.expect("reply");
     }
 
     #[tokio::test]
