@@ -331,7 +331,35 @@ pub struct SagaStarted {
     pub lines: Vec<SagaLine>,
     pub amount: Money,
     pub address: Option<Address>,
+    /// The version of the saga's definition that started it ([`DEFINITION`]); sagas recorded
+    /// before the field were started by definition 1.
+    #[serde(default = "first_definition")]
+    pub definition: u32,
+    /// The retry policy the saga manager started it under (absent in sagas recorded before it
+    /// was kept): what `causeway verify` replays the saga's deadlines with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RetryPolicy>,
 }
+
+fn first_definition() -> u32 {
+    1
+}
+
+/// The version of the saga's definition (its steps, their order, and what a reply, a deadline
+/// or an operator's action decides at each) that this build starts new sagas with.
+///
+/// How each change of the definition treats the sagas already running, decided per change and
+/// written here (ARCHITECTURE.md, "Changing the saga", says how to make one):
+///
+/// | version | change | sagas started under older versions |
+/// |---|---|---|
+/// | 1 | the first recorded definition | (none) |
+pub const DEFINITION: u32 = 1;
+
+/// The definitions this build carries to their end: a saga in flight under any other (started
+/// by a newer build, or by one whose path this build has dropped) makes the saga manager refuse
+/// to start, naming the versions in flight and how many sagas each has.
+pub const CARRIED: &[u32] = &[1];
 impl Upcast for SagaStarted {}
 
 /// `StepRequested`: a command of a step was issued (or re-issued on retry) with a deadline.
@@ -702,6 +730,12 @@ pub struct Saga {
     /// The ids of the newest operator actions (at most [`MAX_REMEMBERED_ACTIONS`]), so a repeated
     /// action decides nothing.
     pub actions: Vec<Uuid>,
+    /// The version of the definition that started it (0 before it started).
+    #[serde(default = "first_definition")]
+    pub definition: u32,
+    /// The retry policy it started under, when recorded.
+    #[serde(default)]
+    pub policy: Option<RetryPolicy>,
 }
 
 /// Operator actions a saga remembers the ids of.
@@ -1087,7 +1121,14 @@ impl Decider for Saga {
                 if lines.is_empty() {
                     return Err(SagaError::NoLines);
                 }
-                let started = SagaEvent::SagaStarted(SagaStarted { order_id, lines, amount, address });
+                let started = SagaEvent::SagaStarted(SagaStarted {
+                    order_id,
+                    lines,
+                    amount,
+                    address,
+                    definition: DEFINITION,
+                    policy: Some(policy),
+                });
                 let after = self.clone().evolve(&started);
                 let mut out = vec![started];
                 out.extend(after.request_step(order_id, Step::ReserveStock, now_ns, &policy));
@@ -1299,6 +1340,8 @@ impl Decider for Saga {
     fn evolve(mut self, event: &SagaEvent) -> Self {
         match event {
             SagaEvent::SagaStarted(e) => {
+                self.definition = e.definition;
+                self.policy = e.policy;
                 self.order_id = Some(e.order_id);
                 self.lines = e.lines.clone();
                 self.amount = e.amount;

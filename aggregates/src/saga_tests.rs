@@ -57,6 +57,8 @@ fn started() -> SagaEvent {
         lines: lines(),
         amount: Money(3998),
         address: None,
+        definition: DEFINITION,
+        policy: Some(policy()),
     })
 }
 
@@ -709,6 +711,8 @@ fn a_saga_recorded_before_the_per_sku_split_carries_on() {
             lines: two_skus(),
             amount: Money(1),
             address: None,
+            definition: 1,
+            policy: None,
         }),
         requested.clone(),
     ];
@@ -1103,4 +1107,24 @@ fn a_compensation_quarantined_or_in_flight_is_marked_done_by_hand() {
     }
     assert_eq!(after.state(), SagaState::Compensating);
     assert_eq!(after.by_hand, vec![Compensation::ReleaseStock]);
+}
+
+#[test]
+fn a_saga_records_the_definition_that_started_it_and_older_records_read_as_the_first() {
+    let events = Saga::default()
+        .decide(SagaInput::Start {
+            order_id: oid(),
+            lines: lines(),
+            amount: Money(1),
+            address: None,
+            now_ns: NOW,
+            policy: RetryPolicy::default(),
+        })
+        .expect("start");
+    assert!(matches!(&events[0], SagaEvent::SagaStarted(s) if s.definition == DEFINITION));
+    assert!(CARRIED.contains(&DEFINITION));
+    let old = format!(r#"{{"order_id":"{}","lines":[],"amount":1,"address":null}}"#, oid().0);
+    let decoded = SagaEvent::decode("SagaStarted", 1, old.as_bytes()).expect("decode");
+    assert!(matches!(&decoded, SagaEvent::SagaStarted(s) if s.definition == 1));
+    assert_eq!(Saga::default().evolve(&decoded).definition, 1);
 }

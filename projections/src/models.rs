@@ -297,7 +297,14 @@ pub struct SagaTimeline {
     /// The saga stream's version.
     #[serde(default)]
     pub version: u64,
+    /// The version of the saga's definition that started it.
+    #[serde(default = "first_definition")]
+    pub definition: u32,
     pub steps: Vec<TimelineEntry>,
+}
+
+fn first_definition() -> u32 {
+    1
 }
 
 /// A saga in the lists.
@@ -313,6 +320,9 @@ pub struct SagaListEntry {
     pub current: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// As [`SagaTimeline::definition`].
+    #[serde(default = "first_definition")]
+    pub definition: u32,
 }
 
 impl SagaTimeline {
@@ -325,6 +335,7 @@ impl SagaTimeline {
             updated_at_ns: self.updated_at_ns,
             current: self.current.clone(),
             reason: self.reason.clone(),
+            definition: self.definition,
         }
     }
 }
@@ -356,6 +367,15 @@ impl SagaTimelines {
         format!("count/{}", state.name())
     }
 
+    /// The prefix of the counts of sagas not ended (neither completed nor compensated) per
+    /// definition: `open-definition/<version>`.
+    pub const OPEN_BY_DEFINITION: &'static str = "open-definition/";
+
+    /// The key of the count of sagas not ended under `definition`.
+    pub fn open_definition_key(definition: u32) -> String {
+        format!("{}{definition:010}", Self::OPEN_BY_DEFINITION)
+    }
+
     /// The part of a list key that orders by start time, newest first: a saga that started at
     /// or before `ns` sorts at or after it.
     pub fn inverted(ns: u64) -> String {
@@ -383,8 +403,9 @@ impl Projection for SagaTimelines {
     }
 
     /// 2: the saga's folded state, its operator state (quarantine, retrying), the lists and counts.
+    /// 3: the definition of each saga, and the sagas not ended per definition.
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn categories(&self) -> &[&str] {
@@ -410,6 +431,7 @@ impl Projection for SagaTimelines {
             current: None,
             reason: None,
             version: 0,
+            definition: 1,
             steps: Vec::new(),
         });
         let detail = match &event {
@@ -453,6 +475,7 @@ impl Projection for SagaTimelines {
             _ => saga.failure.clone(),
         };
         t.version = e.version;
+        t.definition = saga.definition.max(1);
         let mut step = entry(e, detail);
         step.event_id = Some(e.event_id);
         step.causation_id = Some(e.causation_id);
@@ -472,6 +495,23 @@ impl Projection for SagaTimelines {
             }
             let n = tx.take::<u64>(&Self::count_key(state))?.unwrap_or(0);
             tx.put(&Self::count_key(state), n.saturating_add(1))?;
+            let ended = |s: SagaState| matches!(s, SagaState::Completed | SagaState::Compensated);
+            let change: i64 = match before {
+                None if !ended(state) => 1,
+                Some(old) if !ended(old) && ended(state) => -1,
+                Some(old) if ended(old) && !ended(state) => 1,
+                _ => 0,
+            };
+            if change != 0 {
+                let key = Self::open_definition_key(t.definition);
+                let n = tx.take::<u64>(&key)?.unwrap_or(0);
+                let n = if change > 0 { n.saturating_add(1) } else { n.saturating_sub(1) };
+                if n == 0 {
+                    tx.delete(&key);
+                } else {
+                    tx.put(&key, n)?;
+                }
+            }
         }
         tx.put(&format!("{}{at}/{id}", Self::by_state_prefix(state)), listed.clone())?;
         tx.put(&format!("{}{at}/{id}", Self::LIST), listed)?;

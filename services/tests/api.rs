@@ -784,6 +784,10 @@ async fn an_operator_retries_a_quarantined_saga_once_and_the_action_is_in_its_st
     assert_eq!(listed["sagas"][0]["order_id"], id.as_str());
     let (_, overview) = call(&app, "GET", "/api/overview", None, None).await;
     assert_eq!(overview["sagas"]["quarantined"], 1);
+    // Not ended: counted under the definition that started it.
+    assert_eq!(overview["open_by_definition"], json!({"1": 1}), "{overview}");
+    assert_eq!(overview["definition"], aggregates::saga::DEFINITION);
+    assert_eq!(parked["definition"], 1);
     // Refusals: unknown action, no operator, no token, a state that does not allow it.
     assert_eq!(act(&app, &id, "restart", json!({"operator": "ops"}), None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(act(&app, &id, "retry", json!({"operator": " "}), None).await.0, StatusCode::BAD_REQUEST);
@@ -850,6 +854,8 @@ async fn an_operator_retries_a_quarantined_saga_once_and_the_action_is_in_its_st
         (overview["sagas"]["quarantined"].clone(), overview["sagas"]["completed"].clone()),
         (json!(0), json!(1))
     );
+    // Ended: no longer counted under its definition.
+    assert_eq!(overview["open_by_definition"], json!({}), "{overview}");
     rt.shutdown().await.expect("shutdown");
 }
 
@@ -914,6 +920,7 @@ async fn the_saga_list_pages_newest_first_and_filters() {
     assert_eq!(code, StatusCode::OK);
     let (_, after) = call(&app, "GET", "/api/overview", None, None).await;
     assert_eq!(before["sagas"], after["sagas"]);
+    assert_eq!(before["open_by_definition"], after["open_by_definition"]);
     let (_, rebuilt) = call(&app, "GET", "/api/sagas?limit=10", None, None).await;
     let again: Vec<&str> =
         rebuilt["sagas"].as_array().expect("page").iter().filter_map(|s| s["order_id"].as_str()).collect();
@@ -928,6 +935,97 @@ async fn the_saga_list_pages_newest_first_and_filters() {
         "/api/sagas?older_than_secs=-1",
     ] {
         assert_eq!(call(&app, "GET", bad, None, None).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    rt.shutdown().await.expect("shutdown");
+}
+
+/// A request with headers, answered with its status, a header and the body.
+async fn traced_post(
+    app: &axum::Router,
+    uri: &str,
+    body: Value,
+    key: &str,
+    traceparent: Option<&str>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("Idempotency-Key", key)
+        .header("content-type", "application/json");
+    if let Some(t) = traceparent {
+        req = req.header("traceparent", t).header("tracestate", "congo=t61rcWkgMzE");
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let answered = resp.headers().get("traceresponse").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, answered, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// The trace contexts the events of one order recorded, event type by event type.
+fn traces_of(rt: &Rt, order: &str) -> Vec<(String, String, Option<String>)> {
+    let order: uuid::Uuid = order.parse().expect("order id");
+    rt.store()
+        .read_all(1)
+        .map(|e| e.expect("read"))
+        .filter(|e| e.correlation_id == order)
+        .map(|e| {
+            let parent = e.metadata.get("traceparent").cloned().unwrap_or_default();
+            (format!("{} {}", e.stream_id, e.event_type), parent, e.metadata.get("tracestate").cloned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_an_order_causes_records_the_trace_context_of_its_request() {
+    let (rt, app) = node();
+    assert_eq!(
+        call(&app, "POST", "/api/products/A/stock", Some(json!({"quantity": 10})), Some("s")).await.0,
+        StatusCode::OK
+    );
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (code, answered, placed) =
+        traced_post(&app, "/api/orders", order_body("A", 1, "DE"), "traced-order", Some(parent)).await;
+    assert_eq!(code, StatusCode::CREATED, "{placed}");
+    assert_eq!(answered.as_deref(), Some(parent));
+    let id = placed["order_id"].as_str().expect("id").to_owned();
+    saga_status(&app, &rt, &id, "completed").await;
+    let traces = traces_of(&rt, &id);
+    // The order's own events, the saga's, every command and reply, payment and shipment.
+    for kind in
+        ["order-", "saga-", "replies-", "payment-", "shipment-", "inventory_commands-", "payment_commands-"]
+    {
+        assert!(traces.iter().any(|(what, ..)| what.starts_with(kind)), "no {kind} event: {traces:?}");
+    }
+    for (what, got, state) in &traces {
+        assert_eq!(got, parent, "{what}");
+        assert_eq!(state.as_deref(), Some("congo=t61rcWkgMzE"), "{what}");
+    }
+    // A retry of the request under another trace is the same request: 201, and the events keep
+    // the first attempt's context.
+    let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (code, _, again) =
+        traced_post(&app, "/api/orders", order_body("A", 1, "DE"), "traced-order", Some(other)).await;
+    assert_eq!(code, StatusCode::CREATED, "{again}");
+    assert_eq!(again["order_id"], placed["order_id"]);
+    assert!(traces_of(&rt, &id).iter().all(|(_, got, _)| got == parent));
+    // A request without a context (or with an invalid one) gets a new trace, named in the answer.
+    let (code, answered, placed) =
+        traced_post(&app, "/api/orders", order_body("A", 1, "DE"), "untraced-order", Some("00-zz-bad-01"))
+            .await;
+    assert_eq!(code, StatusCode::CREATED, "{placed}");
+    let root = answered.expect("a traceresponse");
+    assert!(root.starts_with("00-") && root.len() == 55 && !root.contains("zz"), "{root}");
+    let id = placed["order_id"].as_str().expect("id").to_owned();
+    saga_status(&app, &rt, &id, "completed").await;
+    let traces = traces_of(&rt, &id);
+    assert!(!traces.is_empty());
+    for (what, got, state) in &traces {
+        assert_eq!((got, state), (&root, &None), "{what}");
     }
     rt.shutdown().await.expect("shutdown");
 }

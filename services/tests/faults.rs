@@ -100,7 +100,7 @@ fn handlers<S: Storage>(store: &EventStore<S>) -> Handlers<S, SimulatedGateway> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_command_is_answered_again_with_its_recorded_reply() {
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
-    commands::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 10).await.expect("stock");
+    commands::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 10, None).await.expect("stock");
     let h = handlers(&store);
     let order = OrderId(Uuid::now_v7());
     let command_id = Uuid::now_v7();
@@ -141,7 +141,7 @@ fn forwarded_place(key: Uuid, customer: &str, source: &str) -> (ApiCommand, Reco
         currency: "EUR".into(),
         shipping_address: None,
     };
-    let e = command.to_event(source);
+    let e = command.to_event(source, None);
     let mut recorded = RecordedEvent {
         position: 1,
         stream_id: command.stream().expect("stream").to_string(),
@@ -250,6 +250,8 @@ async fn saga_in_flight<S: Storage>(store: &EventStore<S>) -> OrderId {
             lines: vec![SagaLine { sku: Sku::from("A"), quantity: 1 }],
             amount: aggregates::Money(1),
             address: None,
+            definition: aggregates::saga::DEFINITION,
+            policy: None,
         }),
         SagaEvent::StepRequested(StepRequested {
             step: Step::TakePayment,
@@ -302,7 +304,7 @@ fn first_reply(store: &EventStore<MemoryStorage>, order: OrderId) -> String {
 async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
     for sku in ["A", "B"] {
-        commands::add_stock(&store, Uuid::now_v7(), Sku::from(sku), 10).await.expect("stock");
+        commands::add_stock(&store, Uuid::now_v7(), Sku::from(sku), 10, None).await.expect("stock");
     }
     let h = handlers(&store).with_sharded_inventory(true);
     let order = OrderId(Uuid::now_v7());

@@ -4,18 +4,16 @@
 //! its own stamped at any time; a broker outage loses nothing; and a lost store is restored from
 //! the topics byte for byte.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aggregates::order::{LineItem, OrderCommand};
 use aggregates::saga::Saga;
 use aggregates::shipping::Address;
 use aggregates::{Currency, CustomerId, Money, OrderId, Sku};
-use causeway_tests::broker::Broker;
+use causeway_tests::broker::{read_everything, Broker, Record};
 use event_store::{EventStore, RecordedEvent, SledConfig, SledStorage, Storage, StoreConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use services::app::aggregate::load;
 use services::app::commands;
 use services::app::gateway::SimulatedGateway;
@@ -39,7 +37,7 @@ fn start<S: Storage>(store: EventStore<S>, kafka: KafkaConfig) -> Runtime<S, Sim
 }
 
 async fn orders<S: Storage>(rt: &Runtime<S, SimulatedGateway>, n: usize) -> Vec<OrderId> {
-    commands::add_stock(rt.store(), Uuid::now_v7(), Sku::from("A"), 1000).await.expect("stock");
+    commands::add_stock(rt.store(), Uuid::now_v7(), Sku::from("A"), 1000, None).await.expect("stock");
     let mut ids = Vec::new();
     for i in 0..n {
         let order_id = OrderId(Uuid::now_v7());
@@ -56,7 +54,7 @@ async fn orders<S: Storage>(rt: &Runtime<S, SimulatedGateway>, n: usize) -> Vec<
                 country: if i % 5 == 4 { "XX".into() } else { "DE".into() },
             }),
         };
-        commands::place_order(rt.store(), Uuid::now_v7(), cmd).await.expect("place");
+        commands::place_order(rt.store(), Uuid::now_v7(), cmd, None).await.expect("place");
         ids.push(order_id);
     }
     ids
@@ -101,68 +99,6 @@ async fn run_orders<S: Storage>(store: &EventStore<S>, broker: &Broker, n: usize
     sagas_end(&rt, &ids).await;
     relayed(store, Duration::from_secs(60)).await;
     rt.shutdown().await.expect("shutdown");
-}
-
-/// A record as a plain Kafka client sees it.
-#[derive(Debug, Clone)]
-struct Record {
-    topic: String,
-    partition: i32,
-    key: String,
-    headers: BTreeMap<String, String>,
-    value: Vec<u8>,
-}
-
-/// Reads every partition of every topic on the broker up to its high watermark, with a plain
-/// rdkafka consumer and no Causeway code (blocking).
-fn read_everything(bootstrap: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("independent-{}", Uuid::now_v7()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for t in md.topics().iter().filter(|t| !t.name().starts_with("__")) {
-        for p in t.partitions() {
-            let (low, high) =
-                consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10)).expect("wm");
-            if high > low {
-                tpl.add_partition_offset(t.name(), p.id(), Offset::Offset(low)).expect("tpl");
-                ends.insert((t.name().to_owned(), p.id()), high);
-            }
-        }
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() {
-        assert!(Instant::now() < deadline, "reading the topics timed out");
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let m = m.expect("record");
-        if ends.get(&(m.topic().to_owned(), m.partition())).is_some_and(|e| m.offset() + 1 >= *e) {
-            ends.remove(&(m.topic().to_owned(), m.partition()));
-        }
-        let mut headers = BTreeMap::new();
-        if let Some(h) = m.headers() {
-            for h in h.iter() {
-                headers.insert(
-                    h.key.to_owned(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                );
-            }
-        }
-        out.push(Record {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            headers,
-            value: m.payload().unwrap_or_default().to_vec(),
-        });
-    }
-    out
 }
 
 /// Every event of `log` is in Kafka exactly once, in stream order per key, with its attributes.

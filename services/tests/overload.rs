@@ -183,9 +183,15 @@ async fn live_feeds_are_capped_and_a_client_that_stops_reading_is_dropped() {
     let rt = start(Duration::ZERO, RuntimeConfig::default());
     let store = rt.store().clone();
     for i in 0..200 {
-        services::app::commands::add_stock(&store, Uuid::now_v7(), aggregates::Sku(format!("SKU-{i}")), 5)
-            .await
-            .expect("stock");
+        services::app::commands::add_stock(
+            &store,
+            Uuid::now_v7(),
+            aggregates::Sku(format!("SKU-{i}")),
+            5,
+            None,
+        )
+        .await
+        .expect("stock");
     }
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let mut feeds = LiveFeeds::new(2);

@@ -58,7 +58,7 @@ fn addr(country: &str) -> Address {
 }
 
 async fn stock(rt: &Rt, sku: &str, qty: u64) {
-    commands::add_stock(rt.store(), Uuid::now_v7(), Sku::from(sku), qty).await.expect("add stock");
+    commands::add_stock(rt.store(), Uuid::now_v7(), Sku::from(sku), qty, None).await.expect("add stock");
 }
 
 async fn place(rt: &Rt, lines: &[(&str, u32, u64)], country: &str) -> OrderId {
@@ -73,7 +73,7 @@ async fn place(rt: &Rt, lines: &[(&str, u32, u64)], country: &str) -> OrderId {
         currency: Currency::from("EUR"),
         shipping_address: Some(addr(country)),
     };
-    commands::place_order(rt.store(), Uuid::now_v7(), cmd).await.expect("place order");
+    commands::place_order(rt.store(), Uuid::now_v7(), cmd, None).await.expect("place order");
     order_id
 }
 
@@ -300,7 +300,7 @@ async fn customer_cancel_mid_saga_compensates_what_was_done() {
         assert!(Instant::now() < deadline, "reservation did not happen");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    commands::cancel_order(rt.store(), Uuid::now_v7(), id).await.expect("cancel");
+    commands::cancel_order(rt.store(), Uuid::now_v7(), id, None).await.expect("cancel");
     let saga = wait_terminal(&rt, id).await;
     assert_eq!(saga.status, SagaStatus::Compensated);
     assert!(saga.cancelled_by_customer);
@@ -314,7 +314,7 @@ async fn customer_cancel_mid_saga_compensates_what_was_done() {
     let done = place(&rt, &[("A", 1, 100)], "DE").await;
     assert_eq!(wait_terminal(&rt, done).await.status, SagaStatus::Completed);
     assert!(matches!(
-        commands::cancel_order(rt.store(), Uuid::now_v7(), done).await,
+        commands::cancel_order(rt.store(), Uuid::now_v7(), done, None).await,
         Err(commands::CommandError::Rejected(_))
     ));
     rt.shutdown().await.expect("shutdown");
@@ -651,7 +651,7 @@ async fn randomized_orders_with_failure_injection_keep_the_invariants() {
         let country = if rng.gen_bool(0.05) { "XX" } else { "DE" };
         let id = place(&rt, &lines, country).await;
         if rng.gen_bool(0.05) {
-            let _ = commands::cancel_order(rt.store(), Uuid::now_v7(), id).await;
+            let _ = commands::cancel_order(rt.store(), Uuid::now_v7(), id, None).await;
         }
         if i % 97 == 0 {
             stock(&rt, skus[rng.gen_range(0..skus.len())], 20).await;
@@ -708,10 +708,10 @@ async fn a_node_whose_store_fails_stops_with_an_error() {
     let rt =
         Runtime::start(store.clone(), SimulatedGateway::new(SimulatedGatewayConfig::default()), config())
             .expect("start");
-    commands::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 5).await.expect("stock");
+    commands::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 5, None).await.expect("stock");
     broken.store(true, std::sync::atomic::Ordering::SeqCst);
     // The next checkpoint save fails, the store is poisoned, and the node stops by itself.
-    let _ = commands::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 5).await;
+    let _ = commands::add_stock(&store, Uuid::now_v7(), Sku::from("A"), 5, None).await;
     let outcome = tokio::time::timeout(Duration::from_secs(10), rt.run_until(std::future::pending())).await;
     let err = outcome.expect("the node stopped by itself").expect_err("with an error");
     assert!(matches!(err, services::node::NodeError::Store { .. }), "a task on the store failed: {err}");

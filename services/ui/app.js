@@ -3,6 +3,16 @@
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
+
+// A short stable digest of a text (FNV-1a, 32 bits), for idempotency keys.
+function digest(text) {
+  let x = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    x ^= text.charCodeAt(i);
+    x = Math.imul(x, 0x01000193) >>> 0;
+  }
+  return x.toString(16);
+}
 const main = () => $("#main");
 
 function h(tag, attrs = {}, ...children) {
@@ -111,6 +121,10 @@ async function overviewPage() {
         card("relay lag (events)", relay === undefined ? "no relay" : Number(relay), "relay-lag")),
       h("h2", {}, "Sagas by outcome"),
       h("div", { class: "cards" }, sagaCards),
+      h("h2", {}, `Sagas not ended, per definition (this build starts definition ${o.definition})`),
+      h("div", { class: "cards", id: "definitions" }, Object.keys(o.open_by_definition || {}).length
+        ? Object.entries(o.open_by_definition).map(([d, n]) => card(`definition ${d}`, n, `definition-${d}`))
+        : h("span", { class: "muted" }, "none")),
       h("h2", {}, "Read models"),
       h("table", {}, h("tr", {}, h("th", {}, "read model"), h("th", { class: "num" }, "checkpoint"), h("th", { class: "num" }, "lag (events)")),
         o.read_models.map((m) => h("tr", {}, h("td", {}, m.name), h("td", { class: "num" }, m.checkpoint), h("td", { class: "num" }, m.lag)))));
@@ -147,11 +161,11 @@ async function sagasPage() {
   let page;
   try { page = await api(`/api/sagas?${p}`); } catch (e) { table.replaceChildren(h("tr", {}, h("td", { class: "error" }, e.message))); return; }
   table.replaceChildren(...[
-    h("tr", {}, h("th", {}, "order"), h("th", {}, "status"), h("th", {}, "step in flight"), h("th", {}, "started"), h("th", {}, "last moved"), h("th", {}, "reason")),
+    h("tr", {}, h("th", {}, "order"), h("th", {}, "status"), h("th", {}, "definition"), h("th", {}, "step in flight"), h("th", {}, "started"), h("th", {}, "last moved"), h("th", {}, "reason")),
     page.sagas.length ? page.sagas.map((s) => h("tr", { "data-order": s.order_id },
-      h("td", {}, sagaLink(s.order_id)), h("td", {}, status(s.status)), h("td", {}, s.current || ""),
+      h("td", {}, sagaLink(s.order_id)), h("td", {}, status(s.status)), h("td", { class: "num" }, String(s.definition || 1)), h("td", {}, s.current || ""),
       h("td", { title: fmtTime(s.started_at_ns) }, age(s.started_at_ns)), h("td", { title: fmtTime(s.updated_at_ns) }, age(s.updated_at_ns)),
-      h("td", {}, s.reason || ""))) : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No sagas match."))].flat());
+      h("td", {}, s.reason || ""))) : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No sagas match."))].flat());
   if (page.next) {
     const n = new URLSearchParams(q);
     n.set("after", page.next);
@@ -187,7 +201,8 @@ async function sagaPage(id) {
       const operator = operatorName() || "console";
       b.disabled = true;
       try {
-        const key = `${name}-${t.version}`; // one click per version: a double click is one action
+        // One click per version and request: a double click is one action, an edited reason another.
+        const key = `${name}-${t.version}-${digest(operator + "\n" + reason.value)}`;
         const body = { operator, reason: reason.value, expected_version: t.version };
         const done = await admin(`/api/admin/sagas/${id}/${name}`, body, key);
         toast(done.status === "pending"
@@ -232,6 +247,7 @@ async function sagaPage(id) {
       h("dt", {}, "started"), h("dd", {}, fmtTime(t.started_at_ns)),
       h("dt", {}, "last moved"), h("dd", {}, `${fmtTime(t.updated_at_ns)} (${age(t.updated_at_ns)})`),
       h("dt", {}, "in flight"), h("dd", {}, t.current || "–"),
+      h("dt", {}, "definition"), h("dd", { id: "saga-definition" }, String(t.definition || 1)),
       h("dt", {}, "reason"), h("dd", { id: "saga-reason" }, t.reason || "–"),
       h("dt", {}, "streams"), h("dd", {}, streams.flatMap((l) => [l, " "]))),
     h("div", { class: "actions" }, h("strong", {}, "Operator actions"),

@@ -2,9 +2,15 @@
 //! storage in a temporary directory (so it survives a stop and a `kill -9`). `scripts/test.sh`
 //! installs it; set `NISSHI_BIN` to use another binary.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use uuid::Uuid;
 
 /// A running (or stopped) broker.
 #[derive(Debug)]
@@ -122,4 +128,66 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A record as a plain Kafka client sees it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub key: String,
+    pub headers: BTreeMap<String, String>,
+    pub value: Vec<u8>,
+}
+
+/// Reads every partition of every topic on the broker up to its high watermark, with a plain
+/// rdkafka consumer and no Causeway code (blocking).
+pub fn read_everything(bootstrap: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("independent-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in md.topics().iter().filter(|t| !t.name().starts_with("__")) {
+        for p in t.partitions() {
+            let (low, high) =
+                consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10)).expect("wm");
+            if high > low {
+                tpl.add_partition_offset(t.name(), p.id(), Offset::Offset(low)).expect("tpl");
+                ends.insert((t.name().to_owned(), p.id()), high);
+            }
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "reading the topics timed out");
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = m.expect("record");
+        if ends.get(&(m.topic().to_owned(), m.partition())).is_some_and(|e| m.offset() + 1 >= *e) {
+            ends.remove(&(m.topic().to_owned(), m.partition()));
+        }
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                headers.insert(
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            headers,
+            value: m.payload().unwrap_or_default().to_vec(),
+        });
+    }
+    out
 }

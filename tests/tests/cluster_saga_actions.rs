@@ -28,6 +28,19 @@ async fn post(client: &reqwest::Client, url: String, body: Value, key: &str) -> 
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// An operator's action, sent again with the same key while the query pod answers 202 (the
+/// owner's answer did not come within its wait: a slow machine).
+async fn act(client: &reqwest::Client, url: String, body: Value, key: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, answer) = post(client, url.clone(), body.clone(), key).await;
+        if code != 202 || Instant::now() > deadline {
+            return (code, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
     let r = client.get(url).send().await.expect("get");
     let status = r.status().as_u16();
@@ -147,7 +160,7 @@ async fn run() {
     assert_eq!(code, 400, "{body}");
     // An order nobody placed: the owner says so.
     let unknown = uuid::Uuid::now_v7();
-    let (code, body) = post(
+    let (code, body) = act(
         &client,
         format!("{}/api/admin/sagas/{unknown}/retry", queries[0]),
         json!({"operator": "ops"}),
@@ -171,15 +184,10 @@ async fn run() {
         let url = |q: usize| format!("{}/api/admin/sagas/{id}/retry", queries[q]);
         let body = json!({"operator": "ops@example.com", "reason": "the gateway is back"});
         let key = format!("retry-{i}");
-        let (mut code, mut done) = post(&client, url(i % 2), body.clone(), &key).await;
+        let (code, first) = post(&client, url(i % 2), body.clone(), &key).await;
         let first_answered = code == 200;
-        // Not answered within the query pod's wait (a slow machine): the same request again
-        // until the owner's answer comes back.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while code == 202 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            (code, done) = post(&client, url(i % 2), body.clone(), &key).await;
-        }
+        let (code, done) =
+            if first_answered { (code, first) } else { act(&client, url(i % 2), body.clone(), &key).await };
         assert_eq!(code, 200, "retry of {id} through query pod {}: {done}", i % 2);
         if first_answered {
             assert_eq!(done["repeated"], json!(false), "{done}");
@@ -187,7 +195,7 @@ async fn run() {
         assert!(done["version"].as_u64().is_some(), "{done}");
         // The same request again, to either query pod: carried out before, on the same owner.
         for q in [i % 2, (i + 1) % 2] {
-            let (code, again) = post(&client, url(q), body.clone(), &key).await;
+            let (code, again) = act(&client, url(q), body.clone(), &key).await;
             assert_eq!(code, 200, "{again}");
             assert_eq!(
                 (&again["action_id"], &again["repeated"]),
@@ -198,7 +206,7 @@ async fn run() {
         // The same key for another request: refused by the owner, whichever pod forwards it.
         let changed = json!({"operator": "someone-else", "reason": "the gateway is back"});
         for q in [0, 1] {
-            let (code, refused) = post(&client, url(q), changed.clone(), &key).await;
+            let (code, refused) = act(&client, url(q), changed.clone(), &key).await;
             assert_eq!(code, 409, "{refused}");
             assert!(
                 refused["error"]["message"].as_str().is_some_and(|m| m.contains("Idempotency-Key")),
@@ -229,7 +237,7 @@ async fn run() {
     let id = &orders[0];
     let (_, saga) = get(&client, format!("{}/api/sagas/{id}", queries[1])).await;
     let version = saga["version"].as_u64().expect("version");
-    let (code, body) = post(
+    let (code, body) = act(
         &client,
         format!("{}/api/admin/sagas/{id}/compensate", queries[1]),
         json!({"operator": "ops", "reason": "too late", "expected_version": version}),
@@ -239,7 +247,7 @@ async fn run() {
     assert_eq!(code, 409, "{body}");
     assert_eq!((&body["status"], body["version"].as_u64()), (&json!("completed"), Some(version)), "{body}");
     // A stale version is refused before the state is looked at.
-    let (code, body) = post(
+    let (code, body) = act(
         &client,
         format!("{}/api/admin/sagas/{id}/compensate", queries[0]),
         json!({"operator": "ops", "reason": "stale", "expected_version": version - 1}),

@@ -116,6 +116,8 @@ try {
   await page.waitForSelector("#in-flight");
   await until("two overview samples (rates)", async () => (await page.textContent("#rate-started .v")) !== "–", 10000);
   assert.equal((await page.textContent("#started .v")).trim(), "3");
+  // The quarantined saga has not ended: definition 1 carries it.
+  await until("sagas not ended per definition", async () => (await page.$("#definition-1")) !== null, 10000);
   await page.screenshot({ path: join(SHOTS, "overview.png"), fullPage: true });
 
   const timeline = async () => page.$$eval("#timeline tr[data-event]", (rows) => rows.map((r) => r.dataset.event));
@@ -148,6 +150,7 @@ try {
   events = await open(parked, "quarantined");
   assert.ok(inOrder(events, ["SagaStarted", "StepRequested", "StepSucceeded", "StepRequested", "StepRequested", "SagaQuarantined"]), events.join());
   assert.match(await page.textContent("#saga-reason"), /no reply after 2 attempts/);
+  assert.equal((await page.textContent("#saga-definition")).trim(), "1");
   await page.screenshot({ path: join(SHOTS, "saga-quarantined.png"), fullPage: true });
 
   // Without the admin token the page refuses to send the action; with a wrong one the node

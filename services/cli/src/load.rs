@@ -142,7 +142,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
     let store: EventStore<S> = rt.store().clone();
     let per_sku = spec.orders * 3 + 100;
     for s in 0..spec.skus {
-        commands::add_stock(&store, Uuid::now_v7(), Sku(format!("SKU-{s}")), per_sku).await?;
+        commands::add_stock(&store, Uuid::now_v7(), Sku(format!("SKU-{s}")), per_sku, None).await?;
     }
     let placed: Arc<Mutex<HashMap<OrderId, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let slots = Arc::new(Semaphore::new(spec.concurrency.max(1)));
@@ -222,7 +222,7 @@ pub async fn run<S: Storage, G: PaymentGateway>(
         placed.lock().map_err(|_| anyhow::anyhow!("lock"))?.insert(order_id, Instant::now());
         let store = store.clone();
         tokio::spawn(async move {
-            if let Err(e) = commands::place_order(&store, Uuid::now_v7(), cmd).await {
+            if let Err(e) = commands::place_order(&store, Uuid::now_v7(), cmd, None).await {
                 tracing::error!(error = %e, "placing an order failed");
             }
         });

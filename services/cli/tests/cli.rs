@@ -463,8 +463,12 @@ fn sagas_lists_and_retries_a_quarantined_saga_on_a_running_node() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("retry: saga {id} is now")), "{}", text(&out));
-    let out = sagas(&["retry", &id, "--operator", "ops@example.com", "--key", "k1", "--admin-token", ADMIN]);
+    let again = ["retry", &id, "--operator", "ops@example.com", "--reason", "try again", "--key", "k1"];
+    let out = sagas(&[&again[..], &["--admin-token", ADMIN]].concat());
     assert!(text(&out).contains("repeated"), "the same key is one action: {}", text(&out));
+    // The same key for another request (another reason) is refused.
+    let out = sagas(&["retry", &id, "--operator", "ops@example.com", "--key", "k1", "--admin-token", ADMIN]);
+    assert!(!out.status.success() && text(&out).contains("Idempotency-Key"), "{}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = sagas(&["show", &id, "--read-token", READ]);

@@ -17,6 +17,33 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway");
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Every event of the order's in `store` records its request's trace context, and there are some.
+fn assert_traced(store: &EventStore<SledStorage>, order: uuid::Uuid, node: &str) {
+    let mut seen = 0;
+    for e in store.read_all(1) {
+        let e = e.expect("read");
+        if e.correlation_id == order {
+            seen += 1;
+            let parent = e.metadata.get("traceparent").map(String::as_str);
+            assert_eq!(parent, Some(TRACEPARENT), "{node}: {} {}", e.stream_id, e.event_type);
+        }
+    }
+    // The shipping node sees an order only when its payment went through (one in ten is
+    // declined in this run).
+    assert!(seen > 0 || node == "shipping", "the {node} node recorded nothing of the traced order");
+}
+
+/// The topic and `ce_traceparent` of every record of the order on the broker (read to each
+/// partition's high watermark by a plain rdkafka consumer).
+fn traced_records(bootstrap: &str, order: &str) -> Vec<(String, Option<String>)> {
+    causeway_tests::broker::read_everything(bootstrap)
+        .into_iter()
+        .filter(|r| r.headers.get("ce_correlationid").map(String::as_str) == Some(order))
+        .map(|r| (r.topic, r.headers.get("ce_traceparent").cloned()))
+        .collect()
+}
 const ROLES: [&str; 6] = ["order", "inventory", "payment", "shipping", "saga", "query"];
 
 struct Node {
@@ -183,6 +210,27 @@ async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // One order with a W3C trace context: every event it causes, on every node and on Kafka,
+    // records it.
+    let order = json!({
+        "customer_id": "traced",
+        "items": [{"sku": "SKU-0", "quantity": 1, "unit_price_minor": 1500}],
+        "currency": "EUR",
+        "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+    });
+    let r = client
+        .post(query("/api/orders"))
+        .header("Idempotency-Key", "traced-order")
+        .header("traceparent", TRACEPARENT)
+        .json(&order)
+        .send()
+        .await
+        .expect("post");
+    assert!(r.status().as_u16() == 201 || r.status().as_u16() == 202, "{}", r.status());
+    assert_eq!(r.headers().get("traceresponse").and_then(|v| v.to_str().ok()), Some(TRACEPARENT));
+    let placed: Value = r.json().await.expect("json");
+    let traced_id = placed["order_id"].as_str().expect("order id").to_owned();
+
     // A record that is no Causeway event, on a commands topic.
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("producer");
@@ -243,6 +291,7 @@ async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_a
         orders.push(id.expect("a post"));
     }
     wait_ready(&client, &nodes["inventory"]).await;
+    orders.push(traced_id.clone());
 
     // Every saga ends, as the query node sees it.
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -295,11 +344,14 @@ async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_a
     let inv = services::app::invariants::check(&query_store).expect("invariants");
     assert!(inv.problems.is_empty(), "{:?}", inv.problems);
     assert!(inv.unfinished.is_empty(), "{:?}", inv.unfinished);
-    assert_eq!(inv.completed + inv.compensated + inv.failed, ORDERS, "{inv:?}");
+    assert_eq!(inv.completed + inv.compensated + inv.failed, ORDERS + 1, "{inv:?}");
+    let traced: uuid::Uuid = traced_id.parse().expect("uuid");
+    assert_traced(&query_store, traced, "query");
     // The query node holds every owner's events, unchanged.
     for r in ["order", "inventory", "payment", "shipping", "saga"] {
         let owner = nodes[r].store();
         assert!(owner.verify().expect("verify").is_ok(), "{r}'s log");
+        assert_traced(&owner, traced, r);
         for e in owner.read_all(1) {
             let e = e.expect("read");
             if e.stream_id.starts_with("deadletters-") {
@@ -315,6 +367,15 @@ async fn sagas_across_one_process_per_role_keep_every_invariant_through_kill_9_a
             );
         }
     }
+    // On Kafka, as a plain consumer reads it: the CloudEvents distributed-tracing extension.
+    let records = traced_records(&bootstrap, &traced_id);
+    for topic in ["order_domain_events", "saga_domain_events", "payment_commands", "replies_domain_events"] {
+        assert!(records.iter().any(|(t, _)| t == topic), "no record of the traced order on {topic}");
+    }
+    for (topic, parent) in &records {
+        assert_eq!(parent.as_deref(), Some(TRACEPARENT), "a record on {topic}");
+    }
+
     // The payment node loses its store and is restored from Kafka, byte for byte.
     let payment = &nodes["payment"];
     let digest = event_store::raw::digest(payment.store().storage()).expect("digest").hex();

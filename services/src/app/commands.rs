@@ -21,6 +21,7 @@ use crate::app::aggregate::{events_for, load};
 use crate::app::error::{HandlerError, LoadError};
 use crate::app::handlers::load_inventory;
 use crate::app::messages::{self, Answer, ApiCommand};
+use crate::app::trace::{adopt_stored, append_adopting, traced, TraceContext};
 
 /// Why the domain refused a command: the aggregate's own error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +81,18 @@ pub struct Planned {
 impl Planned {
     fn none(stream: StreamId, order: Option<OrderId>) -> Self {
         Self { stream, expected: ExpectedVersion::Any, events: Vec::new(), order }
+    }
+
+    /// Its events with the request's trace context, or with the one an earlier attempt of the
+    /// same request recorded.
+    fn traced<S: Storage>(
+        mut self,
+        store: &EventStore<S>,
+        trace: Option<&TraceContext>,
+    ) -> Result<Self, CommandError> {
+        self.events = self.events.into_iter().map(|e| traced(e, trace)).collect();
+        adopt_stored(store, &mut self.events)?;
+        Ok(self)
     }
 }
 
@@ -193,14 +206,15 @@ const API_CONFLICT_RETRIES: usize = 16;
 async fn carry_out<S: Storage>(
     store: &EventStore<S>,
     replan: impl Fn() -> Result<Planned, CommandError>,
+    trace: Option<&TraceContext>,
 ) -> Result<AppendResult, CommandError> {
     let mut backoff = std::time::Duration::from_millis(1);
     for _ in 0..API_CONFLICT_RETRIES {
-        let planned = replan()?;
+        let planned = replan()?.traced(store, trace)?;
         if planned.events.is_empty() {
             return Ok(AppendResult { first_position: 0, last_position: 0, streams: vec![] });
         }
-        match store.append_to(&planned.stream, planned.expected, planned.events).await {
+        match append_adopting(store, &planned.stream, planned.expected, planned.events).await {
             Err(event_store::Error::Conflict { .. }) => {
                 // A hot stream: back off with jitter so concurrent writers stop colliding.
                 tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>())).await;
@@ -218,10 +232,11 @@ pub async fn place_order<S: Storage>(
     store: &EventStore<S>,
     idempotency_key: Uuid,
     command: OrderCommand,
+    trace: Option<&TraceContext>,
 ) -> Result<(OrderId, AppendResult), CommandError> {
-    let planned = plan_place(idempotency_key, command)?;
+    let planned = plan_place(idempotency_key, command)?.traced(store, trace)?;
     let order_id = planned.order.unwrap_or(OrderId(Uuid::nil()));
-    match store.append_to(&planned.stream, planned.expected, planned.events).await {
+    match append_adopting(store, &planned.stream, planned.expected, planned.events).await {
         Ok(r) => Ok((order_id, r)),
         // An order with this id exists with events that did not come from this key.
         Err(event_store::Error::Conflict { .. }) => {
@@ -236,8 +251,9 @@ pub async fn cancel_order<S: Storage>(
     store: &EventStore<S>,
     idempotency_key: Uuid,
     order_id: OrderId,
+    trace: Option<&TraceContext>,
 ) -> Result<AppendResult, CommandError> {
-    carry_out(store, || plan_cancel(store, idempotency_key, order_id)).await
+    carry_out(store, || plan_cancel(store, idempotency_key, order_id), trace).await
 }
 
 /// Adds stock to a SKU.
@@ -246,8 +262,9 @@ pub async fn add_stock<S: Storage>(
     idempotency_key: Uuid,
     sku: Sku,
     quantity: u64,
+    trace: Option<&TraceContext>,
 ) -> Result<AppendResult, CommandError> {
-    carry_out(store, || plan_add_stock(store, idempotency_key, &sku, quantity)).await
+    carry_out(store, || plan_add_stock(store, idempotency_key, &sku, quantity), trace).await
 }
 
 /// Carries out a REST command another node forwarded (the event `forwarded` on its
@@ -266,9 +283,10 @@ pub async fn handle_forwarded<S: Storage>(
         .get(messages::SOURCE_KEY)
         .cloned()
         .unwrap_or_else(|| "causeway://local".to_owned());
+    let trace = TraceContext::of_event(forwarded);
     let mut backoff = std::time::Duration::from_millis(1);
     for _ in 0..API_CONFLICT_RETRIES {
-        let (answer, effect) = match plan(store, command) {
+        let (answer, effect) = match plan(store, command).and_then(|p| p.traced(store, trace.as_ref())) {
             Ok(planned) => match planned.events.first() {
                 None => (Answer::Done {}, None),
                 Some(first) => match store.stored_as(&planned.stream, first)? {
@@ -294,7 +312,8 @@ pub async fn handle_forwarded<S: Storage>(
             Err(CommandError::Store(e)) => return Err(e.into()),
             Err(CommandError::Contention(s)) => return Err(HandlerError::conflicts(s, API_CONFLICT_RETRIES)),
         };
-        let answer = messages::answer_event(forwarded, command.key(), &source, answer);
+        let answer =
+            traced(messages::answer_event(forwarded, command.key(), &source, answer), trace.as_ref());
         let mut request = AppendRequest::default();
         if let Some(p) = effect {
             request = request.and(p.stream, p.expected, p.events);

@@ -384,6 +384,7 @@ pub async fn dead_letter<S: Storage>(
     let e = NewEvent::json("DeadLettered", serde_json::to_vec(&letter).unwrap_or_default())
         .with_id(derived_id(event.event_id, &format!("deadletter/{consumer}"), 0))
         .caused_by(event.correlation_id, event.event_id);
+    let e = crate::app::trace::traced(e, crate::app::trace::TraceContext::of_event(event).as_ref());
     match store.append_to(&stream, ExpectedVersion::Any, vec![e]).await {
         Ok(_) | Err(event_store::Error::EventIdReused { .. }) => Ok(()),
         Err(e) => Err(e),

@@ -375,7 +375,11 @@ impl ApiCommand {
     /// The event the node `source` appends (its id follows from the key and the node, so a
     /// repeated request to the same node adds nothing, and two nodes that forward the same key
     /// record two events: the owner's effect is idempotent by the key itself).
-    pub fn to_event(&self, source: &str) -> NewEvent {
+    pub fn to_event(&self, source: &str, trace: Option<&crate::app::trace::TraceContext>) -> NewEvent {
+        crate::app::trace::traced(self.event(source), trace)
+    }
+
+    fn event(&self, source: &str) -> NewEvent {
         let key = self.key();
         let correlation = match self {
             ApiCommand::PlaceOrder { order_id, .. } | ApiCommand::CancelOrder { order_id, .. } => order_id.0,
@@ -433,7 +437,11 @@ impl SagaAction {
     /// tells a repeat by the action id itself. So a retried request, on any query node, is
     /// answered as the saga pod decides it now (`repeated`, or a reused key for another body),
     /// never by an earlier request's refusal.
-    pub fn to_event(&self) -> NewEvent {
+    pub fn to_event(&self, trace: Option<&crate::app::trace::TraceContext>) -> NewEvent {
+        crate::app::trace::traced(self.event(), trace)
+    }
+
+    fn event(&self) -> NewEvent {
         NewEvent::json(SAGA_ACTION_TYPE, serde_json::to_vec(self).unwrap_or_default())
             .with_id(Uuid::now_v7())
             .with_metadata(COMMAND_ID, self.action_id.to_string())
@@ -620,8 +628,9 @@ pub const RESENT_OF: &str = "resent_of";
 /// `redelivered`: the same answer again, so a saga whose reply was lost hears it. Its id follows
 /// from the redelivery, so a repeat of that delivery adds nothing.
 pub fn resent_reply(reply: &RecordedEvent, redelivered: &RecordedEvent) -> NewEvent {
-    NewEvent::json(REPLY_TYPE, reply.payload.clone())
+    let e = NewEvent::json(REPLY_TYPE, reply.payload.clone())
         .with_id(derived_id(redelivered.event_id, "reply-again", 0))
         .caused_by(reply.correlation_id, redelivered.event_id)
-        .with_metadata(RESENT_OF, reply.event_id.to_string())
+        .with_metadata(RESENT_OF, reply.event_id.to_string());
+    crate::app::trace::traced(e, crate::app::trace::TraceContext::of_event(reply).as_ref())
 }

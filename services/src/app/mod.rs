@@ -9,6 +9,7 @@
 //!   aggregate could not be loaded.
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids;
 //!   the consumers' names.
+//! - [`trace`]: the W3C trace context that every event a request causes records.
 //! - [`aggregate`]: loading an aggregate from its stream; a decider's events as log events.
 //! - [`gateway`]: the ports to the outside (the payment gateway, delivery health), a simulated
 //!   gateway (bounded idempotency memory), a circuit breaker.
@@ -37,3 +38,4 @@ pub mod invariants;
 pub mod messages;
 pub mod ops;
 pub mod saga;
+pub mod trace;

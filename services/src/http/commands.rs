@@ -3,12 +3,14 @@
 use super::error::ApiError;
 use super::error::ApiResult;
 use super::error::ErrorBody;
+use super::trace_context::of_headers;
 use super::ApiState;
 use super::CommandRoute;
 use crate::app::commands;
 use crate::app::commands::CommandError;
 use crate::app::messages::Answer;
 use crate::app::messages::ApiCommand;
+use crate::app::trace::TraceContext;
 use aggregates::order::{LineItem, OrderCommand};
 use aggregates::shipping::Address;
 use aggregates::OrderId;
@@ -116,15 +118,27 @@ pub(crate) enum Forwarded {
 
 /// Appends a command for the role that owns its streams (the relay carries it there), then
 /// waits for the owner's answer addressed to this node.
-pub(crate) async fn forward<S: Storage>(st: &ApiState<S>, command: ApiCommand) -> ApiResult<Forwarded> {
+pub(crate) async fn forward<S: Storage>(
+    st: &ApiState<S>,
+    command: ApiCommand,
+    trace: &TraceContext,
+) -> ApiResult<Forwarded> {
     let CommandRoute::Forward { answers, source, wait } = &st.commands else {
         return Err(ApiError::internal("forward called on a node that does not forward"));
     };
     commands::precheck(&command)?;
     let stream = command.stream().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let event = command.to_event(source);
+    let event = command.to_event(source, Some(trace));
     let event_id = event.event_id;
-    let position = match st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![event]).await {
+    // A retry of a request this node forwarded: the same event, with its first trace.
+    let appended = crate::app::trace::append_adopting(
+        &st.store,
+        &stream,
+        event_store::ExpectedVersion::Any,
+        vec![event],
+    )
+    .await;
+    let position = match appended {
         Ok(r) => r.last_position,
         // This node forwarded this key before with another body.
         Err(event_store::Error::EventIdReused { .. }) => return Err(CommandError::KeyReused.into()),
@@ -215,29 +229,39 @@ pub(crate) async fn place_order<S: Storage>(
     }
     // Given back when nothing was recorded; kept otherwise (also when this request is cancelled
     // or times out mid-way: the order may be recorded, and its saga's end frees the place).
-    let placed = place(&st, key, order_id, req.customer_id, items, req.currency, req.shipping_address).await;
+    let trace = of_headers(&headers);
+    let command = ApiCommand::PlaceOrder {
+        key,
+        order_id,
+        customer_id: req.customer_id,
+        items,
+        currency: req.currency,
+        shipping_address: req.shipping_address,
+    };
+    let placed = place(&st, command, &trace).await;
     if let (Err(_), Some(t)) = (&placed, ticket) {
         t.give_back();
     }
     placed
 }
 
-/// Carries out a place-order request (after admission).
+/// Carries out a place-order request (after admission): `command` is an
+/// [`ApiCommand::PlaceOrder`].
 pub(crate) async fn place<S: Storage>(
     st: &ApiState<S>,
-    key: Uuid,
-    order_id: OrderId,
-    customer_id: String,
-    items: Vec<LineItem>,
-    currency: String,
-    shipping_address: Option<Address>,
+    command: ApiCommand,
+    trace: &TraceContext,
 ) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
+    let ApiCommand::PlaceOrder { key, order_id, customer_id, items, currency, shipping_address } = command
+    else {
+        return Err(ApiError::internal("place called with another command"));
+    };
     match &st.commands {
         CommandRoute::Refuse { role } => Err(refuse_commands(role)),
         CommandRoute::Forward { .. } => {
             let command =
                 ApiCommand::PlaceOrder { key, order_id, customer_id, items, currency, shipping_address };
-            Ok(match forward(st, command).await? {
+            Ok(match forward(st, command, trace).await? {
                 Forwarded::Done(position) => (StatusCode::CREATED, Json(PlacedOrder { order_id, position })),
                 Forwarded::Accepted(position) => {
                     (StatusCode::ACCEPTED, Json(PlacedOrder { order_id, position }))
@@ -252,7 +276,7 @@ pub(crate) async fn place<S: Storage>(
                 currency: Currency(currency),
                 shipping_address,
             };
-            let (_, r) = commands::place_order(&st.store, key, cmd).await?;
+            let (_, r) = commands::place_order(&st.store, key, cmd, Some(trace)).await?;
             Ok((StatusCode::CREATED, Json(PlacedOrder { order_id, position: r.last_position })))
         }
     }
@@ -286,6 +310,7 @@ pub(crate) async fn cancel_order<S: Storage>(
     let Path(id) = id?;
     let id = order_id(&id)?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    let trace = of_headers(&headers);
     let done =
         |status: StatusCode, s: &str| (status, Json(CancelledOrder { order_id: id, status: s.into() }));
     if !matches!(st.commands, CommandRoute::Refuse { .. }) {
@@ -294,13 +319,13 @@ pub(crate) async fn cancel_order<S: Storage>(
     match &st.commands {
         CommandRoute::Refuse { role } => Err(refuse_commands(role)),
         CommandRoute::Forward { .. } => {
-            Ok(match forward(&st, ApiCommand::CancelOrder { key, order_id: id }).await? {
+            Ok(match forward(&st, ApiCommand::CancelOrder { key, order_id: id }, &trace).await? {
                 Forwarded::Done(_) => done(StatusCode::OK, "cancelled"),
                 Forwarded::Accepted(_) => done(StatusCode::ACCEPTED, "cancel_requested"),
             })
         }
         CommandRoute::Local => {
-            commands::cancel_order(&st.store, key, id).await?;
+            commands::cancel_order(&st.store, key, id, Some(&trace)).await?;
             Ok(done(StatusCode::OK, "cancelled"))
         }
     }
@@ -346,6 +371,7 @@ pub(crate) async fn add_stock<S: Storage>(
     let Path(sku) = sku?;
     let Json(req) = body?;
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    let trace = of_headers(&headers);
     let view = |position| Json(StockAddedView { sku: sku.clone(), added: req.quantity, position });
     if !matches!(st.commands, CommandRoute::Refuse { .. }) {
         writer_has_room(&st)?;
@@ -354,13 +380,13 @@ pub(crate) async fn add_stock<S: Storage>(
         CommandRoute::Refuse { role } => Err(refuse_commands(role)),
         CommandRoute::Forward { .. } => {
             let command = ApiCommand::AddStock { key, sku: Sku(sku.clone()), quantity: req.quantity };
-            Ok(match forward(&st, command).await? {
+            Ok(match forward(&st, command, &trace).await? {
                 Forwarded::Done(position) => (StatusCode::OK, view(position)),
                 Forwarded::Accepted(position) => (StatusCode::ACCEPTED, view(position)),
             })
         }
         CommandRoute::Local => {
-            let r = commands::add_stock(&st.store, key, Sku(sku.clone()), req.quantity).await?;
+            let r = commands::add_stock(&st.store, key, Sku(sku.clone()), req.quantity, Some(&trace)).await?;
             Ok((StatusCode::OK, view(r.last_position)))
         }
     }

@@ -190,7 +190,9 @@ impl From<crate::app::saga::ActError> for ApiError {
                     .with("version", serde_json::Value::from(*version))
             }
             A::NotOwner(_) => ApiError::new(StatusCode::CONFLICT, "not_owner", e.to_string()),
-            A::KeyReused { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            A::KeyReused { .. } | A::NotCarried { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             // Refused on a state that changed under the request (decided again after a conflict).
             A::Handler(HandlerError::Poison(Poison::Refused(_))) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())

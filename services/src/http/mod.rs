@@ -34,6 +34,7 @@ mod live;
 mod queries;
 mod router;
 mod sagas;
+pub mod trace_context;
 mod ui;
 
 pub use admin::{

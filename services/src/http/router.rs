@@ -115,6 +115,7 @@ pub fn app<S: Storage>(state: ApiState<S>) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(reads)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(super::trace_context::trace_context))
         .layer(axum::middleware::from_fn(http_metrics))
         .with_state(state)
 }

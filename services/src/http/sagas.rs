@@ -148,10 +148,18 @@ pub struct Overview {
     /// Open dead letters (among the first 10,000 letters of the dead-letters read model).
     pub dead_letters_open: u64,
     pub read_models: Vec<ReadModelLag>,
+    /// Sagas not ended (neither completed nor compensated: failed and quarantined ones count)
+    /// per version of the saga definition that started them.
+    pub open_by_definition: std::collections::BTreeMap<String, u64>,
+    /// The definition this build starts new sagas with.
+    pub definition: u32,
 }
 
 /// Dead letters the overview looks at, at most.
 const MAX_DEAD_LETTERS_COUNTED: usize = 10_000;
+
+/// Definition versions the overview lists, at most.
+const MAX_DEFINITIONS: usize = 1_000;
 
 /// The numbers of the console's overview (rates come from two of them, apart in time).
 #[utoipa::path(get, path = "/api/overview", tag = "queries",
@@ -189,6 +197,15 @@ pub(crate) async fn overview<S: Storage>(State(st): State<ApiState<S>>) -> ApiRe
         MAX_DEAD_LETTERS_COUNTED,
     )?;
     let dead_letters_open = letters.iter().filter(|(_, l)| !l.resolved).count() as u64;
+    let counts: Vec<(String, u64)> =
+        st.models.scan(SagaTimelines::NAME, SagaTimelines::OPEN_BY_DEFINITION, None, MAX_DEFINITIONS)?;
+    let open_by_definition = counts
+        .into_iter()
+        .filter_map(|(key, n)| {
+            let v = key.rsplit('/').next()?.parse::<u32>().ok()?;
+            Some((v.to_string(), n))
+        })
+        .collect();
     Ok(Json(Overview {
         head: st.store.head(),
         sagas,
@@ -196,6 +213,8 @@ pub(crate) async fn overview<S: Storage>(State(st): State<ApiState<S>>) -> ApiRe
         sagas_started,
         dead_letters_open,
         read_models,
+        open_by_definition,
+        definition: aggregates::saga::DEFINITION,
     }))
 }
 
@@ -316,7 +335,7 @@ pub(crate) async fn saga_action<S: Storage>(
         expected_version: body.expected_version,
     };
     let (code, status, version, repeated) = if let CommandRoute::Forward { .. } = &st.commands {
-        match forward_action(&st, order, &request).await? {
+        match forward_action(&st, order, &request, &super::trace_context::of_headers(&headers)).await? {
             Some((status, version, repeated)) => (StatusCode::OK, status, Some(version), repeated),
             None => (StatusCode::ACCEPTED, "pending".to_owned(), None, false),
         }
@@ -344,6 +363,7 @@ async fn forward_action<S: Storage>(
     st: &ApiState<S>,
     order: OrderId,
     request: &OperatorRequest,
+    trace: &crate::app::trace::TraceContext,
 ) -> ApiResult<Option<(String, u64, bool)>> {
     let CommandRoute::Forward { answers, source, wait } = &st.commands else {
         return Err(ApiError::internal("forward_action called on a node that does not forward"));
@@ -356,7 +376,7 @@ async fn forward_action<S: Storage>(
         reason: request.reason.clone(),
         expected_version: request.expected_version,
     };
-    let event = action.to_event();
+    let event = action.to_event(Some(trace));
     let event_id = event.event_id;
     let stream = messages::saga_commands_stream(order);
     st.store.append_to(&stream, event_store::ExpectedVersion::Any, vec![event]).await?;

@@ -18,6 +18,7 @@
 //! | `ce_schemaversion` | the payload's schema version |
 //! | `ce_recordedatns` | recorded-at in Unix nanoseconds (exact) |
 //! | `ce_metadata` | the event's metadata as a JSON object of strings |
+//! | `ce_traceparent`, `ce_tracestate` | the W3C trace context the event recorded (the CloudEvents distributed-tracing extension; absent when it recorded none) |
 
 use std::collections::BTreeMap;
 
@@ -49,9 +50,16 @@ pub fn headers(e: &RecordedEvent, source: &str) -> OwnedHeaders {
         ("ce_recordedatns", e.recorded_at_ns.to_string()),
         ("ce_metadata", metadata),
     ];
-    let mut h = OwnedHeaders::new_with_capacity(fields.len());
+    let mut h = OwnedHeaders::new_with_capacity(fields.len() + 2);
     for (key, value) in &fields {
         h = h.insert(Header { key, value: Some(value.as_bytes()) });
+    }
+    // The distributed-tracing extension, so a plain consumer sees the trace too.
+    use crate::app::trace::{TRACEPARENT, TRACESTATE};
+    for (key, name) in [("ce_traceparent", TRACEPARENT), ("ce_tracestate", TRACESTATE)] {
+        if let Some(value) = e.metadata.get(name) {
+            h = h.insert(Header { key, value: Some(value.as_bytes()) });
+        }
     }
     h
 }
@@ -148,6 +156,20 @@ mod tests {
         let map = header_map(Some(&h));
         assert_eq!(map["ce_time"], "2025-11-24T16:00:00.123456789Z");
         assert_eq!(map["ce_source"], "causeway://node-1");
+        assert_eq!(decode(&map, Some(&e.payload)), Ok(e));
+    }
+
+    #[test]
+    fn the_trace_context_travels_as_the_distributed_tracing_extension() {
+        let mut e = sample();
+        let untraced = header_map(Some(&headers(&e, "s")));
+        assert!(!untraced.contains_key("ce_traceparent") && !untraced.contains_key("ce_tracestate"));
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        e.metadata.insert("traceparent".into(), parent.into());
+        e.metadata.insert("tracestate".into(), "congo=t61rcWkgMzE".into());
+        let map = header_map(Some(&headers(&e, "s")));
+        assert_eq!(map["ce_traceparent"], parent);
+        assert_eq!(map["ce_tracestate"], "congo=t61rcWkgMzE");
         assert_eq!(decode(&map, Some(&e.payload)), Ok(e));
     }
 

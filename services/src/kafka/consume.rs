@@ -143,7 +143,7 @@ pub async fn run<S: Storage, H: Handler>(
     let partitions: Vec<(String, Vec<i32>)> =
         found.into_iter().map(|(t, n)| (t, (0..n).filter(|p| p % count == index).collect())).collect();
     // The workers are shared out over the partitions of the busy topics; the operators' actions
-    // (a handful a day) take no share, their partitions get the least.
+    // (a handful a day) take no share of them (their partitions get the same few workers on top).
     let total: i32 = partitions
         .iter()
         .filter(|(t, _)| t != crate::app::messages::SAGA_COMMANDS)

@@ -160,13 +160,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             let sagas = page["sagas"].as_array().unwrap_or(&empty);
             write_line(
                 &mut out,
-                &format!("{:<36}  {:<12}  {:<24}  {:<8}  REASON", "ORDER", "STATUS", "IN FLIGHT", "STARTED"),
+                &format!(
+                    "{:<36}  {:<12}  {:<3}  {:<24}  {:<8}  REASON",
+                    "ORDER", "STATUS", "DEF", "IN FLIGHT", "STARTED"
+                ),
             )?;
             for s in sagas {
                 let line = format!(
-                    "{:<36}  {:<12}  {:<24}  {:<8}  {}",
+                    "{:<36}  {:<12}  {:<3}  {:<24}  {:<8}  {}",
                     text(&s["order_id"]),
                     text(&s["status"]),
+                    s["definition"].as_u64().unwrap_or(1),
                     text(&s["current"]),
                     age(&s["started_at_ns"]),
                     text(&s["reason"])
@@ -178,6 +182,27 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             if let Some(next) = page["next"].as_str() {
                 write_line(&mut out, &format!("(more: --after {next})"))?;
             }
+            // How many sagas each definition still has to carry to their end.
+            let overview = match get(&args, "/api/overview", &[]).await {
+                Ok(o) => o,
+                Err(e) => {
+                    write_line(&mut out, &format!("(sagas per definition not available: {e})"))?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            let open: Vec<String> = overview["open_by_definition"]
+                .as_object()
+                .map(|m| m.iter().map(|(d, n)| format!("definition {d}: {n}")).collect())
+                .unwrap_or_default();
+            write_line(
+                &mut out,
+                &format!(
+                    "not ended, per saga definition: {} (the node asked, {}, starts definition {})",
+                    if open.is_empty() { "none".to_owned() } else { open.join(", ") },
+                    args.url,
+                    overview["definition"].as_u64().unwrap_or(0)
+                ),
+            )?;
         }
         SagasCmd::Show { order_id: id } => {
             let t = get(&args, &format!("/api/sagas/{}", order_id(id)?), &[]).await?;
@@ -188,7 +213,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             let version = t["version"].as_u64().unwrap_or(0);
             write_line(
                 &mut out,
-                &format!("saga {} (version {version}): {}", text(&t["order_id"]), text(&t["status"])),
+                &format!(
+                    "saga {} (version {version}, definition {}): {}",
+                    text(&t["order_id"]),
+                    t["definition"].as_u64().unwrap_or(1),
+                    text(&t["status"])
+                ),
             )?;
             for (k, v) in [("in flight", &t["current"]), ("reason", &t["reason"])] {
                 if let Some(v) = v.as_str() {
@@ -240,7 +270,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 "reason": a.reason,
                 "expected_version": expected,
             }));
-            let key = a.key.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let key = match &a.key {
+                Some(k) => k.clone(),
+                None => {
+                    let k = uuid::Uuid::now_v7().to_string();
+                    // Said before the request goes out, so a lost answer can be asked for again.
+                    eprintln!("idempotency key {k} (send it again with --key {k} to learn the outcome)");
+                    k
+                }
+            };
             req = req.header("Idempotency-Key", &key);
             let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
             let done = match answer(resp).await {

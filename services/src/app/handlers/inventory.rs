@@ -221,7 +221,9 @@ mod snapshot_tests {
         let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
         let sku = aggregates::Sku::from("SKU-1");
         for _ in 0..5 {
-            crate::app::commands::add_stock(&store, Uuid::now_v7(), sku.clone(), 2).await.expect("stock");
+            crate::app::commands::add_stock(&store, Uuid::now_v7(), sku.clone(), 2, None)
+                .await
+                .expect("stock");
         }
         let stream = messages::inventory_stream(&sku).expect("stream");
         let (state, version) = load_inventory(&store, &stream).expect("load");

@@ -23,6 +23,7 @@ use crate::app::aggregate::{events_for, load};
 use crate::app::error::HandlerError;
 use crate::app::gateway::{Breaker, PaymentGateway};
 use crate::app::messages::{self, derived_id};
+use crate::app::trace::{traced, TraceContext};
 
 mod inventory;
 mod order;
@@ -63,7 +64,7 @@ impl Decision {
 }
 
 /// The command being decided: whose it is, and the ids its outputs derive from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Step {
     /// The command's idempotency key.
     command_id: Uuid,
@@ -71,6 +72,8 @@ struct Step {
     order_id: OrderId,
     /// The command event (the causation id).
     cause: Uuid,
+    /// The trace context the command recorded (its saga's): every output records it too.
+    trace: Option<TraceContext>,
 }
 
 impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
@@ -149,7 +152,12 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
         command: &SagaCommand,
         e: &RecordedEvent,
     ) -> Result<Decision, HandlerError> {
-        let step = Step { command_id, order_id: command.order_id(), cause: e.event_id };
+        let step = Step {
+            command_id,
+            order_id: command.order_id(),
+            cause: e.event_id,
+            trace: TraceContext::of_event(e),
+        };
         let mut d = Decision::default();
         let outcome = match command {
             SagaCommand::ReserveStock { lines, .. }
@@ -166,7 +174,10 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             }
             SagaCommand::CancelOrder { reason, .. } => self.cancel_order(&step, reason, &mut d)?,
         };
-        let reply = messages::reply_event(command_id, command, outcome, d.detail.take(), step.cause);
+        let reply = traced(
+            messages::reply_event(command_id, command, outcome, d.detail.take(), step.cause),
+            step.trace.as_ref(),
+        );
         d.append(messages::replies_stream(step.order_id), ExpectedVersion::Any, vec![reply]);
         Ok(d)
     }
@@ -215,5 +226,8 @@ impl Step {
     /// A decider's events on `stream` as log events, with ids derived from the command.
     fn events<E: DomainEvent>(&self, events: &[E], stream: &StreamId) -> Vec<NewEvent> {
         events_for(events, self.command_id, stream, self.order_id.0, self.cause)
+            .into_iter()
+            .map(|e| traced(e, self.trace.as_ref()))
+            .collect()
     }
 }

@@ -27,7 +27,9 @@ use crate::app::aggregate::{load_from, MAX_CONFLICT_RETRIES};
 use crate::app::consumer::{Handler, Source};
 use crate::app::error::{HandlerError, Poison};
 use crate::app::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
+use crate::app::trace::{traced, TraceContext};
 
+pub mod replay;
 mod timer;
 
 use timer::RetryBudget;
@@ -44,6 +46,8 @@ struct Active {
     saga: Saga,
     version: u64,
     started_at: u64,
+    /// The trace context its first event recorded (that of the order that started it).
+    trace: Option<TraceContext>,
 }
 
 /// The saga process manager.
@@ -111,15 +115,34 @@ impl<S: Storage> SagaRunner<S> {
             first_seen.entry(e.stream_id.clone()).or_insert(e.position);
         }
         let mut recovered = 0;
+        let mut definitions: BTreeMap<u32, usize> = BTreeMap::new();
         for (stream, position) in first_seen {
             let stream = event_store::StreamId::new(stream)?;
             let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
             let Some(order) = saga.order_id else { continue };
+            if !matches!(saga.status, SagaStatus::Completed | SagaStatus::Compensated) {
+                // Not ended (parked ones too: an operator may move them on).
+                *definitions.entry(saga.definition).or_default() += 1;
+            }
             if saga.is_parked() {
                 continue;
             }
-            self.remember(order, saga, version, position);
+            let trace = self.recorded_trace(&stream)?;
+            self.remember(order, saga, version, position, trace);
             recovered += 1;
+        }
+        let foreign: Vec<String> = definitions
+            .iter()
+            .filter(|(d, _)| !aggregates::saga::CARRIED.contains(d))
+            .map(|(d, n)| format!("definition {d}: {n} saga(s)"))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(HandlerError::Poison(Poison::NotHere(format!(
+                "sagas in flight were started under saga definitions this build does not carry ({}); it carries {:?}: \
+                 run a build that carries them until they end (causeway sagas list shows them), or roll forward",
+                foreign.join(", "),
+                aggregates::saga::CARRIED
+            ))));
         }
         Ok(recovered)
     }
@@ -130,16 +153,46 @@ impl<S: Storage> SagaRunner<S> {
     fn reload(&self, order: OrderId) -> Result<(), HandlerError> {
         let stream = messages::saga_stream(order);
         let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
-        let started_at = match self.store.read_stream(&stream, 1, event_store::Direction::Forward).next() {
-            Some(first) => first?.position,
-            None => 0,
-        };
+        let (started_at, trace) =
+            match self.store.read_stream(&stream, 1, event_store::Direction::Forward).next() {
+                Some(first) => {
+                    let first = first?;
+                    (first.position, TraceContext::of_event(&first))
+                }
+                None => (0, None),
+            };
         if version == 0 {
             self.forget(order);
         } else {
-            self.remember(order, saga, version, started_at);
+            self.remember(order, saga, version, started_at, trace);
         }
         Ok(())
+    }
+
+    /// The trace context a saga's first event recorded.
+    fn recorded_trace(&self, stream: &event_store::StreamId) -> Result<Option<TraceContext>, HandlerError> {
+        Ok(match self.store.read_stream(stream, 1, event_store::Direction::Forward).next() {
+            Some(first) => TraceContext::of_event(&first?),
+            None => None,
+        })
+    }
+
+    /// The trace context of a saga's events: the one its first event recorded, or, for a saga not
+    /// started yet (or recorded before traces), `hint` (the input's).
+    fn trace_of(
+        &self,
+        order: OrderId,
+        hint: Option<TraceContext>,
+    ) -> Result<Option<TraceContext>, HandlerError> {
+        let cached = {
+            let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            active.get(&order).map(|a| a.trace.clone())
+        };
+        let recorded = match cached {
+            Some(t) => t,
+            None => self.recorded_trace(&messages::saga_stream(order))?,
+        };
+        Ok(recorded.or(hint))
     }
 
     /// Drops a saga from the cache together with its deadline.
@@ -151,7 +204,14 @@ impl<S: Storage> SagaRunner<S> {
         }
     }
 
-    fn remember(&self, order: OrderId, saga: Saga, version: u64, started_at: u64) {
+    fn remember(
+        &self,
+        order: OrderId,
+        saga: Saga,
+        version: u64,
+        started_at: u64,
+        trace: Option<TraceContext>,
+    ) {
         let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = active.get(&order).and_then(|a| a.saga.next_deadline_ns()) {
@@ -166,7 +226,7 @@ impl<S: Storage> SagaRunner<S> {
         if let Some(d) = saga.next_deadline_ns() {
             deadlines.insert((d, order));
         }
-        active.insert(order, Active { saga, version, started_at });
+        active.insert(order, Active { saga, version, started_at, trace });
     }
 
     fn low_water(&self) -> u64 {
@@ -198,6 +258,9 @@ impl<S: Storage> SagaRunner<S> {
         if saga.order_id.is_none() {
             return Err(ActError::NotFound(order));
         }
+        if !aggregates::saga::CARRIED.contains(&saga.definition) {
+            return Err(ActError::NotCarried { definition: saga.definition });
+        }
         if saga.has_acted(action_id) {
             // The same key again: the same action, or a client that reused its key for another.
             if let Some(recorded) = self.recorded_action(&stream, action_id)? {
@@ -223,10 +286,14 @@ impl<S: Storage> SagaRunner<S> {
         }
         // Decided again on the state `apply_locked` holds (the cache's, as fresh: the stripe is
         // ours), and appended with ids derived from the action's.
-        self.apply_locked(order, |_| Some(input.clone()), action_id, checkpoint, answer).await?;
+        let appended =
+            self.apply_locked(order, |_| Some(input.clone()), action_id, checkpoint, answer, None).await?;
         let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
-        metrics::counter!("causeway_saga_operator_actions_total", "action" => action.name()).increment(1);
-        Ok(Acted { state: saga.state(), version, repeated: false })
+        if appended {
+            metrics::counter!("causeway_saga_operator_actions_total", "action" => action.name()).increment(1);
+        }
+        // Nothing appended: the log held the action already (its writes derive from its id).
+        Ok(Acted { state: saga.state(), version, repeated: !appended })
     }
 
     /// The `OperatorActed` the saga recorded for `action_id`.
@@ -236,7 +303,9 @@ impl<S: Storage> SagaRunner<S> {
         action_id: uuid::Uuid,
     ) -> Result<Option<aggregates::saga::OperatorActed>, ActError> {
         use aggregates::saga::SagaEvent;
-        for e in self.store.read_stream(stream, 1, event_store::Direction::Forward) {
+        // Newest first: an action is looked up soon after it.
+        let last = self.store.stream_version(stream).map_err(HandlerError::from)?;
+        for e in self.store.read_stream(stream, last, event_store::Direction::Backward) {
             let e = e.map_err(HandlerError::from)?;
             if e.event_type != "OperatorActed" {
                 continue;
@@ -266,8 +335,21 @@ impl<S: Storage> SagaRunner<S> {
         cause: uuid::Uuid,
         checkpoint: Option<(String, u64)>,
     ) -> Result<(), HandlerError> {
+        self.apply_traced(order, input, cause, checkpoint, None).await
+    }
+
+    /// [`SagaRunner::apply`] of an input that recorded the trace context `hint` (a saga takes its
+    /// first input's, and keeps it).
+    async fn apply_traced(
+        &self,
+        order: OrderId,
+        input: impl Fn(&Saga) -> Option<SagaInput>,
+        cause: uuid::Uuid,
+        checkpoint: Option<(String, u64)>,
+        hint: Option<TraceContext>,
+    ) -> Result<(), HandlerError> {
         let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
-        self.apply_locked(order, input, cause, checkpoint, None).await
+        self.apply_locked(order, input, cause, checkpoint, None, hint).await.map(|_| ())
     }
 
     /// [`SagaRunner::apply`], its stripe held; `answer` (made from the saga's state and version
@@ -279,8 +361,10 @@ impl<S: Storage> SagaRunner<S> {
         cause: uuid::Uuid,
         checkpoint: Option<(String, u64)>,
         answer: Option<&AnswerFn<'_>>,
-    ) -> Result<(), HandlerError> {
+        hint: Option<TraceContext>,
+    ) -> Result<bool, HandlerError> {
         let stream = messages::saga_stream(order);
+        let trace = self.trace_of(order, hint)?;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let cached = {
                 let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,11 +377,20 @@ impl<S: Storage> SagaRunner<S> {
                     (s, v, 0)
                 }
             };
-            let Some(input) = input(&saga) else { return Ok(()) };
+            if saga.status != SagaStatus::NotStarted && !aggregates::saga::CARRIED.contains(&saga.definition)
+            {
+                // Started by a build whose definition this one does not carry: not decided here.
+                return Err(HandlerError::Poison(Poison::NotHere(format!(
+                    "saga {order} runs definition {}, which this build does not carry ({:?})",
+                    saga.definition,
+                    aggregates::saga::CARRIED
+                ))));
+            }
+            let Some(input) = input(&saga) else { return Ok(false) };
             let events =
                 saga.decide(input).map_err(|e| HandlerError::Poison(Poison::Refused(e.to_string())))?;
             if events.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             let mut state = saga.clone();
             let mut saga_events = Vec::with_capacity(events.len());
@@ -306,12 +399,13 @@ impl<S: Storage> SagaRunner<S> {
             let mut commands: Vec<(event_store::StreamId, Vec<event_store::NewEvent>)> = Vec::new();
             for (i, ev) in events.iter().enumerate() {
                 let id = derived_id(cause, &format!("saga/{version}"), i);
-                saga_events.push(messages::domain_event(ev, id, order.0, cause));
+                saga_events.push(traced(messages::domain_event(ev, id, order.0, cause), trace.as_ref()));
                 state = state.evolve(ev);
                 if let Some((command_id, command)) = state.command_of(ev) {
                     let send_id = derived_id(id, "send", 0);
                     let stream = messages::command_stream(&command);
-                    let event = messages::command_event(command_id, send_id, id, &command);
+                    let event =
+                        traced(messages::command_event(command_id, send_id, id, &command), trace.as_ref());
                     match commands.iter_mut().find(|(s, _)| *s == stream) {
                         Some((_, events)) => events.push(event),
                         None => commands.push((stream, vec![event])),
@@ -335,8 +429,8 @@ impl<S: Storage> SagaRunner<S> {
                 Ok(r) => {
                     let started_at = if started_at == 0 { r.first_position } else { started_at };
                     record_outcome(&state, &events);
-                    self.remember(order, state, r.streams[0].last_version, started_at);
-                    return Ok(());
+                    self.remember(order, state, r.streams[0].last_version, started_at, trace.clone());
+                    return Ok(true);
                 }
                 Err(event_store::Error::Conflict { .. }) => {
                     // Someone else moved the saga on: decide again on what the log holds.
@@ -346,7 +440,7 @@ impl<S: Storage> SagaRunner<S> {
                 Err(event_store::Error::EventIdReused { .. }) => {
                     // Decided before (a redelivered input): carry on from what the log holds.
                     self.reload(order)?;
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -403,14 +497,20 @@ pub enum ActError {
         /// Why.
         error: aggregates::saga::SagaError,
     },
-    /// The action id (the request's `Idempotency-Key`) was used for another action or with
-    /// another operator or reason.
-    #[error("the Idempotency-Key was used before for {} by {operator} on this saga, with another request", action.name())]
+    /// The action id (from the request's `Idempotency-Key` and the action) was used with another
+    /// operator or reason.
+    #[error("the Idempotency-Key was used before for {} by {operator} on this saga, with another operator or reason", action.name())]
     KeyReused {
         /// The action recorded under that id.
         action: OperatorAction,
         /// Its operator.
         operator: String,
+    },
+    /// The saga runs a definition this build does not carry.
+    #[error("the saga runs definition {definition}, which this build does not carry ({:?}): act on a node that runs one that does", aggregates::saga::CARRIED)]
+    NotCarried {
+        /// Its definition.
+        definition: u32,
     },
     /// The saga moved on since the version the operator saw.
     #[error("the saga is at version {version} ({}), not {expected}: look at it again", state.name())]
@@ -446,18 +546,24 @@ impl<S: Storage> SagaRunner<S> {
         let Some(forwarded) = messages::SagaAction::decode(e).map_err(HandlerError::bad_message)? else {
             return Ok(());
         };
-        let action = OperatorAction::from_name(&forwarded.action).ok_or_else(|| {
-            HandlerError::bad_message(format!(
-                "forwarded saga action {:?} is not an action",
-                forwarded.action
-            ))
-        })?;
         let source =
             e.metadata.get(messages::SOURCE_KEY).cloned().unwrap_or_else(|| "causeway://local".to_owned());
         let answer_id = messages::answer_id(e.event_id, &source);
         if self.store.find_event(answer_id)?.is_some() {
             return Ok(());
         }
+        let trace = TraceContext::of_event(e);
+        let answers = messages::answers_stream(forwarded.action_id);
+        let answer_with = |answer: Answer| {
+            traced(messages::answer_event(e, forwarded.action_id, &source, answer), trace.as_ref())
+        };
+        let Some(action) = OperatorAction::from_name(&forwarded.action) else {
+            // A newer node's action, say: answered, so that its sender does not wait for ever.
+            let reason = format!("{:?} is not an action this saga pod knows", forwarded.action);
+            return self
+                .answer(answers, answer_with(Answer::Invalid { reason }), answer_id, checkpoint)
+                .await;
+        };
         let request = OperatorRequest {
             action,
             action_id: forwarded.action_id,
@@ -465,8 +571,6 @@ impl<S: Storage> SagaRunner<S> {
             reason: forwarded.reason.clone(),
             expected_version: forwarded.expected_version,
         };
-        let answers = messages::answers_stream(forwarded.action_id);
-        let answer_with = |answer: Answer| messages::answer_event(e, forwarded.action_id, &source, answer);
         let acted_answer = |saga: &Saga, version: u64| {
             let answer = Answer::Acted { status: saga.state().name().to_owned(), version, repeated: false };
             (answers.clone(), answer_with(answer))
@@ -494,8 +598,18 @@ impl<S: Storage> SagaRunner<S> {
                 }
             },
         };
-        let mut request =
-            AppendRequest::single(answers.clone(), ExpectedVersion::Any, vec![answer_with(answer)]);
+        self.answer(answers, answer_with(answer), answer_id, checkpoint).await
+    }
+
+    /// Appends the answer to a forwarded action with the consumer's checkpoint.
+    async fn answer(
+        &self,
+        answers: event_store::StreamId,
+        answer: event_store::NewEvent,
+        answer_id: uuid::Uuid,
+        checkpoint: Option<(String, u64)>,
+    ) -> Result<(), HandlerError> {
+        let mut request = AppendRequest::single(answers, ExpectedVersion::Any, vec![answer]);
         if let Some((name, value)) = checkpoint {
             request = request.with_checkpoint(name, value);
         }
@@ -526,9 +640,9 @@ fn answer_of(error: &ActError) -> Option<crate::app::messages::Answer> {
         ActError::Refused { state, version, .. } | ActError::Moved { state, version, .. } => {
             Answer::Conflict { reason, status: Some(state.name().to_owned()), version: Some(*version) }
         }
-        ActError::Handler(HandlerError::Poison(Poison::Refused(_))) | ActError::KeyReused { .. } => {
-            Answer::Conflict { reason, status: None, version: None }
-        }
+        ActError::Handler(HandlerError::Poison(Poison::Refused(_)))
+        | ActError::KeyReused { .. }
+        | ActError::NotCarried { .. } => Answer::Conflict { reason, status: None, version: None },
         ActError::NotOwner(_) | ActError::Handler(_) | ActError::Load(_) => return None,
     })
 }
@@ -578,49 +692,62 @@ impl<S: Storage> Handler for SagaRunner<S> {
             return self.handle_forwarded_action(e, checkpoint).await;
         }
         self.saw_input(e);
-        if e.category() == "replies" {
-            let reply: CommandReplied = serde_json::from_slice(&e.payload)
-                .map_err(|err| HandlerError::bad_message(format!("bad reply: {err}")))?;
-            let input = |_: &Saga| {
-                Some(SagaInput::Reply {
-                    command_id: reply.command_id,
-                    outcome: reply.outcome.clone(),
-                    detail: reply.detail.clone(),
-                    now_ns: now,
-                    policy,
-                })
-            };
-            return self.apply(reply.order_id, input, e.event_id, checkpoint).await;
+        let Some((order, input)) = input_of(e, now, policy)? else { return Ok(()) };
+        if matches!(input, SagaInput::Start { .. }) {
+            self.budget.lock().unwrap_or_else(|p| p.into_inner()).earn(RETRY_TOKENS_PER_SAGA);
         }
-        let event = OrderEvent::decode(&e.event_type, e.schema_version, &e.payload)
-            .map_err(|err| HandlerError::bad_message(err.to_string()))?;
-        match event {
-            OrderEvent::OrderPlaced(p) => {
-                self.budget.lock().unwrap_or_else(|p| p.into_inner()).earn(RETRY_TOKENS_PER_SAGA);
-                let lines: Vec<SagaLine> = p
-                    .items
-                    .iter()
-                    .map(|l| SagaLine { sku: l.sku.clone(), quantity: u64::from(l.quantity) })
-                    .collect();
-                let input = |_: &Saga| {
-                    Some(SagaInput::Start {
-                        order_id: p.order_id,
-                        lines: lines.clone(),
-                        amount: p.total,
-                        address: p.shipping_address.clone(),
-                        now_ns: now,
-                        policy,
-                    })
-                };
-                self.apply(p.order_id, input, e.event_id, checkpoint).await
-            }
-            OrderEvent::OrderCancelled(c) if c.reason == CancelReason::CustomerRequest => {
-                let input = |_: &Saga| Some(SagaInput::CustomerCancelled { now_ns: now, policy });
-                self.apply(c.order_id, input, e.event_id, checkpoint).await
-            }
-            _ => Ok(()),
-        }
+        let input = move |_: &Saga| Some(input.clone());
+        self.apply_traced(order, input, e.event_id, checkpoint, TraceContext::of_event(e)).await
     }
+}
+
+/// What a log event is to the saga of its order: `OrderPlaced` starts it, a customer's
+/// `OrderCancelled` cancels it, a `CommandReplied` answers one of its commands (decided at
+/// `now_ns` under `policy`). `None`: not an input of the saga (another order event).
+pub fn input_of(
+    e: &RecordedEvent,
+    now_ns: u64,
+    policy: RetryPolicy,
+) -> Result<Option<(OrderId, SagaInput)>, HandlerError> {
+    if e.category() == "replies" {
+        let reply: CommandReplied = serde_json::from_slice(&e.payload)
+            .map_err(|err| HandlerError::bad_message(format!("bad reply: {err}")))?;
+        let input = SagaInput::Reply {
+            command_id: reply.command_id,
+            outcome: reply.outcome,
+            detail: reply.detail,
+            now_ns,
+            policy,
+        };
+        return Ok(Some((reply.order_id, input)));
+    }
+    if e.category() != "order" {
+        return Ok(None);
+    }
+    let event = OrderEvent::decode(&e.event_type, e.schema_version, &e.payload)
+        .map_err(|err| HandlerError::bad_message(err.to_string()))?;
+    Ok(match event {
+        OrderEvent::OrderPlaced(p) => {
+            let lines: Vec<SagaLine> = p
+                .items
+                .iter()
+                .map(|l| SagaLine { sku: l.sku.clone(), quantity: u64::from(l.quantity) })
+                .collect();
+            let input = SagaInput::Start {
+                order_id: p.order_id,
+                lines,
+                amount: p.total,
+                address: p.shipping_address,
+                now_ns,
+                policy,
+            };
+            Some((p.order_id, input))
+        }
+        OrderEvent::OrderCancelled(c) if c.reason == CancelReason::CustomerRequest => {
+            Some((c.order_id, SagaInput::CustomerCancelled { now_ns, policy }))
+        }
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -714,7 +841,7 @@ mod tests {
         // a moment later: the same event ids with other deadlines, which the store refuses as
         // reused ids.
         r.forget(order);
-        r.remember(order, Saga::default(), 0, 1);
+        r.remember(order, Saga::default(), 0, 1, None);
         r.apply(order, start(order, 5_000), cause, None).await.expect("redelivered");
         assert_eq!(tracked(&r, order), (Some(version), deadline.into_iter().collect()));
         assert!(r.low_water() < r.store.head());
@@ -811,7 +938,7 @@ mod tests {
         action: &messages::SagaAction,
         query: &str,
     ) -> RecordedEvent {
-        let event = action.to_event().with_metadata(messages::SOURCE_KEY, query);
+        let event = action.to_event(None).with_metadata(messages::SOURCE_KEY, query);
         let stream = messages::saga_commands_stream(action.order_id);
         r.store.append_to(&stream, ExpectedVersion::Any, vec![event]).await.expect("append");
         let version = r.store.stream_version(&stream).expect("version");
@@ -978,10 +1105,13 @@ mod tests {
         );
         assert_eq!(acted_events(&r, order), 0);
         assert_eq!(the_log_says(&r, order).0, version + 2, "nothing was done");
-        // Not an action, or not readable, or on another order's stream: a poison message
-        // (dead-lettered), not an answer.
+        // An action this pod does not know: answered as invalid. Not readable, or on another
+        // order's stream: a poison message (dead-lettered), not an answer.
         let e = forwarded(&r, &an_action("reboot", order, None)).await;
-        assert!(matches!(r.handle(&e, (NAME.into(), 5)).await, Err(HandlerError::Poison(_))));
+        r.handle(&e, (NAME.into(), 5)).await.expect("answered");
+        assert!(
+            matches!(answer_to(&r, &e).answer, messages::Answer::Invalid { reason } if reason.contains("reboot"))
+        );
         let valid = forwarded(&r, &an_action("compensate", order, None)).await;
         let mut bad = valid.clone();
         bad.payload = b"{".to_vec();
@@ -990,5 +1120,37 @@ mod tests {
         elsewhere.stream_id = messages::saga_commands_stream(OrderId(uuid::Uuid::now_v7())).to_string();
         assert!(matches!(r.handle(&elsewhere, (NAME.into(), 5)).await, Err(HandlerError::Poison(_))));
         assert_eq!(acted_events(&r, order), 0);
+    }
+
+    #[tokio::test]
+    async fn a_saga_in_flight_under_a_definition_this_build_does_not_carry_stops_the_start() {
+        let r = runner();
+        let order = OrderId(uuid::Uuid::now_v7());
+        let started = SagaEvent::SagaStarted(aggregates::saga::SagaStarted {
+            order_id: order,
+            lines: vec![SagaLine { sku: Sku::from("A"), quantity: 1 }],
+            amount: aggregates::Money(1),
+            address: None,
+            definition: 99,
+            policy: None,
+        });
+        let e = messages::domain_event(&started, uuid::Uuid::now_v7(), order.0, order.0);
+        r.store
+            .append_to(&messages::saga_stream(order), ExpectedVersion::NoStream, vec![e])
+            .await
+            .expect("append");
+        let err = SagaRunner::new(r.store.clone(), RetryPolicy::default()).recover().expect_err("refused");
+        assert!(err.to_string().contains("definition 99: 1 saga"), "{err}");
+        // Ended, it holds nothing back.
+        let ended = SagaEvent::SagaCompensated(aggregates::saga::SagaCompensated {
+            order_id: order,
+            reason: "x".into(),
+        });
+        let e = messages::domain_event(&ended, uuid::Uuid::now_v7(), order.0, order.0);
+        r.store
+            .append_to(&messages::saga_stream(order), ExpectedVersion::Exact(1), vec![e])
+            .await
+            .expect("append");
+        SagaRunner::new(r.store.clone(), RetryPolicy::default()).recover().expect("starts");
     }
 }
