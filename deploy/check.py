@@ -8,7 +8,8 @@
 3. what schemas cannot see: each StatefulSet's serviceName names a headless Service; selectors
    match pod labels; ports named in probes exist; PDBs leave a quorum; every role gets
    KAFKA_BOOTSTRAP_SERVERS and the admin token from a Secret; grace periods exceed the drain time;
-   the Kafka KRaft settings; the Grafana dashboard only uses metrics the nodes export.
+   the Kafka KRaft settings; the Grafana dashboard and the alert rules only use metrics the nodes
+   export, and the scrape config loads the rules.
 
 `--self-test` breaks a rendered overlay in each way above and checks that each is caught.
 """
@@ -222,7 +223,17 @@ def dashboard_check():
                 base = re.sub(r"_(bucket|sum|count)$", "", m)
                 if base not in exported:
                     problems.append(f"dashboard panel {panel['title']!r} uses {m}, which no node exports")
-    yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yml").read_text())
+    # The alert rules query exported metrics too, and the scrape config loads them.
+    rules = yaml.safe_load((DEPLOY / "monitoring" / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for m in re.findall(r"causeway_[a-z_]+", rule["expr"]):
+                base = re.sub(r"_(bucket|sum|count)$", "", m)
+                if base not in exported:
+                    problems.append(f"alert {rule['alert']!r} uses {m}, which no node exports")
+    scrape = yaml.safe_load((DEPLOY / "monitoring" / "prometheus.yml").read_text())
+    if "alerts.yml" not in scrape.get("rule_files", []):
+        problems.append("monitoring/prometheus.yml does not load alerts.yml")
     return problems
 
 

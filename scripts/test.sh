@@ -14,3 +14,4 @@ source scripts/deps.sh
 cargo test --workspace --locked "$@"
 bash scripts/api-fuzz.sh
 bash scripts/ui-test.sh
+bash scripts/prometheus-check.sh

@@ -43,7 +43,7 @@ pub use codec::MAX_EVENT_BYTES;
 pub use error::{Error, Result};
 pub use keys::APP as APP_KEY_PREFIX;
 pub use replay::{ParallelLogReader, ReadAhead};
-pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError};
+pub use storage::{MemoryStorage, SledConfig, SledStorage, Storage, StorageError, VolumeSpace};
 pub use store::{
     CategoryReader, Durability, EventStore, LogReader, StoreConfig, Stored, StreamReader, VerifyReport,
     DEFAULT_GROUP_COMMIT_WAIT, DEFAULT_MAX_PENDING_APPENDS, MAX_GROUP_COMMIT_WAIT,

@@ -67,6 +67,15 @@ fn node_configured(admin: bool, read_token: Option<&str>, config: RuntimeConfig)
         feeds: services::http::LiveFeeds::default(),
         limits: services::http::HttpLimits::default(),
         read_token: read_token.map(str::to_owned),
+        compat: services::http::CompatDefaults {
+            currency: None,
+            shipping_address: Some(aggregates::shipping::Address {
+                line1: "1 Main St".into(),
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
+                country: "DE".into(),
+            }),
+        },
     };
     (rt, app(state))
 }
@@ -551,6 +560,7 @@ async fn the_openapi_document_matches_the_routes() {
         "GET /api/overview",
         "POST /api/admin/sagas/{id}/{action}",
         "PUT /api/admin/simulator/gateway",
+        "POST /api/saga/order",
     ];
     expected.sort();
     assert_eq!(operations, expected, "the document lists exactly the routes the router serves");
@@ -1027,5 +1037,75 @@ async fn every_event_an_order_causes_records_the_trace_context_of_its_request() 
     for (what, got, state) in &traces {
         assert_eq!((got, state), (&root, &None), "{what}");
     }
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_order_api_is_mapped_onto_orders_and_its_saga_completes() {
+    let (rt, app) = node();
+    assert_eq!(
+        call(&app, "POST", "/api/products/prod-1/stock", Some(json!({"quantity": 10})), Some("seed-stock"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // The seed's own check, as written (the node's default address ships it).
+    let seed = json!({"customer_id": "customer-123", "items": [{"product_id": "prod-1", "quantity": 2}], "total_amount": 100.00});
+    let (code, placed) = call(&app, "POST", "/api/saga/order", Some(seed.clone()), Some("seed-1")).await;
+    assert_eq!(code, StatusCode::CREATED, "{placed}");
+    let id = placed["order_id"].as_str().expect("id").to_owned();
+    saga_status(&app, &rt, &id, "completed").await;
+    let order = wait_status(&app, &rt, &id, "confirmed").await;
+    assert_eq!(order["total"], 10_000, "{order}");
+    assert_eq!(order["items"][0]["unit_price"], 5_000, "{order}");
+    // A retry is the same order.
+    let (code, again) = call(&app, "POST", "/api/saga/order", Some(seed.clone()), Some("seed-1")).await;
+    assert_eq!((code, &again["order_id"]), (StatusCode::CREATED, &placed["order_id"]));
+    // What cannot be mapped gets a clear 4xx, and nothing is recorded.
+    let head = rt.store().head();
+    for (body, want, says) in [
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 3}], "total_amount": 100.00}),
+            422,
+            "divide",
+        ),
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 1}], "total_amount": 1.234}),
+            400,
+            "two decimals",
+        ),
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 1}], "total_amount": -5}),
+            400,
+            "positive",
+        ),
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 1}], "total_amount": 1e-9}),
+            400,
+            "positive",
+        ),
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 1}], "total_amount": 5,
+                "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "Germany"}}),
+            422,
+            "two-letter",
+        ),
+        (json!({"customer_id": "c", "items": [], "total_amount": 5}), 400, "unit"),
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 1}]}),
+            400,
+            "total_amount",
+        ),
+        (
+            json!({"customer_id": "c", "items": [{"product_id": "prod-1", "quantity": 1, "price": 1}], "total_amount": 5}),
+            400,
+            "price",
+        ),
+    ] {
+        let (code, err) = call(&app, "POST", "/api/saga/order", Some(body.clone()), None).await;
+        assert_eq!(code.as_u16(), want, "{body}: {err}");
+        assert!(err["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {err}");
+    }
+    assert_eq!(rt.store().head(), head, "a refused request recorded something");
     rt.shutdown().await.expect("shutdown");
 }

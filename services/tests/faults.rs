@@ -225,6 +225,7 @@ async fn a_store_failure_while_loading_is_a_server_error_not_a_refusal() {
         feeds: services::http::LiveFeeds::default(),
         limits: services::http::HttpLimits::default(),
         read_token: None,
+        compat: Default::default(),
     });
     let order = OrderId(Uuid::now_v7());
     storage.fail_reads_of(Some(format!("order-{order}").as_bytes()));

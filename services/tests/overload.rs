@@ -31,6 +31,7 @@ fn state(rt: &Rt, stopping: tokio::sync::watch::Receiver<bool>) -> ApiState<Memo
         feeds: LiveFeeds::default(),
         limits: HttpLimits::default(),
         read_token: None,
+        compat: Default::default(),
     }
 }
 

@@ -86,4 +86,19 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Bytes the engine occupies on disk (0 for memory engines).
     fn size_on_disk(&self) -> Result<u64, StorageError>;
+
+    /// The volume the engine's files live on: bytes available to it and in all (`None` for
+    /// memory engines), for the disk-filling alert.
+    fn volume_space(&self) -> Result<Option<VolumeSpace>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// The space of a volume, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeSpace {
+    /// Available to this process.
+    pub available: u64,
+    /// In all.
+    pub total: u64,
 }

@@ -198,4 +198,10 @@ impl Storage for SledStorage {
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         self.db.size_on_disk().map_err(StorageError::new)
     }
+
+    fn volume_space(&self) -> Result<Option<super::VolumeSpace>, StorageError> {
+        let stats = fs2::statvfs(&self.path)
+            .map_err(|e| StorageError(format!("statvfs {}: {e}", self.path.display())))?;
+        Ok(Some(super::VolumeSpace { available: stats.available_space(), total: stats.total_space() }))
+    }
 }

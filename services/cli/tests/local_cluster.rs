@@ -1,5 +1,7 @@
 //! `deploy/local/cluster.sh`: starts the broker and two pods of every role (the production
-//! overlay's topology), takes orders through both query nodes, and stops everything cleanly.
+//! overlay's topology), takes orders through both query nodes, runs the two checks the system
+//! Causeway implements documents (`POST /api/saga/order` as written, then its events read back
+//! from `order_domain_events` by a plain Kafka client), and stops everything cleanly.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,6 +47,11 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
             .env("KAFKA_PORT", kafka.to_string())
             .env("KAFKA_PARTITIONS", "4")
             .env("RUST_LOG", "warn")
+            // The seed's orders name no address: the nodes ship them here.
+            .env(
+                "CAUSEWAY_DEFAULT_SHIPPING_ADDRESS",
+                r#"{"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"}"#,
+            )
             .output()
             .expect("run cluster.sh")
     };
@@ -121,6 +128,67 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+
+    // The seed's checks, as written: its order request, then its events from the beginning of
+    // order_domain_events.
+    let r = client
+        .post(format!("{}/api/products/prod-1/stock", queries[1]))
+        .json(&json!({"quantity": 10}))
+        .send()
+        .await;
+    assert_eq!(r.expect("stock").status().as_u16(), 200);
+    let seed = json!({"customer_id": "customer-123", "items": [{"product_id": "prod-1", "quantity": 2}], "total_amount": 100.00});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let placed: Value = loop {
+        // The stock may not have reached the inventory pod's read side yet: a refused order is
+        // compensated, so wait for the stock first on the query node.
+        if client
+            .get(format!("{}/api/products/prod-1/stock", queries[0]))
+            .send()
+            .await
+            .expect("get")
+            .status()
+            .is_success()
+        {
+            let r =
+                client.post(format!("{}/api/saga/order", queries[0])).json(&seed).send().await.expect("post");
+            let code = r.status().as_u16();
+            let body: Value = r.json().await.expect("json");
+            assert!(code == 201 || code == 202, "{code}: {body}");
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the seed's stock never reached the query node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let seed_id = placed["order_id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = client.get(format!("{}/api/sagas/{seed_id}", queries[1])).send().await.expect("get");
+        if r.status().is_success() {
+            let saga: Value = r.json().await.expect("json");
+            if saga["status"] == "completed" {
+                break;
+            }
+            assert!(saga["status"] != "compensated", "the seed's saga compensated: {saga}");
+        }
+        assert!(Instant::now() < deadline, "the seed's saga did not complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The order pod's relay may still be delivering OrderConfirmed when the saga has completed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = causeway_tests::broker::read_everything(&format!("127.0.0.1:{kafka}"));
+        let seen: Vec<String> = records
+            .iter()
+            .filter(|r| r.topic == "order_domain_events" && r.key == seed_id)
+            .filter_map(|r| r.headers.get("ce_type").cloned())
+            .collect();
+        if seen == ["OrderPlaced", "OrderConfirmed"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the seed order's records on order_domain_events: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     let out = run("stop");

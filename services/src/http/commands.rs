@@ -203,10 +203,20 @@ pub(crate) async fn place_order<S: Storage>(
     body: Result<Json<PlaceOrderRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
     let Json(req) = body?;
+    place_request(&st, &headers, req).await
+}
+
+/// Places the order `req` asks for (`POST /api/orders`, and the compatibility route mapped onto
+/// it): checks, admission, then [`place`].
+pub(crate) async fn place_request<S: Storage>(
+    st: &ApiState<S>,
+    headers: &HeaderMap,
+    req: PlaceOrderRequest,
+) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
     if req.customer_id.trim().is_empty() || req.customer_id.len() > 200 {
         return Err(ApiError::bad_request("customer_id must be 1 to 200 characters"));
     }
-    let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
+    let key = idempotency_key(headers)?.unwrap_or_else(Uuid::now_v7);
     let order_id = order_id_of_key(key);
     let items: Vec<LineItem> = req
         .items
@@ -221,7 +231,7 @@ pub(crate) async fn place_order<S: Storage>(
     let known = st.store.stream_version(&crate::app::messages::order_stream(order_id))? > 0;
     let mut ticket = None;
     if !known {
-        writer_has_room(&st)?;
+        writer_has_room(st)?;
         if let Some(a) = &st.admission {
             ticket =
                 a.admit(order_id).map_err(|e| ApiError::overloaded(e.to_string(), e.retry_after_secs))?;
@@ -229,7 +239,7 @@ pub(crate) async fn place_order<S: Storage>(
     }
     // Given back when nothing was recorded; kept otherwise (also when this request is cancelled
     // or times out mid-way: the order may be recorded, and its saga's end frees the place).
-    let trace = of_headers(&headers);
+    let trace = of_headers(headers);
     let command = ApiCommand::PlaceOrder {
         key,
         order_id,
@@ -238,7 +248,7 @@ pub(crate) async fn place_order<S: Storage>(
         currency: req.currency,
         shipping_address: req.shipping_address,
     };
-    let placed = place(&st, command, &trace).await;
+    let placed = place(st, command, &trace).await;
     if let (Err(_), Some(t)) = (&placed, ticket) {
         t.give_back();
     }

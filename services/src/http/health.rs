@@ -38,6 +38,37 @@ pub(crate) async fn prometheus<S: Storage>(State(st): State<ApiState<S>>) -> Api
         let lag = st.models.lag(name)?;
         metrics::gauge!("causeway_projection_lag_events", "projection" => name).set(lag as f64);
     }
+    metrics::gauge!("causeway_ready").set(if st.ready.is_ready() { 1.0 } else { 0.0 });
+    // Disk figures list files and ask the file system: off the async workers, since a slow disk
+    // is when they matter. A figure that cannot be read is NaN (no stale value).
+    let store = st.store.clone();
+    let disk = tokio::task::spawn_blocking(move || {
+        let storage = store.storage();
+        (storage.size_on_disk(), storage.volume_space())
+    })
+    .await;
+    let (size, space) = match disk {
+        Ok((size, space)) => (size.map_err(|e| e.to_string()), space.map_err(|e| e.to_string())),
+        Err(e) => (Err(e.to_string()), Err(e.to_string())),
+    };
+    match size {
+        Ok(bytes) => metrics::gauge!("causeway_store_disk_bytes").set(bytes as f64),
+        Err(e) => {
+            tracing::debug!(error = %e, "the store's size on disk is unknown");
+            metrics::gauge!("causeway_store_disk_bytes").set(f64::NAN);
+        }
+    }
+    match space {
+        Ok(Some(space)) => {
+            metrics::gauge!("causeway_store_disk_available_bytes").set(space.available as f64);
+            metrics::gauge!("causeway_store_disk_total_bytes").set(space.total as f64);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "the store's volume space is unknown");
+            metrics::gauge!("causeway_store_disk_available_bytes").set(f64::NAN);
+        }
+    }
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response())
 }
 

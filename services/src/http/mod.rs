@@ -9,7 +9,8 @@
 //! a saga action its state does not allow, with the saga's `status` and `version`), `not_owner`
 //! (409: another pod owns it),
 //! `payload_too_large` (413), `unsupported_media_type` (415: not JSON), `rejected` (422: the
-//! domain refused the command), `overloaded` (429: the node is at a bound, of sagas in flight, of
+//! domain refused the command), `unmappable` (422: a `POST /api/saga/order` that cannot be placed
+//! as an order), `overloaded` (429: the node is at a bound, of sagas in flight, of
 //! pending appends, of requests or of live feeds), `not_ready` / `unavailable` (503), `timeout`
 //! (504: the request took longer than the node allows; its outcome is unknown, and a retry with
 //! the same Idempotency-Key tells it), `internal` (500, generic message; the cause goes to the
@@ -26,6 +27,7 @@ use std::time::Duration;
 mod admin;
 mod auth;
 mod commands;
+mod compat;
 mod error;
 mod events;
 mod health;
@@ -45,6 +47,7 @@ pub use commands::{
     idempotency_uuid, order_id_of_key, AddStockRequest, CancelledOrder, IdempotencyHeader, OrderLine,
     PlaceOrderRequest, PlacedOrder, StockAddedView,
 };
+pub use compat::{CompatDefaults, SagaOrderItem, SagaOrderRequest};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use events::{view, EventView, LogQuery, StreamQuery};
 pub use health::{Health, Ready};
@@ -85,6 +88,8 @@ pub struct ApiState<S: Storage> {
     /// The credential of reads that show personal data (the log, the live feed, orders, sagas,
     /// dead letters, the console): `None` leaves them open.
     pub read_token: Option<String>,
+    /// What `POST /api/saga/order` fills in when a request leaves it out.
+    pub compat: CompatDefaults,
 }
 
 /// Where a node's REST commands go.
@@ -125,6 +130,7 @@ impl<S: Storage> Clone for ApiState<S> {
             feeds: self.feeds.clone(),
             limits: self.limits,
             read_token: self.read_token.clone(),
+            compat: self.compat.clone(),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::queries::get_payments;
 use super::queries::get_saga;
 use super::queries::get_stock;
 use super::ApiState;
-use super::{admin, commands, events, health, live, queries, sagas, MAX_BODY_BYTES};
+use super::{admin, commands, compat, events, health, live, queries, sagas, MAX_BODY_BYTES};
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -42,6 +42,7 @@ pub(crate) fn handler<S: Storage>(
         ("get", "/metrics") => get(prometheus::<S>),
         ("get", "/api/openapi.json") => get(openapi),
         ("post", "/api/orders") => post(place_order::<S>),
+        ("post", "/api/saga/order") => post(super::compat::saga_order::<S>),
         ("get", "/api/orders/{id}") => get(get_order::<S>),
         ("post", "/api/orders/{id}/cancel") => post(cancel_order::<S>),
         ("get", "/api/orders/{id}/payments") => get(get_payments::<S>),
@@ -157,7 +158,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "Causeway", description = "An event-sourced order platform: commands, queries over read models, the event log, and operations."),
-    paths(health::healthz, health::readyz, health::prometheus, openapi, commands::place_order,
+    paths(health::healthz, health::readyz, health::prometheus, openapi, commands::place_order, compat::saga_order,
         commands::cancel_order, commands::add_stock, queries::get_order, queries::get_payments,
         queries::customer_orders, queries::get_stock, queries::get_saga, queries::dead_letters,
         events::stream_events, events::log_events, events::event_by_id, live::live_events, admin::admin_replay,

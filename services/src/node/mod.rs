@@ -166,6 +166,108 @@ impl Role {
     }
 }
 
+/// What each metric of a node means (its Prometheus `# HELP`).
+const METRICS: [(&str, &str); 38] = [
+    ("causeway_store_events_appended_total", "Events appended to the log."),
+    ("causeway_store_group_events", "Events per group commit (one sync)."),
+    ("causeway_store_sync_seconds", "Time of one sync of the log to disk."),
+    ("causeway_store_head_position", "The log's head position."),
+    ("causeway_store_pending_appends", "Appends waiting for the writer."),
+    ("causeway_store_max_pending_appends", "The bound on appends waiting for the writer."),
+    (
+        "causeway_store_damaged_index_copies_total",
+        "Stream-index copies found damaged and read from the log instead.",
+    ),
+    ("causeway_store_disk_bytes", "Bytes the store occupies on disk."),
+    ("causeway_store_disk_available_bytes", "Bytes available on the store's volume."),
+    ("causeway_store_disk_total_bytes", "Bytes of the store's volume in all."),
+    ("causeway_ready", "1 when the node is ready (its consumers hold their inputs), 0 otherwise."),
+    ("causeway_projection_lag_events", "Events of the log a read model has not folded yet."),
+    ("causeway_dead_letters_total", "Messages a consumer dead-lettered."),
+    ("causeway_saga_outcomes_total", "Sagas that ended (or were quarantined), by outcome."),
+    ("causeway_sagas_in_flight", "Sagas in the saga manager's memory (not ended, not parked)."),
+    ("causeway_saga_input_delay_seconds", "How old the saga manager's newest input was when it was handled."),
+    (
+        "causeway_saga_deadlines_held_total",
+        "Saga deadlines held back (a backlog of inputs, or the retry budget), by why.",
+    ),
+    ("causeway_saga_operator_actions_total", "Operators' actions carried out on sagas, by action."),
+    ("causeway_payment_circuit_opened_total", "Times the payment gateway's circuit breaker opened."),
+    ("causeway_snapshots_unusable_total", "Inventory snapshots that could not be used (replayed instead)."),
+    ("causeway_snapshots_failed_total", "Inventory snapshots that could not be written."),
+    ("causeway_admission_in_flight", "Sagas in flight that admission control counts."),
+    ("causeway_admission_limit", "The adaptive limit of sagas in flight."),
+    ("causeway_admission_target_seconds", "The saga latency admission control aims at."),
+    ("causeway_admission_saga_seconds", "Time from an order's admission to its saga's end."),
+    ("causeway_admission_rejected_total", "Orders refused at the limit of sagas in flight."),
+    ("causeway_admission_expired_total", "Admitted sagas whose place expired before they ended."),
+    ("causeway_http_requests_total", "HTTP requests answered, by method and status."),
+    ("causeway_http_request_seconds", "Time to answer an HTTP request, by method."),
+    ("causeway_http_rejected_total", "HTTP requests refused by a bound, by reason."),
+    ("causeway_http_unauthorized_total", "HTTP requests refused for a missing or wrong credential."),
+    ("causeway_http_idle_closed_total", "HTTP connections closed for idling."),
+    (
+        "causeway_http_connections_waiting",
+        "1 while connections wait for a place under the connection bound, 0 otherwise.",
+    ),
+    ("causeway_live_feeds", "Live feeds (Server-Sent Events) served now."),
+    ("causeway_live_feeds_dropped_total", "Live feeds dropped because their client stopped reading."),
+    ("causeway_relay_events_total", "Events the relay delivered to Kafka."),
+    ("causeway_relay_errors_total", "Relay deliveries to Kafka that failed (and are sent again)."),
+    ("causeway_relay_lag_events", "Events of the log the relay has not delivered to Kafka yet."),
+];
+
+/// Describes every metric of the node (its `# HELP`), and creates at zero the counters the
+/// dashboard and the alerts read, so that a panel or an alert on one that has not moved yet (no
+/// dead letter so far, no relay error, no refusal) finds a series and reads 0 rather than no data
+/// (and `increase()` sees the first one). Call once the metrics
+/// recorder is installed.
+pub fn register_metrics() {
+    const HISTOGRAMS: [&str; 4] = [
+        "causeway_store_group_events",
+        "causeway_store_sync_seconds",
+        "causeway_admission_saga_seconds",
+        "causeway_http_request_seconds",
+    ];
+    for (name, help) in METRICS {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(name, help);
+        } else if HISTOGRAMS.contains(&name) {
+            metrics::describe_histogram!(name, help);
+        } else {
+            metrics::describe_gauge!(name, help);
+        }
+    }
+    for c in ConsumerName::ALL.map(ConsumerName::as_str).into_iter().chain(["replica"]) {
+        metrics::counter!("causeway_dead_letters_total", "consumer" => c).absolute(0);
+    }
+    for outcome in ["completed", "compensated", "failed", "quarantined"] {
+        metrics::counter!("causeway_saga_outcomes_total", "outcome" => outcome).absolute(0);
+    }
+    for why in ["backlog", "retry_budget"] {
+        metrics::counter!("causeway_saga_deadlines_held_total", "why" => why).absolute(0);
+    }
+    for reason in ["appends", "in_flight", "timeout", "live_feeds"] {
+        metrics::counter!("causeway_http_rejected_total", "reason" => reason).absolute(0);
+    }
+    for name in [
+        "causeway_relay_errors_total",
+        "causeway_relay_events_total",
+        "causeway_payment_circuit_opened_total",
+        "causeway_admission_rejected_total",
+        "causeway_admission_expired_total",
+        "causeway_live_feeds_dropped_total",
+        "causeway_snapshots_unusable_total",
+        "causeway_snapshots_failed_total",
+        "causeway_http_unauthorized_total",
+        "causeway_http_idle_closed_total",
+        "causeway_store_damaged_index_copies_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!("causeway_live_feeds").set(0.0);
+}
+
 /// Every topic of a distributed deployment (the query role reads them all).
 pub fn all_topics() -> Vec<String> {
     let mut t: Vec<String> =

@@ -899,6 +899,7 @@ pub async fn api(args: ApiBenchArgs) -> Result<()> {
         feeds: services::http::LiveFeeds::default(),
         limits: services::http::HttpLimits::default(),
         read_token: None,
+        compat: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
