@@ -83,16 +83,11 @@ impl Planned {
         Self { stream, expected: ExpectedVersion::Any, events: Vec::new(), order }
     }
 
-    /// Its events with the request's trace context, or with the one an earlier attempt of the
-    /// same request recorded.
-    fn traced<S: Storage>(
-        mut self,
-        store: &EventStore<S>,
-        trace: Option<&TraceContext>,
-    ) -> Result<Self, CommandError> {
+    /// Its events with the request's trace context (the append adopts the one an earlier
+    /// attempt of the same request recorded: [`append_adopting`]).
+    fn traced(mut self, trace: Option<&TraceContext>) -> Self {
         self.events = self.events.into_iter().map(|e| traced(e, trace)).collect();
-        adopt_stored(store, &mut self.events)?;
-        Ok(self)
+        self
     }
 }
 
@@ -210,7 +205,7 @@ async fn carry_out<S: Storage>(
 ) -> Result<AppendResult, CommandError> {
     let mut backoff = std::time::Duration::from_millis(1);
     for _ in 0..API_CONFLICT_RETRIES {
-        let planned = replan()?.traced(store, trace)?;
+        let planned = replan()?.traced(trace);
         if planned.events.is_empty() {
             return Ok(AppendResult { first_position: 0, last_position: 0, streams: vec![] });
         }
@@ -234,7 +229,7 @@ pub async fn place_order<S: Storage>(
     command: OrderCommand,
     trace: Option<&TraceContext>,
 ) -> Result<(OrderId, AppendResult), CommandError> {
-    let planned = plan_place(idempotency_key, command)?.traced(store, trace)?;
+    let planned = plan_place(idempotency_key, command)?.traced(trace);
     let order_id = planned.order.unwrap_or(OrderId(Uuid::nil()));
     match append_adopting(store, &planned.stream, planned.expected, planned.events).await {
         Ok(r) => Ok((order_id, r)),
@@ -286,7 +281,13 @@ pub async fn handle_forwarded<S: Storage>(
     let trace = TraceContext::of_event(forwarded);
     let mut backoff = std::time::Duration::from_millis(1);
     for _ in 0..API_CONFLICT_RETRIES {
-        let (answer, effect) = match plan(store, command).and_then(|p| p.traced(store, trace.as_ref())) {
+        // Another forwarding node's copy of the same command may carry another trace: the
+        // comparison with what is stored takes the stored one.
+        let planned = plan(store, command).map(|p| p.traced(trace.as_ref())).and_then(|mut p| {
+            adopt_stored(store, &mut p.events)?;
+            Ok(p)
+        });
+        let (answer, effect) = match planned {
             Ok(planned) => match planned.events.first() {
                 None => (Answer::Done {}, None),
                 Some(first) => match store.stored_as(&planned.stream, first)? {
