@@ -360,7 +360,37 @@ impl<S: Storage> EventStore<S> {
     }
 
     /// Appends atomically; answers once the append is durable under the configured mode.
+    ///
+    /// Runs in a `store.append` span (the first stream, how many streams and events, the
+    /// positions taken, and `commit_wait_us`: how long the append waited for the writer's group
+    /// commit and its sync).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
+        let span = tracing::info_span!(
+            target: "spans",
+            "store.append",
+            stream = request.streams.first().map(|s| s.stream.as_str()),
+            streams = request.streams.len(),
+            events = request.streams.iter().map(|s| s.events.len()).sum::<usize>(),
+            first_position = tracing::field::Empty,
+            last_position = tracing::field::Empty,
+            commit_wait_us = tracing::field::Empty,
+        );
+        let recorded = span.clone();
+        tracing::Instrument::instrument(
+            async move {
+                let result = self.append_queued(request, &recorded).await;
+                if let Ok(r) = &result {
+                    recorded.record("first_position", r.first_position);
+                    recorded.record("last_position", r.last_position);
+                }
+                result
+            },
+            span,
+        )
+        .await
+    }
+
+    async fn append_queued(&self, request: AppendRequest, span: &tracing::Span) -> Result<AppendResult> {
         let prepared = prepare(request)?;
         if let Some(reason) = self.inner.shared.poisoned.get() {
             return Err(Error::Poisoned(reason.clone()));
@@ -378,8 +408,11 @@ impl<S: Storage> EventStore<S> {
         let (reply, rx) = oneshot::channel();
         let reply = Reply { tx: reply, _place: place };
         let tx = self.inner.tx.as_ref().ok_or(Error::Closed)?;
+        let queued = Instant::now();
         tx.send(Job { request: prepared, reply }).map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        let answer = rx.await.map_err(|_| Error::Closed)?;
+        span.record("commit_wait_us", queued.elapsed().as_micros() as u64);
+        answer
     }
 
     /// The live data by kind of entry: (kind, entries, bytes of keys and values), in key order.

@@ -6,6 +6,7 @@
 //!   with pods to kill, pause and restart;
 //! - [`faults`]: the randomized, seeded fault run (open-loop orders over every saga path under a
 //!   nemesis), and [`check`]: what it must leave behind;
+//! - [`otlp`]: an OpenTelemetry collector (OTLP/HTTP with JSON) that keeps the spans it gets;
 //! - `crash-writer` (the store crash test's child) and `cluster-soak` (a long fault run from one
 //!   command: `scripts/soak.sh`).
 
@@ -13,3 +14,4 @@ pub mod broker;
 pub mod check;
 pub mod cluster;
 pub mod faults;
+pub mod otlp;

@@ -3,7 +3,6 @@
 //! library. Shared flags are in [`args`]; the load generator ([`load`]) and the benchmarks
 //! ([`bench`]) live here, outside the node's library.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -14,6 +13,7 @@ mod bench;
 mod cmd;
 mod load;
 mod progress;
+mod telemetry;
 
 /// sled allocates and frees a node per copy-on-write update; mimalloc halves what the system
 /// allocator costs there (see BENCHMARKS.md).
@@ -75,14 +75,20 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,causeway=info,services=info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let otlp = match &cli.command {
+        Cmd::Serve(args) => Some((
+            &args.otlp,
+            telemetry::Origin { node_id: args.kafka.node_id.clone(), role: args.role.name() },
+        )),
+        _ => None,
+    };
+    let exporter = match telemetry::init(otlp) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -90,13 +96,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let code = match rt.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    telemetry::shutdown(exporter);
+    code
 }
 
 async fn run(command: Cmd) -> Result<ExitCode> {

@@ -22,10 +22,13 @@ use std::time::Duration;
 use event_store::{EventStore, ExpectedVersion, NewEvent, RecordedEvent, Storage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::error::{HandlerError, Poison};
 use crate::app::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
+use crate::app::telemetry;
+use crate::app::trace::TraceContext;
 
 /// What a consumer reads.
 #[derive(Debug, Clone)]
@@ -292,12 +295,52 @@ async fn process<S: Storage, H: Handler>(
     tracker: &Mutex<Tracker>,
     config: ConsumerConfig,
 ) -> Result<(), event_store::Error> {
+    let span = tracing::info_span!(
+        target: "spans",
+        "consume",
+        otel.kind = "consumer",
+        consumer = handler.name(),
+        stream = %event.stream_id,
+        event_type = %event.event_type,
+        position = event.position,
+        correlation_id = %event.correlation_id,
+        order_id = %event.correlation_id,
+    );
+    telemetry::follow(&span, TraceContext::of_event(event).as_ref());
+    handle_or_dead_letter(store, handler, event, (cp_name, tracker), config).instrument(span).await
+}
+
+async fn handle_or_dead_letter<S: Storage, H: Handler>(
+    store: &EventStore<S>,
+    handler: &H,
+    event: &RecordedEvent,
+    (cp_name, tracker): (&str, &Mutex<Tracker>),
+    config: ConsumerConfig,
+) -> Result<(), event_store::Error> {
     let mut delay = config.retry_base;
     let mut attempt = 0;
     let reason = loop {
         attempt += 1;
         let checkpoint = (cp_name.to_owned(), lock(tracker).watermark());
-        match handler.handle(event, checkpoint).await {
+        let span = tracing::info_span!(
+            target: "spans",
+            "handle",
+            consumer = handler.name(),
+            attempt,
+            correlation_id = %event.correlation_id,
+            order_id = %event.correlation_id,
+            outcome = tracing::field::Empty,
+        );
+        let handled = handler.handle(event, checkpoint).instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            match &handled {
+                Ok(()) => "handled",
+                Err(HandlerError::Poison(_)) => "poison",
+                Err(HandlerError::Transient(_)) => "transient",
+            },
+        );
+        match handled {
             Ok(()) => return Ok(()),
             Err(HandlerError::Poison(reason)) => break reason.to_string(),
             Err(HandlerError::Transient(reason)) if attempt >= config.max_attempts => {

@@ -10,6 +10,7 @@
 //! - [`messages`]: stream names; command, reply and dead-letter envelopes; deterministic ids;
 //!   the consumers' names.
 //! - [`trace`]: the W3C trace context that every event a request causes records.
+//! - [`telemetry`]: the spans of the work on those events, one tree per request across nodes.
 //! - [`aggregate`]: loading an aggregate from its stream; a decider's events as log events.
 //! - [`gateway`]: the ports to the outside (the payment gateway, delivery health), a simulated
 //!   gateway (bounded idempotency memory), a circuit breaker.
@@ -38,4 +39,5 @@ pub mod invariants;
 pub mod messages;
 pub mod ops;
 pub mod saga;
+pub mod telemetry;
 pub mod trace;

@@ -85,6 +85,31 @@ impl TraceContext {
         &self.traceparent[3..35]
     }
 
+    /// The parent id (16 hex digits): the span whose work this context's holder is part of.
+    pub fn parent_id(&self) -> &str {
+        &self.traceparent[36..52]
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        u8::from_str_radix(&self.traceparent[53..55], 16).unwrap_or(0)
+    }
+
+    /// A context from its parts (`None` if they do not make a valid one).
+    pub fn from_ids(trace_id: &str, parent_id: &str, flags: u8, tracestate: Option<&str>) -> Option<Self> {
+        Self::parse(&format!("00-{trace_id}-{parent_id}-{flags:02x}"), tracestate)
+    }
+
+    /// The same trace (flags and state) under a new parent id: the context of an operation this
+    /// holder starts.
+    pub fn child(&self) -> Self {
+        let span: u64 = rand::random::<u64>().max(1);
+        Self {
+            traceparent: format!("{}{span:016x}{}", &self.traceparent[..36], &self.traceparent[52..]),
+            tracestate: self.tracestate.clone(),
+        }
+    }
+
     /// `event` with this context in its metadata.
     pub fn stamp(&self, event: NewEvent) -> NewEvent {
         let event = event.with_metadata(TRACEPARENT, self.traceparent.clone());
@@ -161,6 +186,15 @@ mod tests {
     fn valid_contexts_are_kept_and_invalid_ones_refused() {
         let t = TraceContext::parse(PARENT, Some("congo=t61rcWkgMzE")).expect("valid");
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id(), "00f067aa0ba902b7");
+        assert_eq!(t.flags(), 1);
+        let child = t.child();
+        assert_eq!((child.trace_id(), child.flags(), child.tracestate()), (t.trace_id(), 1, t.tracestate()));
+        assert_ne!(child.parent_id(), t.parent_id());
+        assert_eq!(
+            TraceContext::parse(child.traceparent(), None).map(|c| c.parent_id().to_owned()),
+            Some(child.parent_id().to_owned())
+        );
         assert_eq!(t.tracestate(), Some("congo=t61rcWkgMzE"));
         for bad in [
             "",

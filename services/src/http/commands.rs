@@ -218,6 +218,7 @@ pub(crate) async fn place_request<S: Storage>(
     }
     let key = idempotency_key(headers)?.unwrap_or_else(Uuid::now_v7);
     let order_id = order_id_of_key(key);
+    super::trace_context::record_order(order_id.0);
     let items: Vec<LineItem> = req
         .items
         .into_iter()
@@ -319,6 +320,7 @@ pub(crate) async fn cancel_order<S: Storage>(
 ) -> ApiResult<(StatusCode, Json<CancelledOrder>)> {
     let Path(id) = id?;
     let id = order_id(&id)?;
+    super::trace_context::record_order(id.0);
     let key = idempotency_key(&headers)?.unwrap_or_else(Uuid::now_v7);
     let trace = of_headers(&headers);
     let done =

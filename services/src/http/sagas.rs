@@ -326,6 +326,7 @@ pub(crate) async fn saga_action<S: Storage>(
         }
         None => Uuid::now_v7(),
     };
+    super::trace_context::record_order(order.0);
     tracing::info!(%order, action = action.name(), %operator, "operator action on a saga");
     let request = crate::app::saga::OperatorRequest {
         action,

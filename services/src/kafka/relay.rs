@@ -20,8 +20,11 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::{cloudevents, partition_of_stream, topic_for, KafkaConfig, KafkaError};
+use crate::app::telemetry;
+use crate::app::trace::TraceContext;
 
 /// The checkpoint the relay keeps in the store.
 pub const CHECKPOINT: &str = "kafka-relay";
@@ -346,7 +349,14 @@ pub async fn run_observed<S: Storage>(
     Ok(())
 }
 
+/// The most records a relay batch's span links to (a window can be larger).
+const MAX_BATCH_LINKS: usize = 64;
+
 /// Sends `batch` and waits for every delivery in order, advancing `cp` over each confirmed one.
+///
+/// In a `relay.batch` span (a root: a batch carries many requests' events), with one
+/// `relay.publish` span per record as a child of the context its event recorded, so each order's
+/// trace shows its records leaving the node; the batch links to its first records.
 async fn send_window(
     producer: &FutureProducer,
     config: &KafkaConfig,
@@ -354,6 +364,27 @@ async fn send_window(
     batch: &[RecordedEvent],
     cp: &mut u64,
 ) -> Result<(), KafkaError> {
+    let span = tracing::info_span!(
+        target: "spans",
+        parent: None,
+        "relay.batch",
+        otel.kind = "producer",
+        records = batch.len(),
+        from_position = batch.first().map_or(0, |e| e.position),
+        to_position = batch.last().map_or(0, |e| e.position),
+    );
+    send_window_in(producer, config, topics, batch, cp, &span).instrument(span.clone()).await
+}
+
+async fn send_window_in(
+    producer: &FutureProducer,
+    config: &KafkaConfig,
+    topics: &mut Topics,
+    batch: &[RecordedEvent],
+    cp: &mut u64,
+    batch_span: &tracing::Span,
+) -> Result<(), KafkaError> {
+    let mut links = 0;
     // Topics seen for the first time are created first.
     let mut missing: Vec<String> = batch
         .iter()
@@ -381,9 +412,31 @@ async fn send_window(
             in_flight.push(InFlight::Skipped(e.position));
             continue;
         }
-        match producer.send_result(record(e, &topic, partition, &source)) {
+        let span = tracing::info_span!(
+            target: "spans",
+            "relay.publish",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %topic,
+            messaging.destination.partition.id = partition,
+            position = e.position,
+            stream = %e.stream_id,
+            event_type = %e.event_type,
+            correlation_id = %e.correlation_id,
+            order_id = %e.correlation_id,
+        );
+        telemetry::follow(&span, TraceContext::of_event(e).as_ref());
+        if links < MAX_BATCH_LINKS {
+            if let Some(published) = telemetry::recorded(&span) {
+                telemetry::link(batch_span, published);
+                links += 1;
+            }
+        }
+        let sent = span
+            .in_scope(|| producer.send_result(record(e, &topic, partition, &source)).map_err(|(err, _)| err));
+        match sent {
             Ok(f) => in_flight.push(InFlight::Sent(e.position, f)),
-            Err((err, _)) => {
+            Err(err) => {
                 // The queue is full or the producer failed: confirm what was sent, then retry.
                 settle(in_flight, cp).await?;
                 return Err(err.into());

@@ -53,6 +53,8 @@ pub struct Args {
     /// `POST /api/saga/order`: the currency of orders that name none (an ISO 4217 code).
     #[arg(long, env = "CAUSEWAY_DEFAULT_CURRENCY", default_value = "EUR")]
     pub default_currency: String,
+    #[command(flatten)]
+    pub otlp: crate::telemetry::OtlpArgs,
 }
 
 fn parse_address(s: &str) -> Result<aggregates::shipping::Address, String> {
@@ -85,6 +87,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         limits,
         default_shipping_address,
         default_currency,
+        otlp: _,
     } = args;
     if default_shipping_address.as_ref().is_some_and(|a| !a.is_complete()) {
         bail!("--default-shipping-address needs line1, city, postal_code and a two-letter country code (DE)");

@@ -22,11 +22,13 @@ use aggregates::saga::{OperatorAction, RetryPolicy, Saga, SagaInput, SagaLine, S
 use aggregates::{Decider, OrderId};
 use event_store::{time_to_nanos, AppendRequest, EventStore, ExpectedVersion, RecordedEvent, Storage};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::app::aggregate::{load_from, MAX_CONFLICT_RETRIES};
 use crate::app::consumer::{Handler, Source};
 use crate::app::error::{HandlerError, Poison};
 use crate::app::messages::{self, derived_id, CommandReplied, REPLY_TYPE};
+use crate::app::telemetry;
 use crate::app::trace::{traced, TraceContext};
 
 pub mod replay;
@@ -79,6 +81,20 @@ pub(super) fn now_ns() -> u64 {
 
 fn key_of(order: OrderId) -> u64 {
     messages::key_hash(&order)
+}
+
+/// The span of one saga step: an input (`kind`: a log event, a deadline, an operator's action)
+/// decided and its events and commands appended; `decided` names the events.
+fn step_span(order: OrderId, cause: uuid::Uuid, kind: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        target: "spans",
+        "saga.step",
+        order_id = %order,
+        correlation_id = %order,
+        cause = %cause,
+        input = kind,
+        decided = tracing::field::Empty,
+    )
 }
 
 impl<S: Storage> SagaRunner<S> {
@@ -286,8 +302,13 @@ impl<S: Storage> SagaRunner<S> {
         }
         // Decided again on the state `apply_locked` holds (the cache's, as fresh: the stripe is
         // ours), and appended with ids derived from the action's.
-        let appended =
-            self.apply_locked(order, |_| Some(input.clone()), action_id, checkpoint, answer, None).await?;
+        let trace = self.trace_of(order, None)?;
+        let span = step_span(order, action_id, "operator");
+        telemetry::follow(&span, trace.as_ref());
+        let appended = self
+            .apply_locked(order, |_| Some(input.clone()), action_id, checkpoint, answer, trace)
+            .instrument(span)
+            .await?;
         let (saga, version) = load_from::<S, Saga>(&self.store, &stream, Saga::default(), 0)?;
         if appended {
             metrics::counter!("causeway_saga_operator_actions_total", "action" => action.name()).increment(1);
@@ -327,7 +348,8 @@ impl<S: Storage> SagaRunner<S> {
         Ok(None)
     }
 
-    /// Applies one input to a saga: load, decide, append saga events + commands (+ checkpoint).
+    /// Applies one input to a saga (the timer's deadlines: its span says `deadline`): load, decide,
+    /// append saga events + commands (+ checkpoint).
     pub async fn apply(
         &self,
         order: OrderId,
@@ -335,7 +357,7 @@ impl<S: Storage> SagaRunner<S> {
         cause: uuid::Uuid,
         checkpoint: Option<(String, u64)>,
     ) -> Result<(), HandlerError> {
-        self.apply_traced(order, input, cause, checkpoint, None).await
+        self.apply_traced(order, input, cause, checkpoint, None, "deadline").await
     }
 
     /// [`SagaRunner::apply`] of an input that recorded the trace context `hint` (a saga takes its
@@ -347,13 +369,18 @@ impl<S: Storage> SagaRunner<S> {
         cause: uuid::Uuid,
         checkpoint: Option<(String, u64)>,
         hint: Option<TraceContext>,
+        kind: &'static str,
     ) -> Result<(), HandlerError> {
         let _guard = self.stripes[(key_of(order) % STRIPES as u64) as usize].lock().await;
-        self.apply_locked(order, input, cause, checkpoint, None, hint).await.map(|_| ())
+        let trace = self.trace_of(order, hint)?;
+        let span = step_span(order, cause, kind);
+        telemetry::follow(&span, trace.as_ref());
+        self.apply_locked(order, input, cause, checkpoint, None, trace).instrument(span).await.map(|_| ())
     }
 
     /// [`SagaRunner::apply`], its stripe held; `answer` (made from the saga's state and version
     /// after the decision) is appended in the same write when the decision appends anything.
+    /// `trace` is the saga's context ([`SagaRunner::trace_of`]), which its events record.
     async fn apply_locked(
         &self,
         order: OrderId,
@@ -361,10 +388,9 @@ impl<S: Storage> SagaRunner<S> {
         cause: uuid::Uuid,
         checkpoint: Option<(String, u64)>,
         answer: Option<&AnswerFn<'_>>,
-        hint: Option<TraceContext>,
+        trace: Option<TraceContext>,
     ) -> Result<bool, HandlerError> {
         let stream = messages::saga_stream(order);
-        let trace = self.trace_of(order, hint)?;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let cached = {
                 let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -391,6 +417,11 @@ impl<S: Storage> SagaRunner<S> {
                 saga.decide(input).map_err(|e| HandlerError::Poison(Poison::Refused(e.to_string())))?;
             if events.is_empty() {
                 return Ok(false);
+            }
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                let names: Vec<&str> = events.iter().map(DomainEvent::event_type).collect();
+                span.record("decided", names.join(",").as_str());
             }
             let mut state = saga.clone();
             let mut saga_events = Vec::with_capacity(events.len());
@@ -697,7 +728,7 @@ impl<S: Storage> Handler for SagaRunner<S> {
             self.budget.lock().unwrap_or_else(|p| p.into_inner()).earn(RETRY_TOKENS_PER_SAGA);
         }
         let input = move |_: &Saga| Some(input.clone());
-        self.apply_traced(order, input, e.event_id, checkpoint, TraceContext::of_event(e)).await
+        self.apply_traced(order, input, e.event_id, checkpoint, TraceContext::of_event(e), "event").await
     }
 }
 
