@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Writes the saga fixture log (services/tests/fixtures/saga-log.jsonl): a real embedded node,
-# built from this checkout, runs sagas down every path (completed; out of stock; no address; card
-# declined; cancelled by the customer; two SKUs; quarantined by a gateway outage, then retried by
-# an operator; quarantined, then compensated by an operator), and its whole log is exported.
-# services/tests/saga_replay.rs replays it against the current decider: a change to the saga
-# that would decide these recorded sagas differently fails that test. Run this again, and commit
-# the new fixture, only when a release changes the saga on purpose (ARCHITECTURE.md, "Changing
-# the saga").
+# Writes the saga fixture log of the current saga definition
+# (services/tests/fixtures/saga-log-v<definition>.jsonl): a real embedded node, built from this
+# checkout, runs sagas down every path (completed; out of stock; no address; refused by the fraud
+# check; card declined; cancelled by the customer; two SKUs; quarantined by a gateway outage,
+# then retried by an operator; quarantined, then compensated by an operator), and its whole log is
+# exported. services/tests/saga_replay.rs replays every fixture against the current decider: a
+# change to the saga that would decide sagas recorded by an earlier definition differently fails
+# that test. Run this when a release changes the saga on purpose (a new definition,
+# ARCHITECTURE.md "Changing the saga"), and commit the new fixture beside the older ones.
 #
 #   scripts/saga-fixture.sh            # writes the fixture
 #
-# The node runs with --step-timeout-ms 400 --step-attempts 2 (the replay uses the same).
+# The node runs with --step-timeout-ms 400 --step-attempts 2 (the replay uses the same) and a
+# fraud limit of 5,000,000 minor units.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -23,7 +25,10 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 H="http://127.0.0.1:$PORT"
 TOKEN=fixture-admin-token-0001
 SAGA=(--step-timeout-ms 400 --step-attempts 2)
+DEFINITION=$(sed -n 's/^pub const DEFINITION: u32 = \([0-9]*\);/\1/p' aggregates/src/saga.rs)
+OUT="services/tests/fixtures/saga-log-v$DEFINITION.jsonl"
 "$B" serve --data-dir "$DIR/node" --listen "127.0.0.1:$PORT" --admin-token "$TOKEN" "${SAGA[@]}" \
+  --fraud-limit-minor 5000000 \
   >"$DIR/node.log" 2>&1 &
 NODE=$!
 until curl -sf "$H/readyz" >/dev/null; do sleep 0.1; done
@@ -57,6 +62,7 @@ post /api/products/SKU-2/stock s2 '{"quantity": 2}' >/dev/null
 until_status "$(order completed "[$(line SKU-1 1 1500)]")" completed
 until_status "$(order out-of-stock "[$(line SKU-2 5 1500)]")" compensated
 until_status "$(order no-address "[$(line SKU-1 1 1500)]" null)" compensated
+until_status "$(order fraud "[$(line SKU-1 1 6000000)]")" compensated
 until_status "$(order declined "[$(line SKU-1 1 2000000)]")" compensated
 until_status "$(order two-skus "[$(line SKU-1 1 1500),$(line SKU-2 1 700)]")" completed
 id=$(order cancelled "[$(line SKU-1 1 1500)]")
@@ -86,5 +92,5 @@ kill -TERM "$NODE"
 wait "$NODE" || true
 "$B" verify --data-dir "$DIR/node" "${SAGA[@]}"
 mkdir -p services/tests/fixtures
-"$B" events --data-dir "$DIR/node" --json --limit 1000000 >services/tests/fixtures/saga-log.jsonl
-echo "wrote services/tests/fixtures/saga-log.jsonl ($(wc -l <services/tests/fixtures/saga-log.jsonl) events)"
+"$B" events --data-dir "$DIR/node" --json --limit 1000000 >"$OUT"
+echo "wrote $OUT ($(wc -l <"$OUT") events)"

@@ -26,6 +26,9 @@ use crate::{domain_events, Decider, Money, OrderId, Sku};
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     ReserveStock,
+    /// Fraud screening of the order's amount by the payment service, before any money moves
+    /// (definition 2 on).
+    CheckFraud,
     TakePayment,
     CreateShipment,
     CommitStock,
@@ -33,13 +36,21 @@ pub enum Step {
 }
 
 impl Step {
-    /// All steps, in order.
-    pub const ALL: [Step; 5] =
-        [Step::ReserveStock, Step::TakePayment, Step::CreateShipment, Step::CommitStock, Step::ConfirmOrder];
+    /// All steps, in the order of the newest definition's path.
+    pub const ALL: [Step; 6] = [
+        Step::ReserveStock,
+        Step::CheckFraud,
+        Step::TakePayment,
+        Step::CreateShipment,
+        Step::CommitStock,
+        Step::ConfirmOrder,
+    ];
 
-    fn next(self) -> Option<Step> {
-        let i = Self::ALL.iter().position(|s| *s == self)?;
-        Self::ALL.get(i + 1).copied()
+    /// The step after this one on the path of `definition` ([`path`]).
+    fn next_on(self, definition: u32) -> Option<Step> {
+        let path = path(definition);
+        let i = path.iter().position(|s| *s == self)?;
+        path.get(i + 1).copied()
     }
 
     /// What undoes this step, if anything.
@@ -52,6 +63,8 @@ impl Step {
             // confirmed its shipment is cancellable, so the goods have not left. Confirming is
             // the last step.
             Step::CommitStock | Step::ConfirmOrder => None,
+            // A verdict: nothing happened that needs undoing.
+            Step::CheckFraud => None,
         }
     }
 }
@@ -104,6 +117,12 @@ pub enum SagaCommand {
         order_id: OrderId,
         lines: Vec<SagaLine>,
     },
+    /// Screen the order's amount for fraud (definition 2 on): answered with a verdict, nothing
+    /// else changes.
+    CheckFraud {
+        order_id: OrderId,
+        amount: Money,
+    },
     TakePayment {
         order_id: OrderId,
         amount: Money,
@@ -146,6 +165,7 @@ impl SagaCommand {
     pub fn name(&self) -> &'static str {
         match self {
             SagaCommand::ReserveStock { .. } => "ReserveStock",
+            SagaCommand::CheckFraud { .. } => "CheckFraud",
             SagaCommand::TakePayment { .. } => "TakePayment",
             SagaCommand::CreateShipment { .. } => "CreateShipment",
             SagaCommand::CommitStock { .. } => "CommitStock",
@@ -163,7 +183,9 @@ impl SagaCommand {
             SagaCommand::ReserveStock { .. }
             | SagaCommand::CommitStock { .. }
             | SagaCommand::ReleaseStock { .. } => Service::Inventory,
-            SagaCommand::TakePayment { .. } | SagaCommand::RefundPayment { .. } => Service::Payment,
+            SagaCommand::CheckFraud { .. }
+            | SagaCommand::TakePayment { .. }
+            | SagaCommand::RefundPayment { .. } => Service::Payment,
             SagaCommand::CreateShipment { .. } | SagaCommand::CancelShipment { .. } => Service::Shipping,
             SagaCommand::ConfirmOrder { .. } | SagaCommand::CancelOrder { .. } => Service::Order,
         }
@@ -173,6 +195,7 @@ impl SagaCommand {
     pub fn order_id(&self) -> OrderId {
         match self {
             SagaCommand::ReserveStock { order_id, .. }
+            | SagaCommand::CheckFraud { order_id, .. }
             | SagaCommand::TakePayment { order_id, .. }
             | SagaCommand::CreateShipment { order_id, .. }
             | SagaCommand::CommitStock { order_id, .. }
@@ -354,12 +377,25 @@ fn first_definition() -> u32 {
 /// | version | change | sagas started under older versions |
 /// |---|---|---|
 /// | 1 | the first recorded definition | (none) |
-pub const DEFINITION: u32 = 1;
+/// | 2 | a fraud check (the payment service screens the amount) between reserving stock and taking the payment | carried to their end on definition 1's path: nothing they recorded changes meaning, and their next steps are the ones they would have taken |
+pub const DEFINITION: u32 = 2;
 
 /// The definitions this build carries to their end: a saga in flight under any other (started
 /// by a newer build, or by one whose path this build has dropped) makes the saga manager refuse
 /// to start, naming the versions in flight and how many sagas each has.
-pub const CARRIED: &[u32] = &[1];
+pub const CARRIED: &[u32] = &[1, 2];
+
+/// The forward steps of a definition, in order (a definition this build does not carry has no
+/// path: such a saga is refused before it is decided).
+pub fn path(definition: u32) -> &'static [Step] {
+    const FIRST: [Step; 5] =
+        [Step::ReserveStock, Step::TakePayment, Step::CreateShipment, Step::CommitStock, Step::ConfirmOrder];
+    match definition {
+        1 => &FIRST,
+        2 => &Step::ALL,
+        _ => &[],
+    }
+}
 impl Upcast for SagaStarted {}
 
 /// `StepRequested`: a command of a step was issued (or re-issued on retry) with a deadline.
@@ -751,6 +787,7 @@ pub fn command_id(order_id: OrderId, what: &str) -> Uuid {
 pub fn step_name(s: Step) -> &'static str {
     match s {
         Step::ReserveStock => "step/reserve_stock",
+        Step::CheckFraud => "step/check_fraud",
         Step::TakePayment => "step/take_payment",
         Step::CreateShipment => "step/create_shipment",
         Step::CommitStock => "step/commit_stock",
@@ -813,6 +850,7 @@ impl Saga {
         let order_id = self.order_id?;
         Some(match step {
             Step::ReserveStock => SagaCommand::ReserveStock { order_id, lines: self.lines_for(sku) },
+            Step::CheckFraud => SagaCommand::CheckFraud { order_id, amount: self.amount },
             Step::TakePayment => SagaCommand::TakePayment { order_id, amount: self.amount },
             Step::CreateShipment => SagaCommand::CreateShipment { order_id, address: self.address.clone() },
             Step::CommitStock => SagaCommand::CommitStock { order_id, lines: self.lines_for(sku) },
@@ -1013,7 +1051,7 @@ impl Saga {
             _ if self.aborted => CancelReason::Operator,
             _ if self.timed_out => CancelReason::Timeout,
             Some(Step::ReserveStock) => CancelReason::OutOfStock,
-            Some(Step::TakePayment) => CancelReason::PaymentDeclined,
+            Some(Step::CheckFraud | Step::TakePayment) => CancelReason::PaymentDeclined,
             Some(Step::CreateShipment) => CancelReason::ShipmentFailed,
             _ => CancelReason::Timeout,
         }
@@ -1149,7 +1187,7 @@ impl Decider for Saga {
                                     vec![SagaEvent::StepSucceeded(StepSucceeded { step, detail, sku })];
                                 if stage.done_but(command_id) {
                                     let after = out.iter().fold(self.clone(), |s, e| s.evolve(e));
-                                    match step.next() {
+                                    match step.next_on(self.definition) {
                                         Some(next) => {
                                             out.extend(after.request_step(order_id, next, now_ns, &policy))
                                         }

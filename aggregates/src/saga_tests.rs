@@ -62,6 +62,18 @@ fn started() -> SagaEvent {
     })
 }
 
+/// The order's start, as its `OrderPlaced` gives it.
+fn start_input() -> SagaInput {
+    SagaInput::Start {
+        order_id: oid(),
+        lines: lines(),
+        amount: Money(3998),
+        address: None,
+        now_ns: NOW,
+        policy: policy(),
+    }
+}
+
 /// The SKU of a per-SKU part in these tests (the order has one SKU, `A`).
 fn sku_of_step(step: Step) -> Option<Sku> {
     matches!(step, Step::ReserveStock | Step::CommitStock).then(|| Sku::from("A"))
@@ -150,16 +162,7 @@ fn running_at(step: Step) -> Vec<SagaEvent> {
 
 #[test]
 fn start_requests_the_reservation() {
-    let state = given::<Saga>([])
-        .when(SagaInput::Start {
-            order_id: oid(),
-            lines: lines(),
-            amount: Money(3998),
-            address: None,
-            now_ns: NOW,
-            policy: policy(),
-        })
-        .then([started(), req(Step::ReserveStock)]);
+    let state = given::<Saga>([]).when(start_input()).then([started(), req(Step::ReserveStock)]);
     assert_eq!(state.status, SagaStatus::Running);
     let (id, cmd) = state.command_of(&req(Step::ReserveStock)).expect("a command");
     assert_eq!(id, cid(Step::ReserveStock));
@@ -215,7 +218,14 @@ fn happy_path_runs_every_step_then_completes() {
         Step::ALL.iter().map(|s| state.step_command(*s, None).expect("cmd").service()).collect();
     assert_eq!(
         services,
-        vec![Service::Inventory, Service::Payment, Service::Shipping, Service::Inventory, Service::Order]
+        vec![
+            Service::Inventory,
+            Service::Payment,
+            Service::Payment,
+            Service::Shipping,
+            Service::Inventory,
+            Service::Order
+        ]
     );
 }
 
@@ -562,11 +572,11 @@ fn the_stock_steps_send_one_command_per_sku_with_its_merged_quantity() {
     assert!(state.done.is_empty());
     // A repeated answer of the same SKU changes nothing.
     assert_eq!(state.decide(reply(part_cid("step/reserve_stock", "B"), Outcome::Succeeded)), Ok(vec![]));
-    // The last one: the step is done and payment is requested.
+    // The last one: the step is done and the fraud check (before the payment) is requested.
     let (state, events) = step(state, reply(part_cid("step/reserve_stock", "A"), Outcome::Succeeded));
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(state.done, vec![Step::ReserveStock]);
-    assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::TakePayment));
+    assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::CheckFraud));
 }
 
 #[test]
@@ -645,6 +655,7 @@ fn a_release_of_several_skus_ends_when_every_sku_is_released() {
     for sku in ["A", "B"] {
         state = step(state, reply(part_cid("step/reserve_stock", sku), Outcome::Succeeded)).0;
     }
+    state = step(state, reply(command_id(oid(), "step/check_fraud"), Outcome::Succeeded)).0;
     // Payment declined: both SKUs are released, in parallel, then the order is cancelled.
     let (state, events) = step(
         state,
@@ -738,6 +749,7 @@ fn a_stock_commit_refused_after_another_sku_committed_compensates_every_sku() {
     for sku in ["A", "B"] {
         state = step(state, reply(part_cid("step/reserve_stock", sku), Outcome::Succeeded)).0;
     }
+    state = step(state, reply(command_id(oid(), "step/check_fraud"), Outcome::Succeeded)).0;
     state = step(state, reply(command_id(oid(), "step/take_payment"), Outcome::Succeeded)).0;
     state = step(state, reply(command_id(oid(), "step/create_shipment"), Outcome::Succeeded)).0;
     assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::CommitStock));
@@ -1127,4 +1139,64 @@ fn a_saga_records_the_definition_that_started_it_and_older_records_read_as_the_f
     let decoded = SagaEvent::decode("SagaStarted", 1, old.as_bytes()).expect("decode");
     assert!(matches!(&decoded, SagaEvent::SagaStarted(s) if s.definition == 1));
     assert_eq!(Saga::default().evolve(&decoded).definition, 1);
+}
+
+/// `SagaStarted` as a build of definition 1 (before the fraud check) recorded it.
+fn started_under(definition: u32) -> SagaEvent {
+    let SagaEvent::SagaStarted(mut e) = started() else { unreachable!("started() is a SagaStarted") };
+    e.definition = definition;
+    SagaEvent::SagaStarted(e)
+}
+
+#[test]
+fn a_saga_started_under_definition_1_finishes_on_its_own_path_without_the_fraud_check() {
+    assert!(CARRIED.contains(&1) && DEFINITION == 2);
+    let mut history = vec![started_under(1), req(Step::ReserveStock)];
+    let old_path = path(1);
+    assert!(!old_path.contains(&Step::CheckFraud));
+    for (i, step) in old_path.iter().enumerate() {
+        let mut expected = vec![succeeded(*step)];
+        match old_path.get(i + 1) {
+            Some(next) => expected.push(req(*next)),
+            None => expected.push(SagaEvent::SagaCompleted(SagaCompleted { order_id: oid() })),
+        }
+        given::<Saga>(history.clone()).when(ok(cid(*step))).then(expected.clone());
+        history.extend(expected);
+    }
+    let state = Saga::replay(&history);
+    assert_eq!((state.status, state.definition), (SagaStatus::Completed, 1));
+    assert_eq!(state.done, old_path.to_vec());
+}
+
+#[test]
+fn a_new_saga_is_screened_for_fraud_before_payment_and_a_refusal_moves_no_money() {
+    // Started now: the current definition, whose path screens the amount after the stock.
+    let (state, events) = step(Saga::default(), start_input());
+    assert!(matches!(&events[0], SagaEvent::SagaStarted(s) if s.definition == DEFINITION));
+    let (state, _) = step(state, reply(part_cid("step/reserve_stock", "A"), Outcome::Succeeded));
+    assert_eq!(state.step.as_ref().map(|s| s.what), Some(Step::CheckFraud));
+    assert_eq!(
+        state.step_command(Step::CheckFraud, None),
+        Some(SagaCommand::CheckFraud { order_id: oid(), amount: Money(3998) })
+    );
+    // Refused: the stock is released and the order cancelled as a declined payment; there is no
+    // payment to refund.
+    let (state, events) =
+        step(state, reply(cid(Step::CheckFraud), Outcome::Rejected { reason: "over the limit".into() }));
+    assert!(
+        matches!(&events[0], SagaEvent::StepFailed(f) if f.step == Step::CheckFraud && !f.may_have_applied),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(
+        |e| matches!(e, SagaEvent::CompensationRequested(r) if r.compensation == Compensation::RefundPayment)
+    ));
+    let (state, events) = step(state, reply(part_cid("compensation/release_stock", "A"), Outcome::Succeeded));
+    assert!(matches!(
+        events.last(),
+        Some(SagaEvent::CompensationRequested(r)) if r.compensation == Compensation::CancelOrder
+    ));
+    assert_eq!(
+        state.compensation_command(Compensation::CancelOrder, None),
+        Some(SagaCommand::CancelOrder { order_id: oid(), reason: CancelReason::PaymentDeclined })
+    );
 }

@@ -139,6 +139,8 @@ async fn happy_path_confirms_the_order() {
             "StepRequested", // reserve B
             "StepSucceeded",
             "StepSucceeded",
+            "StepRequested", // fraud check
+            "StepSucceeded",
             "StepRequested", // payment
             "StepSucceeded",
             "StepRequested", // shipment
@@ -205,7 +207,7 @@ async fn happy_path_confirms_the_order() {
     let timeline: SagaTimeline =
         rt.models().get(SagaTimelines::NAME, &SagaTimelines::key(id)).expect("get").expect("present");
     assert_eq!(timeline.status, "completed");
-    assert_eq!(timeline.steps.len(), 16);
+    assert_eq!(timeline.steps.len(), 18, "one entry per saga event");
     use projections::models::{OrderPayments, PaymentLedger};
     while rt.models().lag(PaymentLedger::NAME).expect("lag") > 0 {
         assert!(Instant::now() < deadline, "ledger did not catch up");
@@ -282,7 +284,15 @@ async fn failed_shipment_refunds_releases_and_cancels() {
         .collect();
     assert_eq!(
         replies,
-        ["ReserveStock", "TakePayment", "CreateShipment", "RefundPayment", "ReleaseStock", "CancelOrder"]
+        [
+            "ReserveStock",
+            "CheckFraud",
+            "TakePayment",
+            "CreateShipment",
+            "RefundPayment",
+            "ReleaseStock",
+            "CancelOrder"
+        ]
     );
     assert_invariants(&rt);
     rt.shutdown().await.expect("shutdown");
@@ -489,6 +499,7 @@ fn step_slug(s: aggregates::saga::Step) -> &'static str {
     use aggregates::saga::Step::*;
     match s {
         ReserveStock => "reserve_stock",
+        CheckFraud => "check_fraud",
         TakePayment => "take_payment",
         CreateShipment => "create_shipment",
         CommitStock => "commit_stock",

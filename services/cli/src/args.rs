@@ -124,6 +124,10 @@ pub struct GatewayArgs {
     /// Fraction of payments declined (0..1).
     #[arg(long, env = "CAUSEWAY_GATEWAY_DECLINE_RATE", default_value_t = 0.0)]
     pub gateway_decline_rate: f64,
+    /// Fraud check: the largest order amount (minor units) the payment service lets through;
+    /// a larger one is refused before payment and the order cancelled. Unset: every amount passes.
+    #[arg(long, env = "CAUSEWAY_FRAUD_LIMIT_MINOR")]
+    pub fraud_limit_minor: Option<u64>,
 }
 
 impl GatewayArgs {

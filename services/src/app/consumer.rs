@@ -86,7 +86,8 @@ impl Tracker {
     }
 }
 
-fn checkpoint_name(consumer: &str) -> String {
+/// The checkpoint of the consumer `consumer` on the local log (how far it has handled the log).
+pub fn checkpoint_name(consumer: &str) -> String {
     format!("consumer.{consumer}")
 }
 

@@ -36,6 +36,8 @@ pub struct RuntimeConfig {
     pub timer_interval: Duration,
     /// Shipping carrier rules.
     pub carrier: SimulatedCarrier,
+    /// Fraud screening rules (the payment service's check before a payment).
+    pub fraud: crate::app::handlers::FraudRules,
     /// Read-model backups.
     pub projections: projections::RunOptions,
     /// Mirror the log to Kafka (the relay runs when set).
@@ -52,6 +54,7 @@ impl Default for RuntimeConfig {
             breaker: BreakerConfig::default(),
             timer_interval: Duration::from_millis(50),
             carrier: SimulatedCarrier::default(),
+            fraud: Default::default(),
             projections: projections::RunOptions::default(),
             kafka: None,
             admission: crate::app::admission::AdmissionConfig::default(),
@@ -311,7 +314,8 @@ fn handlers_of<S: Storage, G: PaymentGateway>(
 ) -> Arc<Handlers<S, G>> {
     Arc::new(
         Handlers::new(store.clone(), Breaker::new(gateway, config.breaker), config.carrier.clone())
-            .with_sharded_inventory(role == Role::Inventory && shard_count > 1),
+            .with_sharded_inventory(role == Role::Inventory && shard_count > 1)
+            .with_fraud_rules(config.fraud.clone()),
     )
 }
 

@@ -329,10 +329,12 @@ type StreamWrite = (&'static str, &'static [&'static str]);
 
 /// One append of the order saga's happy path: what it writes per stream, and whether it carries
 /// a consumer checkpoint.
-const SAGA_APPENDS: [(&[StreamWrite], bool); 12] = [
+const SAGA_APPENDS: [(&[StreamWrite], bool); 14] = [
     (&[("order", &["OrderPlaced"])], false),
     (&[("saga", &["SagaStarted", "StepRequested"]), ("inventory_commands", &["ReserveStock"])], true),
     (&[("inventory", &["StockReserved"]), ("replies", &["CommandReplied"])], true),
+    (&[("saga", &["StepSucceeded", "StepRequested"]), ("payment_commands", &["CheckFraud"])], true),
+    (&[("replies", &["CommandReplied"])], true),
     (&[("saga", &["StepSucceeded", "StepRequested"]), ("payment_commands", &["TakePayment"])], true),
     (&[("payment", &["PaymentAuthorized", "PaymentCaptured"]), ("replies", &["CommandReplied"])], true),
     (&[("saga", &["StepSucceeded", "StepRequested"]), ("shipping_commands", &["CreateShipment"])], true),

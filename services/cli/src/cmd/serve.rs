@@ -108,6 +108,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         kafka,
         policy: saga.policy()?,
         admission: limits.admission,
+        fraud: services::app::handlers::FraudRules { max_amount_minor: gateway.fraud_limit_minor },
         ..RuntimeConfig::default()
     };
     let http = HttpOptions {

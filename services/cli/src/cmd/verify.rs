@@ -66,9 +66,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         let r = services::app::saga::replay::replay(&store, args.saga.policy()?, args.replay_every)?;
         println!(
-            "saga replay: {} sagas, {} decisions decided again by this build, {} diverge",
+            "saga replay: {} sagas, {} decisions and {} inputs that decided nothing decided again by this build, {} diverge",
             r.sagas,
             r.decisions,
+            r.idle_inputs,
             r.divergences.len()
         );
         r

@@ -31,6 +31,7 @@ mod payment;
 mod shipping;
 
 pub use inventory::{load_inventory, unusable_snapshots, SNAPSHOT_EVERY};
+pub use payment::FraudRules;
 pub use shipping::SimulatedCarrier;
 
 /// The four services' handlers over one store.
@@ -39,6 +40,7 @@ pub struct Handlers<S: Storage, G: PaymentGateway> {
     store: EventStore<S>,
     gateway: Breaker<G>,
     carrier: SimulatedCarrier,
+    fraud: FraudRules,
     /// Folded inventory states by stream, with the version they include. Used only when the
     /// stream is still at that version (checked against the log), so it can never be stale.
     inventory_cache: std::sync::Mutex<std::collections::HashMap<String, (Inventory, u64)>>,
@@ -79,7 +81,20 @@ struct Step {
 impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
     /// Handlers over `store`, with the payment gateway behind `gateway`'s breaker.
     pub fn new(store: EventStore<S>, gateway: Breaker<G>, carrier: SimulatedCarrier) -> Self {
-        Self { store, gateway, carrier, inventory_cache: Default::default(), sharded_inventory: false }
+        Self {
+            store,
+            gateway,
+            carrier,
+            fraud: FraudRules::default(),
+            inventory_cache: Default::default(),
+            sharded_inventory: false,
+        }
+    }
+
+    /// Screens amounts for fraud by `rules` (every amount passes by default).
+    pub fn with_fraud_rules(mut self, rules: FraudRules) -> Self {
+        self.fraud = rules;
+        self
     }
 
     /// Marks this node as one of several inventory pods: a stock command for several SKUs (sent
@@ -163,6 +178,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             SagaCommand::ReserveStock { lines, .. }
             | SagaCommand::CommitStock { lines, .. }
             | SagaCommand::ReleaseStock { lines, .. } => self.stock(&step, command, lines, &mut d)?,
+            SagaCommand::CheckFraud { amount, .. } => self.check_fraud(*amount),
             SagaCommand::TakePayment { amount, .. } => self.take_payment(&step, *amount, &mut d).await?,
             SagaCommand::RefundPayment { reason, .. } => self.refund_payment(&step, reason, &mut d)?,
             SagaCommand::CreateShipment { address, .. } => {

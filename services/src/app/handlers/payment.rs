@@ -1,5 +1,5 @@
-//! The payment service: authorize through the gateway (behind its circuit breaker), capture,
-//! refund.
+//! The payment service: screen an order's amount for fraud, authorize through the gateway
+//! (behind its circuit breaker), capture, refund.
 
 use aggregates::payment::{Payment, PaymentCommand, PaymentEvent};
 use aggregates::saga::Outcome;
@@ -12,7 +12,36 @@ use crate::app::error::{HandlerError, Poison, Transient};
 use crate::app::gateway::PaymentGateway;
 use crate::app::messages;
 
+/// The fraud screening rules: amounts above a limit are refused (the step a saga of definition 2
+/// takes before its payment; a refusal cancels the order before any money moves).
+#[derive(Debug, Clone, Default)]
+pub struct FraudRules {
+    /// The largest amount (minor units) an order may have; `None`: every amount passes.
+    pub max_amount_minor: Option<u64>,
+}
+
+impl FraudRules {
+    /// The verdict on `amount`: `Err(why)` refuses it.
+    pub fn screen(&self, amount: Money) -> Result<(), String> {
+        match self.max_amount_minor {
+            Some(max) if amount.0 > max => {
+                Err(format!("fraud check: an amount of {} exceeds the limit of {max}", amount.0))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
+    /// Screens an order's amount: a verdict, recorded in the command's reply (which also makes a
+    /// repeat answer as the first did, whatever the rules are by then); nothing else changes.
+    pub(super) fn check_fraud(&self, amount: Money) -> Outcome {
+        match self.fraud.screen(amount) {
+            Ok(()) => Outcome::Succeeded,
+            Err(reason) => Outcome::Rejected { reason },
+        }
+    }
+
     /// Takes the payment of an order: authorizes it once (a repeat finds it authorized), then
     /// captures it; a decline is the command's rejection.
     pub(super) async fn take_payment(

@@ -905,8 +905,8 @@ mod tests {
         r.apply(order, reply(order, "step/reserve_stock", Some(&a), 2_000), uuid::Uuid::now_v7(), None)
             .await
             .expect("reserved");
-        // The payment gets no reply: every tick past its deadline sends it again, until the
-        // attempts run out and the saga is quarantined.
+        // The fraud check (the step after the stock) gets no reply: every tick past its deadline
+        // sends it again, until the attempts run out and the saga is quarantined.
         let mut now = 1_000_000_000_000_000_000u64;
         for _ in 0..RetryPolicy::default().max_attempts {
             let tick = move |_: &Saga| {
@@ -921,9 +921,9 @@ mod tests {
         assert_eq!(saga.state(), SagaState::Quarantined, "{saga:?}");
         assert_eq!(tracked(&r, order), (None, vec![]), "parked: not in memory, no deadline");
         assert_eq!(r.low_water(), r.store.head(), "a parked saga holds no low-water mark");
-        // A late reply to the payment takes it out of quarantine: cached again, with the next
+        // A late reply to the check takes it out of quarantine: cached again, with the next
         // step's deadline, exactly as the log has it.
-        r.apply(order, reply(order, "step/take_payment", None, now), uuid::Uuid::now_v7(), None)
+        r.apply(order, reply(order, "step/check_fraud", None, now), uuid::Uuid::now_v7(), None)
             .await
             .expect("late reply");
         let (version, deadline) = the_log_says(&r, order);

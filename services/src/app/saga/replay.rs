@@ -13,13 +13,22 @@
 //! reasons. A tick is replayed at each moment between the deadlines of the parts in flight and
 //! the time it was recorded (it was decided at one of them), and matches if one gives the
 //! recorded decision.
+//!
+//! An input can also have decided nothing (a reply to a step that had moved on, a repeat): each
+//! of the saga's inputs that no recorded decision names as its cause, and that the saga manager
+//! had taken (up to its checkpoint), is decided again at its place among the decisions, and
+//! diverges if the current decider would decide something from it. On a log without the saga
+//! manager's checkpoint (a query node's copy) those are not checked: an input the manager had not
+//! reached yet would look like one that decided nothing.
 
 use aggregates::codec::DomainEvent;
 use aggregates::saga::{RetryPolicy, Saga, SagaEvent, SagaInput};
 use aggregates::{Decider, OrderId};
 use event_store::{EventStore, RecordedEvent, Storage, StreamId};
 
+use crate::app::consumer;
 use crate::app::error::{HandlerError, LoadError};
+use crate::app::messages;
 
 /// A recorded decision the current decider would not make.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -43,6 +52,9 @@ pub struct Replayed {
     pub sagas: usize,
     /// Decisions compared.
     pub decisions: usize,
+    /// Inputs that decided nothing, decided again (none on a log without the saga manager's
+    /// checkpoint).
+    pub idle_inputs: usize,
     /// The first divergence of each saga that has one.
     pub divergences: Vec<Divergence>,
 }
@@ -60,13 +72,14 @@ pub fn replay<S: Storage>(
     for e in store.read_category("saga", 0) {
         streams.insert(e?.stream_id);
     }
+    let taken = store.checkpoint(&consumer::checkpoint_name(messages::ConsumerName::SagaManager.as_str()))?;
     let mut out = Replayed::default();
     for (i, stream) in streams.into_iter().enumerate() {
         if i % every.max(1) != 0 {
             continue;
         }
         out.sagas += 1;
-        if let Some(d) = replay_one(store, &StreamId::new(stream)?, policy, &mut out.decisions)? {
+        if let Some(d) = replay_one(store, &StreamId::new(stream)?, policy, taken, &mut out)? {
             out.divergences.push(d);
         }
     }
@@ -94,11 +107,38 @@ fn describe(events: &[SagaEvent]) -> String {
     serde_json::Value::Array(events.iter().map(comparable).collect()).to_string()
 }
 
+/// The inputs of the saga of `order` up to position `taken` that caused none of `causes`, by
+/// position: (position, event type, input).
+fn idle_inputs<S: Storage>(
+    store: &EventStore<S>,
+    order: OrderId,
+    causes: &std::collections::HashSet<uuid::Uuid>,
+    taken: u64,
+    policy: RetryPolicy,
+) -> Result<Vec<(u64, String, SagaInput)>, HandlerError> {
+    let mut idle = Vec::new();
+    for stream in [messages::order_stream(order), messages::replies_stream(order)] {
+        for e in store.read_stream(&stream, 1, event_store::Direction::Forward) {
+            let e = e?;
+            if e.position > taken || causes.contains(&e.event_id) {
+                continue;
+            }
+            // What the manager could not read then it could not have decided on (a dead letter).
+            if let Ok(Some((_, input))) = super::input_of(&e, e.recorded_at_ns, policy) {
+                idle.push((e.position, e.event_type.clone(), input));
+            }
+        }
+    }
+    idle.sort_by_key(|(p, ..)| *p);
+    Ok(idle)
+}
+
 fn replay_one<S: Storage>(
     store: &EventStore<S>,
     stream: &StreamId,
     policy: RetryPolicy,
-    decisions: &mut usize,
+    taken: Option<u64>,
+    out: &mut Replayed,
 ) -> Result<Option<Divergence>, HandlerError> {
     let mut recorded: Vec<(RecordedEvent, SagaEvent)> = Vec::new();
     for e in store.read_stream(stream, 1, event_store::Direction::Forward) {
@@ -113,6 +153,33 @@ fn replay_one<S: Storage>(
         Some((_, SagaEvent::SagaStarted(s))) => s.policy.unwrap_or(policy),
         _ => policy,
     };
+    let order = match recorded.first() {
+        Some((_, SagaEvent::SagaStarted(s))) => Some(s.order_id),
+        _ => None,
+    };
+    let idle = match (order, taken) {
+        (Some(order), Some(taken)) => {
+            let causes = recorded.iter().map(|(e, _)| e.causation_id).collect();
+            idle_inputs(store, order, &causes, taken, policy)?
+        }
+        _ => Vec::new(),
+    };
+    let mut idle = idle.into_iter().peekable();
+    // An input that decided nothing must decide nothing now (a refusal is nothing too: it was
+    // dead-lettered then).
+    let still_idle = |state: &Saga, what: String, input: SagaInput, version: u64, out: &mut Replayed| {
+        out.idle_inputs += 1;
+        match state.decide(input) {
+            Ok(now) if !now.is_empty() => Some(Divergence {
+                order_id: order.unwrap_or(OrderId(uuid::Uuid::nil())),
+                version,
+                input: format!("{what} (which decided nothing)"),
+                recorded: "[]".into(),
+                now: describe(&now),
+            }),
+            _ => None,
+        }
+    };
     let mut state = Saga::default();
     let mut at = 0;
     while at < recorded.len() {
@@ -125,8 +192,14 @@ fn replay_one<S: Storage>(
         let group = &recorded[at..end];
         let first = &group[0].0;
         let events: Vec<SagaEvent> = group.iter().map(|(_, ev)| ev.clone()).collect();
-        let (what, input) = input_for(store, first, &events, policy)?;
-        *decisions += 1;
+        let (what, input, taken_at) = input_for(store, first, &events, policy)?;
+        // The inputs before this decision's that decided nothing, on the state they met.
+        while let Some((_, what, input)) = idle.next_if(|(p, ..)| *p < taken_at) {
+            if let Some(d) = still_idle(&state, what, input, first.version, out) {
+                return Ok(Some(d));
+            }
+        }
+        out.decisions += 1;
         let order = state.order_id.or(match &events[0] {
             SagaEvent::SagaStarted(s) => Some(s.order_id),
             _ => None,
@@ -182,16 +255,24 @@ fn replay_one<S: Storage>(
         state = events.iter().fold(state, |s, e| s.evolve(e));
         at = end;
     }
+    let next_version = recorded.last().map_or(1, |(e, _)| e.version + 1);
+    for (_, what, input) in idle {
+        if let Some(d) = still_idle(&state, what, input, next_version, out) {
+            return Ok(Some(d));
+        }
+    }
     Ok(None)
 }
 
-/// The input that caused the decision `events` (whose first event is `first`).
+/// The input that caused the decision `events` (whose first event is `first`), and the position
+/// the saga manager took it at (the input event's; the decision's own for a deadline or an
+/// operator's action).
 fn input_for<S: Storage>(
     store: &EventStore<S>,
     first: &RecordedEvent,
     events: &[SagaEvent],
     policy: RetryPolicy,
-) -> Result<(String, Option<SagaInput>), HandlerError> {
+) -> Result<(String, Option<SagaInput>, u64), HandlerError> {
     let now_ns = first.recorded_at_ns;
     if let Some(SagaEvent::OperatorActed(a)) =
         events.iter().find(|e| matches!(e, SagaEvent::OperatorActed(_)))
@@ -204,13 +285,15 @@ fn input_for<S: Storage>(
             now_ns: a.at_ns,
             policy,
         };
-        return Ok(("operator action".into(), Some(input)));
+        return Ok(("operator action".into(), Some(input), first.position));
     }
     match store.find_event(first.causation_id)? {
         Some(cause) => {
             let input = super::input_of(&cause, now_ns, policy)?.map(|(_, input)| input);
-            Ok((cause.event_type, input))
+            Ok((cause.event_type, input, cause.position))
         }
-        None => Ok(("deadline".into(), Some(SagaInput::Tick { now_ns, jitter: 0.5, policy }))),
+        None => {
+            Ok(("deadline".into(), Some(SagaInput::Tick { now_ns, jitter: 0.5, policy }), first.position))
+        }
     }
 }
