@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The causeway image: a release build in a full Rust image, copied into a slim runtime image that
 # runs as an unprivileged user. Build: docker build -t causeway:latest .
 FROM rust:1.95-slim-bookworm AS build

@@ -18,6 +18,12 @@
 # pods any role can have), CAUSEWAY_BIN (default: a release build of this checkout),
 # BROKER_STORAGE (sqlite://broker.db; memory://nisshi/ is faster and forgets everything when the
 # broker stops), and CAUSEWAY_NODE_ARGS (extra arguments for every node).
+#
+# CAUSEWAY_IMAGE=causeway:ci runs every node from that container image instead of a binary (the
+# image the manifests run; scripts/image-check.sh builds it): one container per node on the
+# host's network, its data directory mounted at /data, owned by the image's user. It needs the
+# Docker engine of scripts/docker-engine.sh (root; started when it is not running) and passes
+# the nodes RUST_LOG and every CAUSEWAY_* and OTEL_* setting of its environment.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROLES=(order inventory payment shipping saga query)
@@ -72,7 +78,58 @@ nodes() {
   done
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A node's pid file holds its pid, or `container <name>` when it runs from the image.
+alive() {
+  [ -f "$1" ] || return 1
+  local what name
+  read -r what name <"$1"
+  if [ "$what" = container ]; then
+    [ "$(d inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ]
+  else
+    kill -0 "$what" 2>/dev/null
+  fi
+}
+
+# The image of this start; `status` and `stop` take the one the cluster was started with.
+IMAGE="${CAUSEWAY_IMAGE:-}"
+if [ "${1:-}" != start ] && [ -f "$DIR/image" ]; then
+  IMAGE=$(cat "$DIR/image")
+fi
+source scripts/docker-engine.sh
+[ -n "$IMAGE" ] && export DOCKER_HOST="unix:///run/causeway-docker/docker.sock"
+
+# Runs one node from the image: role index port.
+run_container() {
+  local role=$1 i=$2 port=$3 name="$1-$2"
+  local container
+  container="causeway-$(realpath "$DIR" | md5sum | cut -c1-8)-$name"
+  mkdir -p "$DIR/$name"
+  chown 10001:10001 "$DIR/$name"
+  d rm -f "$container" >/dev/null 2>&1 || true
+  local pass=(-e RUST_LOG -e CAUSEWAY_ADMISSION_TARGET_MS) var
+  for var in $(compgen -e); do
+    case "$var" in
+      CAUSEWAY_BIN|CAUSEWAY_IMAGE|CAUSEWAY_NODE_ARGS|CAUSEWAY_ADMISSION_TARGET_MS) ;;
+      CAUSEWAY_*|OTEL_*) pass+=(-e "$var") ;;
+    esac
+  done
+  # shellcheck disable=SC2086 # CAUSEWAY_NODE_ARGS is a list of words
+  d run -d --name "$container" --network host -v "$(realpath "$DIR/$name"):/data" "${pass[@]}" "$IMAGE" \
+    serve --role "$role" --node-id "$name" \
+    --shard-count "${COUNT[$role]}" --shard-index "$i" --kafka-partitions "$PARTITIONS" \
+    --data-dir /data --listen "127.0.0.1:$port" --kafka-bootstrap "127.0.0.1:$KAFKA_PORT" \
+    ${CAUSEWAY_NODE_ARGS:-} >/dev/null
+  echo "container $container" >"$DIR/pids/$name"
+}
+
+# A node's log (from its container when it runs from the image).
+node_log() {
+  local f="$DIR/pids/$1" what name
+  if [ -f "$f" ] && read -r what name <"$f" && [ "$what" = container ]; then
+    d logs "$name" >"$DIR/logs/$1.log" 2>&1 || true
+  fi
+  tail -5 "$DIR/logs/$1.log" 2>/dev/null || true
+}
 
 ready() { curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1; }
 
@@ -95,7 +152,15 @@ start() {
   fi
   for role in "${ROLES[@]}"; do echo "$role ${COUNT[$role]}"; done >"$DIR/topology"
   source scripts/deps.sh
-  if [ -z "${CAUSEWAY_BIN:-}" ]; then
+  if [ -n "$IMAGE" ]; then
+    engine_start "${CAUSEWAY_DOCKER_CACHE:-$HOME/.cache/causeway-docker}"
+    d image inspect "$IMAGE" >/dev/null 2>&1 ||
+      { echo "no image $IMAGE in the engine (scripts/image-check.sh --keep builds causeway:ci)" >&2; exit 1; }
+    echo "$IMAGE" >"$DIR/image"
+  else
+    rm -f "$DIR/image"
+  fi
+  if [ -z "$IMAGE" ] && [ -z "${CAUSEWAY_BIN:-}" ]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/causeway-target}"
     cargo build --release --locked --bin causeway
     CAUSEWAY_BIN="$CARGO_TARGET_DIR/release/causeway"
@@ -116,6 +181,10 @@ start() {
     # Query pods admit sagas that cross Kafka: a wider latency target (as deploy/k8s sets).
     local target="${CAUSEWAY_ADMISSION_TARGET_MS:-}"
     [ "$role" = query ] && target="${target:-3000}"
+    if [ -n "$IMAGE" ]; then
+      CAUSEWAY_ADMISSION_TARGET_MS="${target:-1000}" RUST_LOG="${RUST_LOG:-info}" run_container "$role" "$i" "$port"
+      continue
+    fi
     CAUSEWAY_ADMISSION_TARGET_MS="${target:-1000}" \
     RUST_LOG="${RUST_LOG:-info}" "$CAUSEWAY_BIN" serve --role "$role" --node-id "$name" \
       --shard-count "${COUNT[$role]}" --shard-index "$i" --kafka-partitions "$PARTITIONS" \
@@ -129,7 +198,7 @@ start() {
     until ready "$port"; do
       if ! alive "$DIR/pids/$name"; then
         echo "the $name node exited; see $DIR/logs/$name.log:" >&2
-        tail -5 "$DIR/logs/$name.log" >&2 || true
+        node_log "$name" >&2
         stop; exit 1
       fi
       [ $SECONDS -lt $deadline ] || { echo "the $name node is not ready; see $DIR/logs/$name.log" >&2; stop; exit 1; }
@@ -140,22 +209,46 @@ start() {
   while read -r role i port; do
     [ "$role" = query ] && queries+=" http://127.0.0.1:$port"
   done < <(nodes)
-  echo "causeway cluster ready: REST (query nodes)$queries, Kafka 127.0.0.1:$KAFKA_PORT"
+  echo "causeway cluster ready: REST (query nodes)$queries, Kafka 127.0.0.1:$KAFKA_PORT${IMAGE:+, nodes from image $IMAGE}"
 }
 
 stop() {
   load_counts
-  local failed=0 name pid role i port
+  local failed=0 name pid role i port what container
   local names=()
   while read -r role i port; do names+=("$role-$i"); done < <(nodes)
   # Every node drains at once, then the broker.
   for name in "${names[@]}"; do
-    alive "$DIR/pids/$name" && kill -TERM "$(cat "$DIR/pids/$name")"
+    alive "$DIR/pids/$name" || continue
+    read -r what container <"$DIR/pids/$name"
+    if [ "$what" = container ]; then
+      d kill -s TERM "$container" >/dev/null
+    else
+      kill -TERM "$what"
+    fi
   done
   for name in "${names[@]}" broker; do
     local f="$DIR/pids/$name"
     [ -f "$f" ] || continue
-    pid=$(cat "$f")
+    read -r what container <"$f"
+    if [ "$what" = container ]; then
+      # A node from the image: its exit code says whether it drained cleanly.
+      local code
+      code=$(timeout 60 /usr/bin/docker wait "$container" 2>/dev/null) || {
+        echo "$name did not stop in time; killing it" >&2
+        d kill "$container" >/dev/null 2>&1 || true
+        code=killed
+      }
+      if [ "$code" != 0 ]; then
+        echo "$name exited with $code" >&2
+        failed=1
+      fi
+      d logs "$container" >"$DIR/logs/$name.log" 2>&1 || true
+      d rm -f "$container" >/dev/null 2>&1 || true
+      rm -f "$f"
+      continue
+    fi
+    pid=$what
     if [ "$name" = broker ] && kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
     fi

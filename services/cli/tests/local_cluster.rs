@@ -1,7 +1,9 @@
 //! `deploy/local/cluster.sh`: starts the broker and two pods of every role (the production
 //! overlay's topology), takes orders through both query nodes, runs the two checks the system
 //! Causeway implements documents (`POST /api/saga/order` as written, then its events read back
-//! from `order_domain_events` by a plain Kafka client), and stops everything cleanly.
+//! from `order_domain_events` by a plain Kafka client), and stops everything cleanly. The nodes
+//! run from this build's binary, or from the container image `CAUSEWAY_IMAGE` names (CI builds
+//! it with scripts/image-check.sh and sets it).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,6 +61,10 @@ async fn the_local_cluster_script_starts_takes_orders_and_stops_cleanly() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ready"), "{text}");
+    // With CAUSEWAY_IMAGE (as CI sets it) the nodes run from that image, one container each.
+    if let Ok(image) = std::env::var("CAUSEWAY_IMAGE") {
+        assert!(text.contains(&format!("nodes from image {image}")), "{text}");
+    }
     // One line per node: role, index, URL, state.
     let status = String::from_utf8_lossy(&run("status").stdout).into_owned();
     let nodes: Vec<Vec<&str>> = status.lines().map(|l| l.split(' ').collect()).collect();
