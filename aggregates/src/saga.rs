@@ -36,21 +36,18 @@ pub enum Step {
 }
 
 impl Step {
-    /// All steps, in the order of the newest definition's path.
-    pub const ALL: [Step; 6] = [
-        Step::ReserveStock,
-        Step::CheckFraud,
-        Step::TakePayment,
-        Step::CreateShipment,
-        Step::CommitStock,
-        Step::ConfirmOrder,
-    ];
+    /// All steps, in the order of the newest definition's path (its own constant: a later
+    /// definition that adds a step changes this list, never an earlier path).
+    pub const ALL: [Step; 6] = SECOND_PATH;
 
-    /// The step after this one on the path of `definition` ([`path`]).
-    fn next_on(self, definition: u32) -> Option<Step> {
+    /// The step after this one on the path of `definition` ([`path`]); `Ok(None)` after the last.
+    /// A step that is not on the path (a definition this build does not carry) is an error, never
+    /// the end of the saga.
+    fn next_on(self, definition: u32) -> Result<Option<Step>, SagaError> {
         let path = path(definition);
-        let i = path.iter().position(|s| *s == self)?;
-        path.get(i + 1).copied()
+        let i =
+            path.iter().position(|s| *s == self).ok_or(SagaError::NotOnPath { step: self, definition })?;
+        Ok(path.get(i + 1).copied())
     }
 
     /// What undoes this step, if anything.
@@ -385,6 +382,16 @@ pub const DEFINITION: u32 = 2;
 /// to start, naming the versions in flight and how many sagas each has.
 pub const CARRIED: &[u32] = &[1, 2];
 
+/// Definition 2's path: the fraud check between the stock and the payment.
+const SECOND_PATH: [Step; 6] = [
+    Step::ReserveStock,
+    Step::CheckFraud,
+    Step::TakePayment,
+    Step::CreateShipment,
+    Step::CommitStock,
+    Step::ConfirmOrder,
+];
+
 /// The forward steps of a definition, in order (a definition this build does not carry has no
 /// path: such a saga is refused before it is decided).
 pub fn path(definition: u32) -> &'static [Step] {
@@ -392,7 +399,7 @@ pub fn path(definition: u32) -> &'static [Step] {
         [Step::ReserveStock, Step::TakePayment, Step::CreateShipment, Step::CommitStock, Step::ConfirmOrder];
     match definition {
         1 => &FIRST,
-        2 => &Step::ALL,
+        2 => &SECOND_PATH,
         _ => &[],
     }
 }
@@ -553,6 +560,9 @@ pub enum SagaError {
     /// An operator's action without a reason where one is required.
     #[error("{} needs a reason", action.name())]
     ReasonRequired { action: OperatorAction },
+    /// A step the saga's definition does not have (a definition this build does not carry).
+    #[error("{} is not a step of saga definition {definition}", step_name(*step))]
+    NotOnPath { step: Step, definition: u32 },
 }
 
 /// Where a saga is, as an operator sees it (lists and filters).
@@ -1187,7 +1197,7 @@ impl Decider for Saga {
                                     vec![SagaEvent::StepSucceeded(StepSucceeded { step, detail, sku })];
                                 if stage.done_but(command_id) {
                                     let after = out.iter().fold(self.clone(), |s, e| s.evolve(e));
-                                    match step.next_on(self.definition) {
+                                    match step.next_on(self.definition)? {
                                         Some(next) => {
                                             out.extend(after.request_step(order_id, next, now_ns, &policy))
                                         }

@@ -352,3 +352,41 @@ async fn a_sharded_inventory_pod_refuses_a_stock_command_for_several_skus() {
     .expect("load");
     assert_eq!(inv.reserved_total(), 2);
 }
+
+/// A retry that arrives while the first attempt of the same order is still being made durable
+/// (a slow disk: each sync takes 300 ms, longer than the retry's first waits) and under another
+/// trace context: it waits for the first attempt and answers as it did, not as a reused key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_under_another_trace_while_the_first_attempt_syncs_is_the_same_order() {
+    use aggregates::order::{LineItem, OrderCommand};
+    use services::app::trace::TraceContext;
+    let storage = Faulty::default();
+    let store = EventStore::open(storage.clone(), StoreConfig::default()).expect("store");
+    storage.slow_syncs(300);
+    let key = Uuid::now_v7();
+    let order = || OrderCommand::Place {
+        order_id: OrderId(Uuid::new_v5(&key, b"order")),
+        customer_id: aggregates::CustomerId("c".into()),
+        items: vec![LineItem { sku: Sku::from("A"), quantity: 1, unit_price: aggregates::Money(5) }],
+        currency: aggregates::Currency::from("EUR"),
+        shipping_address: None,
+    };
+    let (first, second) = (TraceContext::new_root(), TraceContext::new_root());
+    let a = {
+        let store = store.clone();
+        let order = order();
+        tokio::spawn(async move { commands::place_order(&store, key, order, Some(&first)).await })
+    };
+    // The second attempt starts while the first waits for its sync.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.pending_appends() == 0 {
+        assert!(Instant::now() < deadline, "the first attempt never started");
+        tokio::task::yield_now().await;
+    }
+    let b = commands::place_order(&store, key, order(), Some(&second))
+        .await
+        .expect("the retry is the same order");
+    let a = a.await.expect("join").expect("the first attempt");
+    assert_eq!((a.0, a.1.first_position), (b.0, b.1.first_position));
+    assert_eq!(store.head(), a.1.last_position, "one order, written once");
+}

@@ -150,7 +150,8 @@ try {
   events = await open(parked, "quarantined");
   assert.ok(inOrder(events, ["SagaStarted", "StepRequested", "StepSucceeded", "StepRequested", "StepRequested", "SagaQuarantined"]), events.join());
   assert.match(await page.textContent("#saga-reason"), /no reply after 2 attempts/);
-  assert.equal((await page.textContent("#saga-definition")).trim(), "1");
+  // The current saga definition (2: the fraud check before the payment).
+  assert.equal((await page.textContent("#saga-definition")).trim(), "2");
   await page.screenshot({ path: join(SHOTS, "saga-quarantined.png"), fullPage: true });
 
   // Without the admin token the page refuses to send the action; with a wrong one the node

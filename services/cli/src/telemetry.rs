@@ -109,19 +109,30 @@ pub fn init(otlp: Option<(&OtlpArgs, Origin)>) -> Result<Option<SdkTracerProvide
     };
     // One filter for both the log lines and the spans (per-layer filters leave a decision made
     // for a log record that was never written in force for the next span on the thread, which
-    // then goes missing from its trace). The node's spans have the target `spans`, off unless
-    // `RUST_LOG` names them or they are exported (then they are on at info whatever `RUST_LOG`
-    // says of other targets), and the exporter's HTTP client is never traced.
+    // then goes missing from its trace). The node's spans have the target `spans`: off under
+    // the default filter, on at info when they are exported whatever `RUST_LOG` says of other
+    // targets (and wherever `RUST_LOG` lets info through for every target, as the log lines'
+    // context). The exporter's HTTP client is not traced unless `RUST_LOG` names it.
+    const DEFAULT: &str = "warn,causeway=info,services=info";
     let given = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
-    let mut filter = match &given {
-        Some(v) => EnvFilter::try_new(v).with_context(|| format!("RUST_LOG={v}"))?,
-        None => EnvFilter::new("warn,causeway=info,services=info"),
+    // A RUST_LOG that is not a filter is said once on stderr and the default used, as before
+    // (a log setting should not keep a node from starting).
+    let mut filter = match given.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("warning: RUST_LOG is not a log filter ({e}); logging with {DEFAULT}");
+            EnvFilter::new(DEFAULT)
+        }
+        None => EnvFilter::new(DEFAULT),
     };
     if exported.is_some() {
         for (target, directive) in
             [("spans", "spans=info"), ("hyper", "hyper=warn"), ("reqwest", "reqwest=warn")]
         {
-            if !given.as_deref().is_some_and(|v| v.contains(target)) {
+            let named = given
+                .as_deref()
+                .is_some_and(|v| v.split(',').any(|d| d.trim().split(['=', '[']).next() == Some(target)));
+            if !named {
                 filter = filter.add_directive(directive.parse().context("a span filter")?);
             }
         }

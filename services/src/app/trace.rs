@@ -152,28 +152,45 @@ pub fn adopt_stored<S: Storage>(
     Ok(())
 }
 
+/// How long a retried request waits for an attempt of it still in flight (appended, not yet
+/// durable, so not yet readable) before it is answered as overloaded (try again later).
+pub const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Appends `events` (deterministic ids) to `stream`, each taking the trace context the same
 /// events recorded if they are stored already. An attempt of the same request still in flight
-/// (appended, not yet durable, so not yet readable) is waited for a little and adopted then;
-/// what is still refused is another request under the same ids.
+/// is waited for, up to [`IN_FLIGHT_WAIT`], and its context adopted once it is durable; if it is
+/// not by then, the answer is [`event_store::Error::Overloaded`] (the store is slow: try again),
+/// not a reused key. What is still refused as a reused key is another request under the same ids
+/// (stored, with other content).
 pub async fn append_adopting<S: Storage>(
     store: &EventStore<S>,
     stream: &event_store::StreamId,
     expected: event_store::ExpectedVersion,
     mut events: Vec<NewEvent>,
 ) -> Result<event_store::AppendResult, event_store::Error> {
+    let deadline = std::time::Instant::now() + IN_FLIGHT_WAIT;
     let mut wait = std::time::Duration::from_millis(2);
-    for attempt in 0..6 {
+    loop {
         adopt_stored(store, &mut events)?;
         match store.append_to(stream, expected, events.clone()).await {
-            Err(event_store::Error::EventIdReused { .. }) if attempt < 5 => {
+            Err(reused @ event_store::Error::EventIdReused { .. }) => {
+                let stored = match events.first() {
+                    Some(first) => store.find_event(first.event_id)?.is_some(),
+                    None => true,
+                };
+                if stored {
+                    // Readable, adopted, and still different: another request.
+                    return Err(reused);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(event_store::Error::Overloaded { pending: store.pending_appends() });
+                }
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                wait = (wait * 2).min(std::time::Duration::from_millis(100));
             }
             other => return other,
         }
     }
-    store.append_to(stream, expected, events).await
 }
 
 #[cfg(test)]

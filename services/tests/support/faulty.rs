@@ -1,9 +1,9 @@
-//! A memory engine with faults a test turns on: every sync fails, writes of keys that hold some
-//! bytes fail, or reads of keys that hold some bytes fail.
+//! A memory engine with faults a test turns on: every sync fails or is slow, writes of keys that
+//! hold some bytes fail, or reads of keys that hold some bytes fail.
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_store::storage::WriteBatch;
@@ -14,6 +14,7 @@ use event_store::{MemoryStorage, Storage, StorageError};
 pub struct Faulty {
     inner: MemoryStorage,
     fail_sync: Arc<AtomicBool>,
+    slow_sync_ms: Arc<AtomicU64>,
     fail_writes_of: Arc<Mutex<Option<Vec<u8>>>>,
     fail_reads_of: Arc<Mutex<Option<Vec<u8>>>>,
 }
@@ -26,6 +27,11 @@ impl Faulty {
     /// Every sync fails from now on (`false`: none does).
     pub fn fail_syncs(&self, on: bool) {
         self.fail_sync.store(on, Ordering::SeqCst);
+    }
+
+    /// Every sync takes `ms` milliseconds from now on (0: none is slow).
+    pub fn slow_syncs(&self, ms: u64) {
+        self.slow_sync_ms.store(ms, Ordering::SeqCst);
     }
 
     /// A batch that writes a key holding `bytes` fails (`None`: none does).
@@ -92,6 +98,10 @@ impl Storage for Faulty {
     fn sync(&self) -> Result<(), StorageError> {
         if self.fail_sync.load(Ordering::SeqCst) {
             return Err(StorageError("disk gone (injected)".into()));
+        }
+        let slow = self.slow_sync_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
         }
         Ok(())
     }

@@ -784,7 +784,7 @@ pub fn input_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aggregates::saga::{Outcome, SagaEvent, Step, StepSucceeded};
+    use aggregates::saga::{Outcome, SagaCommand, SagaEvent, Step, StepSucceeded};
     use aggregates::Sku;
     use event_store::{MemoryStorage, StoreConfig};
 
@@ -1183,5 +1183,69 @@ mod tests {
             .await
             .expect("append");
         SagaRunner::new(r.store.clone(), RetryPolicy::default()).recover().expect("starts");
+    }
+
+    /// The reviewer's case: a reply R, the same reply again R' (a service answering a
+    /// redelivery), then a deadline decided before the manager took R (the manager lagged). R'
+    /// decided nothing; the replay must try it on the states after R's decision, not before the
+    /// deadline's, where it would still decide the step done.
+    #[tokio::test]
+    async fn an_input_that_decided_nothing_is_tried_where_it_was_taken_not_before_a_deadline() {
+        use crate::app::consumer::Handler;
+        use aggregates::order::{LineItem, OrderCommand};
+        let policy = RetryPolicy { step_timeout_ms: 1, ..RetryPolicy::default() };
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("store");
+        let r = SagaRunner::new(store, policy);
+        let (_, placed) = crate::app::commands::place_order(
+            &r.store,
+            uuid::Uuid::now_v7(),
+            OrderCommand::Place {
+                order_id: OrderId(uuid::Uuid::now_v7()),
+                customer_id: aggregates::CustomerId("c".into()),
+                items: vec![LineItem { sku: Sku::from("A"), quantity: 1, unit_price: aggregates::Money(5) }],
+                currency: aggregates::Currency::from("EUR"),
+                shipping_address: None,
+            },
+            None,
+        )
+        .await
+        .expect("place");
+        let read = |p: u64| r.store.read_all(p).next().expect("an event").expect("read");
+        let order_placed = read(placed.first_position);
+        let order = OrderId(order_placed.correlation_id);
+        r.handle(&order_placed, ("consumer.saga-manager".into(), 0)).await.expect("start");
+        let sku = Sku::from("A");
+        let command_id = aggregates::saga::part_command_id(order, "step/reserve_stock", Some(&sku));
+        let command =
+            SagaCommand::ReserveStock { order_id: order, lines: vec![SagaLine { sku, quantity: 1 }] };
+        let command_event = r
+            .store
+            .read_stream(&messages::command_stream(&command), 1, event_store::Direction::Forward)
+            .map(|e| e.expect("read"))
+            .find(|e| e.correlation_id == order.0)
+            .expect("the reserve command");
+        let reply =
+            messages::reply_event(command_id, &command, Outcome::Succeeded, None, command_event.event_id);
+        let replies = messages::replies_stream(order);
+        let p1 =
+            r.store.append_to(&replies, ExpectedVersion::Any, vec![reply]).await.expect("R").first_position;
+        let first = read(p1);
+        let again = messages::resent_reply(&first, &command_event);
+        r.store.append_to(&replies, ExpectedVersion::Any, vec![again]).await.expect("R'");
+        // The deadline (a millisecond), decided before R was taken: the reservation is sent again.
+        let (_, deadline) = the_log_says(&r, order);
+        let deadline = deadline.expect("a deadline");
+        while now_ns() <= deadline {
+            tokio::task::yield_now().await;
+        }
+        let tick = move |_: &Saga| Some(SagaInput::Tick { now_ns: now_ns(), jitter: 0.0, policy });
+        r.apply(order, tick, uuid::Uuid::now_v7(), None).await.expect("tick");
+        assert_eq!(r.store.stream_version(&messages::saga_stream(order)).expect("version"), 3, "sent again");
+        // Then R: the step is done and the next one requested. R' decides nothing after it.
+        r.handle(&first, ("consumer.saga-manager".into(), 0)).await.expect("R");
+        r.store.save_checkpoint("consumer.saga-manager", r.store.head()).await.expect("checkpoint");
+        let replayed = replay::replay(&r.store, policy, 1).expect("replay");
+        assert!(replayed.divergences.is_empty(), "{:#?}", replayed.divergences);
+        assert_eq!((replayed.decisions, replayed.idle_inputs), (3, 1));
     }
 }

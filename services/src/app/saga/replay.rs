@@ -72,7 +72,15 @@ pub fn replay<S: Storage>(
     for e in store.read_category("saga", 0) {
         streams.insert(e?.stream_id);
     }
-    let taken = store.checkpoint(&consumer::checkpoint_name(messages::ConsumerName::SagaManager.as_str()))?;
+    let manager = messages::ConsumerName::SagaManager.as_str();
+    let taken = store.checkpoint(&consumer::checkpoint_name(manager))?;
+    let lettered: std::collections::HashSet<uuid::Uuid> = match taken {
+        Some(_) => {
+            consumer::list_dead_letters(store, manager)?.into_iter().map(|l| l.letter.event_id).collect()
+        }
+        None => Default::default(),
+    };
+    let taken = taken.map(|t| (t, &lettered));
     let mut out = Replayed::default();
     for (i, stream) in streams.into_iter().enumerate() {
         if i % every.max(1) != 0 {
@@ -113,31 +121,63 @@ fn idle_inputs<S: Storage>(
     store: &EventStore<S>,
     order: OrderId,
     causes: &std::collections::HashSet<uuid::Uuid>,
-    taken: u64,
+    taken: (u64, &std::collections::HashSet<uuid::Uuid>),
     policy: RetryPolicy,
-) -> Result<Vec<(u64, String, SagaInput)>, HandlerError> {
+) -> Result<Vec<Idle>, HandlerError> {
+    let (taken, lettered) = taken;
     let mut idle = Vec::new();
     for stream in [messages::order_stream(order), messages::replies_stream(order)] {
         for e in store.read_stream(&stream, 1, event_store::Direction::Forward) {
             let e = e?;
-            if e.position > taken || causes.contains(&e.event_id) {
+            // A dead-lettered input was not decided on: a letter, not a decision of nothing.
+            if e.position > taken || causes.contains(&e.event_id) || lettered.contains(&e.event_id) {
                 continue;
             }
             // What the manager could not read then it could not have decided on (a dead letter).
             if let Ok(Some((_, input))) = super::input_of(&e, e.recorded_at_ns, policy) {
-                idle.push((e.position, e.event_type.clone(), input));
+                idle.push(Idle {
+                    position: e.position,
+                    what: e.event_type.clone(),
+                    input,
+                    quiet: false,
+                    now: None,
+                });
             }
         }
     }
-    idle.sort_by_key(|(p, ..)| *p);
+    idle.sort_by_key(|i| i.position);
     Ok(idle)
+}
+
+/// An input that decided nothing, while it is placed among the decisions. It was taken after
+/// the last decision of an earlier input and before the first of a later one; deadlines and
+/// operators' actions between those two were decided by the clock and by hand, not in log order,
+/// so it may have met any of the states they leave: it is quiet if it decides nothing on one.
+struct Idle {
+    position: u64,
+    what: String,
+    input: SagaInput,
+    /// It decides nothing on a state of its window.
+    quiet: bool,
+    /// What it decides on the last state it was tried on, when that is something.
+    now: Option<Vec<SagaEvent>>,
+}
+
+impl Idle {
+    fn try_on(&mut self, state: &Saga) {
+        match state.decide(self.input.clone()) {
+            Ok(now) if !now.is_empty() => self.now = Some(now),
+            // Nothing, or refused (dead-lettered then too).
+            _ => self.quiet = true,
+        }
+    }
 }
 
 fn replay_one<S: Storage>(
     store: &EventStore<S>,
     stream: &StreamId,
     policy: RetryPolicy,
-    taken: Option<u64>,
+    taken: Option<(u64, &std::collections::HashSet<uuid::Uuid>)>,
     out: &mut Replayed,
 ) -> Result<Option<Divergence>, HandlerError> {
     let mut recorded: Vec<(RecordedEvent, SagaEvent)> = Vec::new();
@@ -157,30 +197,29 @@ fn replay_one<S: Storage>(
         Some((_, SagaEvent::SagaStarted(s))) => Some(s.order_id),
         _ => None,
     };
-    let idle = match (order, taken) {
-        (Some(order), Some(taken)) => {
+    let mut idle = match (order, taken) {
+        (Some(order), Some((taken, lettered))) => {
             let causes = recorded.iter().map(|(e, _)| e.causation_id).collect();
-            idle_inputs(store, order, &causes, taken, policy)?
+            idle_inputs(store, order, &causes, (taken, lettered), policy)?
         }
         _ => Vec::new(),
     };
-    let mut idle = idle.into_iter().peekable();
-    // An input that decided nothing must decide nothing now (a refusal is nothing too: it was
-    // dead-lettered then).
-    let still_idle = |state: &Saga, what: String, input: SagaInput, version: u64, out: &mut Replayed| {
-        out.idle_inputs += 1;
-        match state.decide(input) {
-            Ok(now) if !now.is_empty() => Some(Divergence {
-                order_id: order.unwrap_or(OrderId(uuid::Uuid::nil())),
-                version,
-                input: format!("{what} (which decided nothing)"),
-                recorded: "[]".into(),
-                now: describe(&now),
-            }),
-            _ => None,
-        }
+    // Closes the windows of the idle inputs taken before `before` (all of them at the end): each
+    // must have been quiet on one of its states.
+    let close = |idle: &mut Vec<Idle>, before: u64, version: u64, out: &mut Replayed| {
+        let (closing, open): (Vec<Idle>, Vec<Idle>) = idle.drain(..).partition(|i| i.position < before);
+        *idle = open;
+        out.idle_inputs += closing.len();
+        closing.into_iter().find(|i| !i.quiet).map(|i| Divergence {
+            order_id: order.unwrap_or(OrderId(uuid::Uuid::nil())),
+            version,
+            input: format!("{} (which decided nothing)", i.what),
+            recorded: "[]".into(),
+            now: i.now.as_deref().map_or_else(|| "[]".into(), describe),
+        })
     };
     let mut state = Saga::default();
+    idle.iter_mut().for_each(|i| i.try_on(&state));
     let mut at = 0;
     while at < recorded.len() {
         // One decision: the run of events with one cause.
@@ -193,9 +232,9 @@ fn replay_one<S: Storage>(
         let first = &group[0].0;
         let events: Vec<SagaEvent> = group.iter().map(|(_, ev)| ev.clone()).collect();
         let (what, input, taken_at) = input_for(store, first, &events, policy)?;
-        // The inputs before this decision's that decided nothing, on the state they met.
-        while let Some((_, what, input)) = idle.next_if(|(p, ..)| *p < taken_at) {
-            if let Some(d) = still_idle(&state, what, input, first.version, out) {
+        // The inputs that decided nothing before this decision's input was taken.
+        if let Some(t) = taken_at {
+            if let Some(d) = close(&mut idle, t, first.version, out) {
                 return Ok(Some(d));
             }
         }
@@ -254,25 +293,29 @@ fn replay_one<S: Storage>(
         }
         state = events.iter().fold(state, |s, e| s.evolve(e));
         at = end;
-    }
-    let next_version = recorded.last().map_or(1, |(e, _)| e.version + 1);
-    for (_, what, input) in idle {
-        if let Some(d) = still_idle(&state, what, input, next_version, out) {
-            return Ok(Some(d));
+        // The inputs still open were taken after this decision's input (their windows start
+        // here), or meet this state between two decisions of the clock or an operator.
+        for i in idle.iter_mut() {
+            if taken_at.is_some() {
+                i.quiet = false;
+                i.now = None;
+            }
+            i.try_on(&state);
         }
     }
-    Ok(None)
+    let next_version = recorded.last().map_or(1, |(e, _)| e.version + 1);
+    Ok(close(&mut idle, u64::MAX, next_version, out))
 }
 
 /// The input that caused the decision `events` (whose first event is `first`), and the position
-/// the saga manager took it at (the input event's; the decision's own for a deadline or an
-/// operator's action).
+/// of the input in the log (`None` for a deadline or an operator's action, which are not taken in
+/// log order).
 fn input_for<S: Storage>(
     store: &EventStore<S>,
     first: &RecordedEvent,
     events: &[SagaEvent],
     policy: RetryPolicy,
-) -> Result<(String, Option<SagaInput>, u64), HandlerError> {
+) -> Result<(String, Option<SagaInput>, Option<u64>), HandlerError> {
     let now_ns = first.recorded_at_ns;
     if let Some(SagaEvent::OperatorActed(a)) =
         events.iter().find(|e| matches!(e, SagaEvent::OperatorActed(_)))
@@ -285,15 +328,13 @@ fn input_for<S: Storage>(
             now_ns: a.at_ns,
             policy,
         };
-        return Ok(("operator action".into(), Some(input), first.position));
+        return Ok(("operator action".into(), Some(input), None));
     }
     match store.find_event(first.causation_id)? {
         Some(cause) => {
             let input = super::input_of(&cause, now_ns, policy)?.map(|(_, input)| input);
-            Ok((cause.event_type, input, cause.position))
+            Ok((cause.event_type, input, Some(cause.position)))
         }
-        None => {
-            Ok(("deadline".into(), Some(SagaInput::Tick { now_ns, jitter: 0.5, policy }), first.position))
-        }
+        None => Ok(("deadline".into(), Some(SagaInput::Tick { now_ns, jitter: 0.5, policy }), None)),
     }
 }
