@@ -25,10 +25,18 @@ engine_start() { # data directory
   if d version >/dev/null 2>&1; then
     return 0
   fi
+  # A pid file left by an engine that died (this /run may outlive a reboot) names another
+  # process by now, and dockerd refuses to start while that one runs.
+  if [ -f "$ENGINE_RUN/dockerd.pid" ] &&
+    [ "$(cat "/proc/$(cat "$ENGINE_RUN/dockerd.pid")/comm" 2>/dev/null)" != dockerd ]; then
+    rm -f "$ENGINE_RUN/dockerd.pid"
+  fi
   /usr/sbin/dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=overlay2 \
     --data-root "$dir/data" --exec-root "$ENGINE_RUN/exec" --pidfile "$ENGINE_RUN/dockerd.pid" \
     -H "$DOCKER_HOST" >"$dir/dockerd.log" 2>&1 &
   ENGINE_STARTED=1
+  # Whoever stops the engine later (CI's exit) stops only one that Causeway's scripts started.
+  echo "$!" >"$ENGINE_RUN/started-by-causeway"
   for _ in $(seq 150); do
     d version >/dev/null 2>&1 && return 0
     sleep 0.2
@@ -38,15 +46,22 @@ engine_start() { # data directory
   return 1
 }
 
-engine_stop() {
-  if [ "$ENGINE_STARTED" = 1 ] && [ -f "$ENGINE_RUN/dockerd.pid" ]; then
-    local pid
-    pid=$(cat "$ENGINE_RUN/dockerd.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || return 0
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
+engine_stop() { # [any]: stop an engine a Causeway script started, even if not this shell
+  local run=/run/causeway-docker pid
+  [ "$ENGINE_STARTED" = 1 ] || { [ "${1:-}" = any ] && [ -f "$run/started-by-causeway" ]; } || return 0
+  [ -f "$run/dockerd.pid" ] || return 0
+  pid=$(cat "$run/dockerd.pid")
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] || { rm -f "$run/started-by-causeway"; return 0; }
+  export DOCKER_HOST="unix://$run/docker.sock"
+  # Its containers first (each gets SIGTERM, then SIGKILL): none outlives the engine.
+  local running
+  running=$(d ps -aq 2>/dev/null || true)
+  [ -z "$running" ] || d rm -f $running >/dev/null 2>&1 || true
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$run/started-by-causeway"; return 0; }
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$run/started-by-causeway"
 }

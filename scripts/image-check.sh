@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The container image, built and run by a real Docker engine (Debian's docker.io), as CI does:
 #
-#   sudo scripts/image-check.sh           # build the repository's Dockerfile, run it, check it
-#   sudo scripts/image-check.sh --keep    # ... and leave the engine running (for cluster.sh --image)
+#   sudo -E env "PATH=$PATH" scripts/image-check.sh          # build the Dockerfile, run it, check it
+#   sudo -E env "PATH=$PATH" scripts/image-check.sh --keep   # ... and leave the engine running
+#                                                            # (for CAUSEWAY_IMAGE=causeway:ci cluster.sh)
 #
 # No image registry is reachable here, so the images the Dockerfile names are made locally under
 # the same names, once per machine (kept in the engine's data root, ~/.cache/causeway-docker):
@@ -11,7 +12,9 @@
 # certificates (cargo inside the build reaches the registry only through them). The Dockerfile
 # stays the one a user builds anywhere. The engine runs on its own socket with no bridge (the
 # build and the containers use the host's network) and keeps its build cache between runs, so a
-# warm run compiles only what changed.
+# warm run compiles only the workspace's own crates (a fresh clone's files are all new to it).
+# Old images and build cache past a bound are pruned after each build; the disk must have room
+# for the cache (about 4 GB).
 #
 # The check: `docker build` of the Dockerfile; the image run as its own user with a volume for
 # its data; an order that completes and one that is compensated, through the REST API; SIGTERM
@@ -36,10 +39,19 @@ if [ ! -x /usr/sbin/dockerd ] || ! command -v debootstrap >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
 fi
-engine_start "$CACHE"
-if [ "$KEEP" -eq 0 ]; then
-  trap 'engine_stop' EXIT
+FREE_MB=$(df -Pm "$(dirname "$CACHE")" | awk 'NR == 2 { print $4 }')
+if [ "${FREE_MB:-0}" -lt 3000 ]; then
+  echo "image-check.sh: ${FREE_MB} MB free under $(dirname "$CACHE"); the engine needs about 3 GB more" >&2
+  exit 1
 fi
+engine_start "$CACHE"
+ROOT=
+cleanup() {
+  [ -z "$ROOT" ] || rm -rf "$ROOT"
+  d rm -f causeway-ci >/dev/null 2>&1 || true
+  [ "$KEEP" -eq 1 ] || engine_stop
+}
+trap cleanup EXIT
 
 # Docker's instructions in the Dockerfile must work offline: a `# syntax=` line would have
 # BuildKit fetch a frontend image.
@@ -54,7 +66,15 @@ RUST=$(printf '%s\n' "${BASES[@]}" | grep '^rust:')
 printf '%s\n' "${BASES[@]}" | grep -qx "$SLIM" || { echo "Dockerfile: the runtime base is not $SLIM" >&2; exit 1; }
 
 # The local stand-ins of the official base images, made once (again when this recipe changes).
-RECIPE=2
+# The recipe's version, and the toolchain's: a new one of either makes the images again.
+TAG_VERSION=$(echo "$RUST" | sed -n 's/^rust:\([0-9][0-9.]*\)-.*/\1/p')
+TOOLCHAIN=$(rustc --print sysroot)
+RUSTC_VERSION=$("$TOOLCHAIN/bin/rustc" --version | cut -d' ' -f2)
+case "$RUSTC_VERSION" in
+  "$TAG_VERSION" | "$TAG_VERSION".*) ;;
+  *) echo "the Dockerfile builds with $RUST; this machine's rustc is $RUSTC_VERSION" >&2; exit 1 ;;
+esac
+RECIPE="3-rust-$RUSTC_VERSION"
 made() { [ "$(d image inspect -f '{{index .Config.Labels "causeway.base"}}' "$1" 2>/dev/null)" = "$RECIPE" ]; }
 if ! made "$SLIM" || ! made "$RUST"; then
   phase "making the base images $SLIM and $RUST"
@@ -80,10 +100,14 @@ if ! made "$SLIM" || ! made "$RUST"; then
   rm -rf "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* "$ROOT"/var/cache/apt/*.bin
   find "$ROOT/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
   rm -rf "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*
+  # The suites the official image has (updates and security too), from the mirrors apt uses.
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    rm -f "$ROOT/etc/apt/sources.list"
+    cp /etc/apt/sources.list.d/debian.sources "$ROOT/etc/apt/sources.list.d/"
+  fi
   tar -C "$ROOT" --numeric-owner -c . |
     d import --change 'CMD ["bash"]' --change "LABEL causeway.base=$RECIPE" --message "debootstrap --variant=minbase bookworm" - "$SLIM" >/dev/null
   # The builder: the same tree with the machine's toolchain where the official image has it.
-  TOOLCHAIN=$(rustc --print sysroot)
   mkdir -p "$ROOT/usr/local/rust" "$ROOT/usr/local/cargo/bin" "$ROOT/usr/local/rustup"
   cp -a "$TOOLCHAIN"/{bin,lib,libexec,etc} "$ROOT/usr/local/rust/"
   for tool in "$ROOT"/usr/local/rust/bin/*; do
@@ -101,6 +125,7 @@ if ! made "$SLIM" || ! made "$RUST"; then
       --message "$SLIM with this machine's Rust toolchain ($("$TOOLCHAIN/bin/rustc" --version))" \
       - "$RUST" >/dev/null
   rm -rf "$ROOT"
+  ROOT=
 fi
 
 phase "docker build"
@@ -109,6 +134,10 @@ if ! d build --network host -t causeway:ci . >"$CACHE/build.log" 2>&1; then
   exit 1
 fi
 SIZE=$(d image inspect -f '{{.Size}}' causeway:ci)
+# What the last build replaced, and build cache past a bound (the newest is kept: the cargo
+# caches the next build starts from).
+d image prune -f >/dev/null
+d builder prune -f --keep-storage 3GB >/dev/null
 
 phase "running the image"
 NAME=causeway-ci
@@ -123,7 +152,7 @@ d run -d --name "$NAME" --network host -v "$VOLUME:/data" -e "CAUSEWAY_LISTEN=12
 fail() {
   echo "image check: $1" >&2
   d logs --tail 30 "$NAME" >&2 || true
-  exit 1
+  exit 1 # the trap removes the container
 }
 for _ in $(seq 600); do
   curl -sf "$H/readyz" >/dev/null && break
@@ -131,7 +160,9 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 curl -sf "$H/readyz" >/dev/null || fail "not ready within 60 s"
-[ "$(d exec "$NAME" id -u)" = 10001 ] || fail "the node does not run as the image's user (10001)"
+# The node's own process, as the host sees it.
+[ "$(d top "$NAME" -o pid,uid,comm | awk '$3 == "causeway" { print $2 }')" = 10001 ] ||
+  fail "the node does not run as the image's user (10001): $(d top "$NAME" -o pid,uid,comm | tr '\n' ' ')"
 post() { curl -sf -X POST "$H$1" -H 'content-type: application/json' -H "Idempotency-Key: $2" -d "$3"; }
 ADDR='{"line1":"1 Main St","city":"Berlin","postal_code":"10115","country":"DE"}'
 post /api/products/SKU-1/stock stock '{"quantity": 3}' >/dev/null || fail "adding stock failed"

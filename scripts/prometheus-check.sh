@@ -47,6 +47,8 @@ trap cleanup EXIT
 fail() {
   echo "prometheus check failed: $*" >&2
   [ -f "$WORK/prometheus.log" ] && tail -20 "$WORK/prometheus.log" >&2
+  # Nodes run from the image keep their logs in their containers until asked.
+  CLUSTER_DIR="$WORK/cluster" deploy/local/cluster.sh logs >/dev/null 2>&1 || true
   for log in "$WORK"/node.log "$WORK"/cluster/logs/*.log; do
     [ -f "$log" ] && { echo "--- $log" >&2; grep -v rdkafka "$log" | tail -10 >&2; }
   done
@@ -56,8 +58,10 @@ fail() {
 echo "== an embedded node and the local cluster"
 "$B" serve --data-dir "$WORK/node" --listen 127.0.0.1:8090 >"$WORK/node.log" 2>&1 &
 NODE=$!
-CLUSTER_DIR="$WORK/cluster" CAUSEWAY_BIN="$B" KAFKA_PARTITIONS=2 BROKER_STORAGE=memory://nisshi/ RUST_LOG=warn \
+# From the binary (CI runs the cluster test's nodes from the image: both ways are run).
+CAUSEWAY_IMAGE="" CLUSTER_DIR="$WORK/cluster" CAUSEWAY_BIN="$B" KAFKA_PARTITIONS=2 BROKER_STORAGE=memory://nisshi/ RUST_LOG=warn \
   deploy/local/cluster.sh start >"$WORK/cluster.log" 2>&1 || { cat "$WORK/cluster.log" >&2; fail "the cluster did not start"; }
+tail -1 "$WORK/cluster.log"
 for _ in $(seq 200); do
   kill -0 "$NODE" 2>/dev/null || fail "the embedded node exited"
   curl -sf http://127.0.0.1:8090/readyz >/dev/null && break

@@ -8,6 +8,7 @@
 #                                 [--shipping N] [--saga N] [--query N]
 #   deploy/local/cluster.sh status    # one line per node: role, index, URL, ready or down
 #   deploy/local/cluster.sh stop      # SIGTERM every node (they drain), then the broker
+#   deploy/local/cluster.sh logs      # the logs of nodes run from the image, into $CLUSTER_DIR/logs
 #
 # --replicas sets every role's pod count (default 1); a role's own flag overrides it. The counts
 # are recorded in the cluster directory: `status` and `stop` read them, and a second `start`
@@ -21,10 +22,12 @@
 #
 # CAUSEWAY_IMAGE=causeway:ci runs every node from that container image instead of a binary (the
 # image the manifests run; scripts/image-check.sh builds it): one container per node on the
-# host's network, its data directory mounted at /data, owned by the image's user. It needs the
-# Docker engine of scripts/docker-engine.sh (root; started when it is not running) and passes
-# the nodes RUST_LOG and every CAUSEWAY_* and OTEL_* setting of its environment.
-set -euo pipefail
+# host's network, its data directory mounted at /data and handed to the image's user (uid
+# 10001, recursively: a directory used from the image stays that user's). It needs the Docker
+# engine of scripts/docker-engine.sh (root; started when it is not running, and left running:
+# `source scripts/docker-engine.sh && engine_stop any` stops it) and passes the nodes RUST_LOG
+# and every CAUSEWAY_* and OTEL_* setting of its environment.
+set -Eeuo pipefail
 cd "$(dirname "$0")/../.."
 ROLES=(order inventory payment shipping saga query)
 DIR="${CLUSTER_DIR:-./causeway-cluster}"
@@ -104,7 +107,7 @@ run_container() {
   local container
   container="causeway-$(realpath "$DIR" | md5sum | cut -c1-8)-$name"
   mkdir -p "$DIR/$name"
-  chown 10001:10001 "$DIR/$name"
+  chown -R 10001:10001 "$DIR/$name"
   d rm -f "$container" >/dev/null 2>&1 || true
   local pass=(-e RUST_LOG -e CAUSEWAY_ADMISSION_TARGET_MS) var
   for var in $(compgen -e); do
@@ -135,6 +138,8 @@ ready() { curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1; }
 
 start() {
   parse_counts "$@"
+  # A start that fails half-way stops what it started (the broker, the nodes so far).
+  trap 'echo "the cluster did not start; stopping what did" >&2; trap - ERR; stop >/dev/null 2>&1 || true' ERR
   mkdir -p "$DIR/pids" "$DIR/logs" "$DIR/broker"
   if alive "$DIR/pids/broker"; then
     echo "already running (deploy/local/cluster.sh stop first)" >&2
@@ -222,9 +227,9 @@ stop() {
     alive "$DIR/pids/$name" || continue
     read -r what container <"$DIR/pids/$name"
     if [ "$what" = container ]; then
-      d kill -s TERM "$container" >/dev/null
+      d kill -s TERM "$container" >/dev/null 2>&1 || true
     else
-      kill -TERM "$what"
+      kill -TERM "$what" 2>/dev/null || true
     fi
   done
   for name in "${names[@]}" broker; do
@@ -245,7 +250,13 @@ stop() {
       fi
       d logs "$container" >"$DIR/logs/$name.log" 2>&1 || true
       d rm -f "$container" >/dev/null 2>&1 || true
-      rm -f "$f"
+      # The pid file is the only record of a container: kept while the engine still has it.
+      if d inspect "$container" >/dev/null 2>&1; then
+        echo "$name ($container) is still there: is the engine reachable?" >&2
+        failed=1
+      else
+        rm -f "$f"
+      fi
       continue
     fi
     pid=$what
@@ -279,8 +290,20 @@ status() {
   if alive "$DIR/pids/broker"; then echo "broker - tcp://127.0.0.1:$KAFKA_PORT running"; else echo "broker - tcp://127.0.0.1:$KAFKA_PORT down"; fi
 }
 
+# The logs of the nodes run from the image (binary nodes write theirs as they run).
+logs() {
+  load_counts
+  local role i port what container
+  while read -r role i port; do
+    local f="$DIR/pids/$role-$i"
+    [ -f "$f" ] && read -r what container <"$f" && [ "$what" = container ] || continue
+    d logs "$container" >"$DIR/logs/$role-$i.log" 2>&1 || true
+  done < <(nodes)
+}
+
 case "${1:-}" in
-  start) shift; start "$@" ;;
+  start) shift; start "$@"; trap - ERR ;;
+  logs) logs ;;
   stop) stop ;;
   status) status ;;
   *) usage ;;

@@ -116,8 +116,8 @@ try {
   await page.waitForSelector("#in-flight");
   await until("two overview samples (rates)", async () => (await page.textContent("#rate-started .v")) !== "–", 10000);
   assert.equal((await page.textContent("#started .v")).trim(), "3");
-  // The quarantined saga has not ended: definition 1 carries it.
-  await until("sagas not ended per definition", async () => (await page.$("#definition-1")) !== null, 10000);
+  // The quarantined saga has not ended: the current definition (2) carries it.
+  await until("sagas not ended per definition", async () => (await page.$("#definition-2")) !== null, 10000);
   await page.screenshot({ path: join(SHOTS, "overview.png"), fullPage: true });
 
   const timeline = async () => page.$$eval("#timeline tr[data-event]", (rows) => rows.map((r) => r.dataset.event));
