@@ -53,7 +53,8 @@ impl Default for Topology {
     }
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (bound and let go: free at that moment).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a port")
 }
 

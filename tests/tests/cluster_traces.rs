@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use causeway_tests::cluster::{causeway_bin, Cluster, Topology};
+use causeway_tests::cluster::{causeway_bin, free_port, Cluster, Topology};
 use causeway_tests::otlp::{Collector, Span};
 use serde_json::{json, Value};
 
@@ -226,8 +226,7 @@ fn a_node_whose_collector_is_down_or_silent_serves_orders_and_stops_at_once() {
         }; // closed: connections are refused
         for endpoint in [down, silent_url] {
             let dir = tempfile::tempdir().expect("dir");
-            let port =
-                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+            let port = free_port();
             let mut child = Command::new(causeway_bin())
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--otlp-endpoint", &endpoint])
                 .arg("--data-dir")

@@ -28,7 +28,6 @@ use uuid::Uuid;
 use crate::app::error::{HandlerError, Poison};
 use crate::app::messages::{self, derived_id, DeadLetterResolved, DeadLettered};
 use crate::app::telemetry;
-use crate::app::trace::TraceContext;
 
 /// What a consumer reads.
 #[derive(Debug, Clone)]
@@ -307,7 +306,7 @@ async fn process<S: Storage, H: Handler>(
         correlation_id = %event.correlation_id,
         order_id = %event.correlation_id,
     );
-    telemetry::follow(&span, TraceContext::of_event(event).as_ref());
+    telemetry::follow_event(&span, event);
     handle_or_dead_letter(store, handler, event, (cp_name, tracker), config).instrument(span).await
 }
 

@@ -48,6 +48,14 @@ pub fn follow(span: &tracing::Span, trace: Option<&TraceContext>) {
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
+/// [`follow`] the context `event` recorded: its child, when spans are recorded (the event's
+/// metadata is not read otherwise: this runs for every message a consumer or the relay takes).
+pub fn follow_event(span: &tracing::Span, event: &event_store::RecordedEvent) {
+    if !span.is_disabled() {
+        follow(span, TraceContext::of_event(event).as_ref());
+    }
+}
+
 /// The context `span` gives its children (its trace, its own id), when it is recorded by an
 /// exporter; `tracestate` is carried over as it came.
 pub fn context_of(span: &tracing::Span, tracestate: Option<&str>) -> Option<TraceContext> {

@@ -24,7 +24,6 @@ use tracing::Instrument;
 
 use super::{cloudevents, partition_of_stream, topic_for, KafkaConfig, KafkaError};
 use crate::app::telemetry;
-use crate::app::trace::TraceContext;
 
 /// The checkpoint the relay keeps in the store.
 pub const CHECKPOINT: &str = "kafka-relay";
@@ -425,7 +424,7 @@ async fn send_window_in(
             correlation_id = %e.correlation_id,
             order_id = %e.correlation_id,
         );
-        telemetry::follow(&span, TraceContext::of_event(e).as_ref());
+        telemetry::follow_event(&span, e);
         if links < MAX_BATCH_LINKS {
             if let Some(published) = telemetry::recorded(&span) {
                 telemetry::link(batch_span, published);
