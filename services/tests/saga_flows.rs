@@ -779,3 +779,26 @@ async fn a_deadline_survives_a_restart() {
 fn saga_of_store(store: &EventStore<MemoryStorage>, order: OrderId) -> Saga {
     load::<_, Saga>(store, &messages::saga_stream(order)).expect("load saga").0
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_skus_stream_is_snapshotted_as_it_passes_each_hundred_events() {
+    let rt = start(SimulatedGatewayConfig::default());
+    stock(&rt, "HOT", 1_000).await;
+    // Each order reserves and then commits one unit: two inventory events per order.
+    let mut orders = Vec::new();
+    for _ in 0..60 {
+        orders.push(place(&rt, &[("HOT", 1, 100)], "DE").await);
+    }
+    for id in orders {
+        assert_eq!(wait_terminal(&rt, id).await.status, SagaStatus::Completed);
+    }
+    let stream = messages::inventory_stream(&Sku::from("HOT")).expect("sku");
+    let (replayed, version) = load::<_, Inventory>(rt.store(), &stream).expect("replay");
+    assert_eq!((version, replayed.available, replayed.shipped), (121, 940, 60));
+    let snap = rt.store().load_snapshot(&stream).expect("read").expect("a snapshot past 100 events");
+    assert!((100..=version).contains(&snap.version), "snapshot at {}", snap.version);
+    // Loading from the snapshot gives what the whole stream gives.
+    assert_eq!(load_inventory(rt.store(), &stream).expect("load"), (replayed, version));
+    assert_invariants(&rt);
+    rt.shutdown().await.expect("shutdown");
+}

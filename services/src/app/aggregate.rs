@@ -1,6 +1,6 @@
-//! Loading an aggregate from its stream (load → decide → append's first step), a bounded cache
-//! of folded states that spares the replay when the stream has not moved, and turning a
-//! decider's events into log events with derived ids.
+//! Loading an aggregate from its stream (load → decide → append's first step), snapshots taken
+//! automatically past a length, a bounded cache of folded states that spares the replay when
+//! the stream has not moved, and turning a decider's events into log events with derived ids.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -47,24 +47,150 @@ where
     load_from(store, stream, D::default(), 0)
 }
 
-/// Folded states of aggregates as the last command left them, at most `capacity` of them.
+/// How one kind of aggregate is snapshotted: its state encoded under `schema`, saved each time an
+/// append carries its stream past a multiple of `every` events (and when a stream at least that
+/// long had to be folded whole), read back as the start of the next cold load.
+///
+/// Snapshots are an optimisation, never needed for correctness: one that cannot be used
+/// (undecodable, of a newer schema, or ahead of its stream, as after a restore to an earlier
+/// point) is logged and counted ([`unusable_snapshots`], the metric
+/// `causeway_snapshots_unusable_total`) and the stream is folded from its start; one of an older
+/// schema is skipped quietly. Either is replaced by the next snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshots<D> {
+    every: u64,
+    schema: u32,
+    encode: fn(&D) -> Result<Vec<u8>, String>,
+    decode: fn(&[u8]) -> Result<D, String>,
+}
+
+static UNUSABLE_SNAPSHOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Snapshots found unusable by this process (also the metric `causeway_snapshots_unusable_total`).
+pub fn unusable_snapshots() -> u64 {
+    UNUSABLE_SNAPSHOTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl<D> Snapshots<D>
+where
+    D: Decider,
+    D::Event: DomainEvent,
+{
+    /// Snapshots in bincode under `schema` (bump it whenever the state's shape changes), every
+    /// `every` events (at least 1).
+    pub fn bincode(every: u64, schema: u32) -> Self
+    where
+        D: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Self {
+            every: every.max(1),
+            schema,
+            encode: |state| bincode::serialize(state).map_err(|e| e.to_string()),
+            decode: |bytes| bincode::deserialize(bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Events between snapshots.
+    pub fn every(&self) -> u64 {
+        self.every
+    }
+
+    /// Loads the aggregate from its snapshot when there is a usable one and the events after it,
+    /// else from its whole stream; with whether a snapshot was the start.
+    pub fn load<S: Storage>(
+        &self,
+        store: &EventStore<S>,
+        stream: &StreamId,
+    ) -> Result<(D, u64, bool), LoadError> {
+        let unusable = |reason: String| {
+            UNUSABLE_SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("causeway_snapshots_unusable_total").increment(1);
+            tracing::warn!(%stream, %reason, "a snapshot cannot be used; folding the stream from its start");
+        };
+        match store.load_snapshot(stream) {
+            Ok(None) => {}
+            Ok(Some(snap)) if snap.schema_version == self.schema => match (self.decode)(&snap.payload) {
+                Ok(state) => {
+                    let current = store.stream_version(stream)?;
+                    if snap.version <= current {
+                        let (state, version) = load_from(store, stream, state, snap.version)?;
+                        return Ok((state, version, true));
+                    }
+                    unusable(format!("taken at version {}, the stream is at {current}", snap.version));
+                }
+                Err(e) => unusable(format!("undecodable: {e}")),
+            },
+            // Written by an older build: replaced at the next snapshot, not an error.
+            Ok(Some(snap)) if snap.schema_version < self.schema => {
+                tracing::debug!(%stream, schema = snap.schema_version, "an older snapshot is not read");
+            }
+            Ok(Some(snap)) => unusable(format!("schema {} from a newer build", snap.schema_version)),
+            Err(e) => unusable(e.to_string()),
+        }
+        load(store, stream).map(|(state, version)| (state, version, false))
+    }
+
+    /// Saves a snapshot of `state` at `version`. A failure is logged and counted
+    /// (`causeway_snapshots_failed_total`), not returned: the events are the truth, and the
+    /// next snapshot tries again.
+    pub fn save<S: Storage>(&self, store: &EventStore<S>, stream: &StreamId, state: &D, version: u64) {
+        let payload = match (self.encode)(state) {
+            Ok(p) => p,
+            Err(e) => {
+                metrics::counter!("causeway_snapshots_failed_total").increment(1);
+                tracing::warn!(%stream, error = %e, "encoding a snapshot failed");
+                return;
+            }
+        };
+        let snap = event_store::Snapshot { version, schema_version: self.schema, payload };
+        if let Err(e) = store.save_snapshot(stream, &snap) {
+            metrics::counter!("causeway_snapshots_failed_total").increment(1);
+            tracing::warn!(%stream, error = %e, "saving a snapshot failed");
+        }
+    }
+
+    /// After an append took the stream from `before` to `after` events (leaving it in `state`):
+    /// saves a snapshot when the append passed a multiple of `every`.
+    pub fn after_append<S: Storage>(
+        &self,
+        store: &EventStore<S>,
+        stream: &StreamId,
+        state: &D,
+        before: u64,
+        after: u64,
+    ) {
+        if after / self.every > before / self.every {
+            self.save(store, stream, state, after);
+        }
+    }
+}
+
+/// Folded states of aggregates as the last command left them, at most `capacity` of them, and
+/// optionally [`Snapshots`] of them: the load → decide → append cycle of a command handler
+/// without the replay.
 ///
 /// [`StateCache::load`] checks in the store whether the stream moved past the cached version
 /// (one point read of the stream index) before it uses a cached state, and reads only the events
 /// appended since (by this node or any other writer): the cache saves the replay, not the check.
-/// The append that follows still carries the expected version, so a race with another writer is
-/// a conflict, as without the cache; on a conflict, [`StateCache::forget`] the stream before the
-/// retry (that also covers a stream behind its cached version, as after a restore to an earlier
-/// point, which the check cannot see). After the append,
-/// [`StateCache::appended`] keeps the decided state only when the append wrote new events right
-/// after the loaded version (not when it was answered as a repeat of an earlier append). When
-/// full, it forgets an arbitrary entry (in hash order: random with respect to the stream id) to
-/// make room. Offered to command handlers; the services' own handlers replay their streams,
-/// which are short, and the benchmark `causeway bench aggregates` measures both.
+/// A stream not cached is loaded from its snapshot (when there are snapshots) or its whole
+/// stream. The state is *taken out* of the cache by the load, not copied: it goes back with
+/// [`StateCache::appended`] (the decided state, kept only when the append wrote new events
+/// right after the loaded version, not when it was answered as a repeat of an earlier append)
+/// or [`StateCache::keep`] (the command changed nothing). A command that fails, or whose append
+/// conflicts, leaves nothing cached, so its retry loads afresh; two commands on one stream at
+/// once each load it (the second by replay), and their appends' expected versions settle which
+/// one wins, as without the cache. That also covers a stream behind its cached version (a store
+/// restored to an earlier point), which the check cannot see: the append conflicts. When full,
+/// the cache forgets an arbitrary entry (in hash order: random with respect to the stream id).
+///
+/// Used by the inventory service for its SKU streams (long, and hot under load); the order,
+/// payment and shipment streams are a few events each, read once or twice per saga, so they are
+/// replayed. `causeway bench aggregates` measures both ways on the peer's workload.
 #[derive(Debug)]
 pub struct StateCache<D> {
     states: Mutex<HashMap<String, (D, u64)>>,
     capacity: usize,
+    snapshots: Option<Snapshots<D>>,
 }
 
 impl<D> StateCache<D>
@@ -72,9 +198,15 @@ where
     D: Decider,
     D::Event: DomainEvent,
 {
-    /// A cache of at most `capacity` states (at least 1).
+    /// A cache of at most `capacity` states (at least 1), without snapshots.
     pub fn new(capacity: usize) -> Self {
-        Self { states: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        Self { states: Mutex::new(HashMap::new()), capacity: capacity.max(1), snapshots: None }
+    }
+
+    /// The same, loading streams not cached from their snapshots and taking them by `snapshots`.
+    pub fn with_snapshots(mut self, snapshots: Snapshots<D>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (D, u64)>> {
@@ -82,30 +214,49 @@ where
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The aggregate's state and version: the cached state brought up to the stream's version
-    /// (unchanged when the stream has not moved), or a full replay when it is not cached.
+    /// The aggregate's state and version, taken out of the cache: the cached state brought up to
+    /// the stream's version (unchanged when the stream has not moved), or, when it is not cached,
+    /// its snapshot and the events after it, or a full replay. A stream at least one snapshot
+    /// interval long that had to be folded whole is snapshotted now.
     pub fn load<S: Storage>(&self, store: &EventStore<S>, stream: &StreamId) -> Result<(D, u64), LoadError> {
-        let cached = self.lock().get(stream.as_str()).cloned();
-        let (state, version) = match cached {
-            Some((state, version)) => {
-                if !store.has_events_after(stream, version)? {
-                    return Ok((state, version));
-                }
-                load_from(store, stream, state, version)?
+        let cached = self.lock().remove(stream.as_str());
+        if let Some((state, version)) = cached {
+            if !store.has_events_after(stream, version)? {
+                return Ok((state, version));
             }
-            None => load(store, stream)?,
-        };
-        self.remember(stream, state.clone(), version);
+            return load_from(store, stream, state, version);
+        }
+        let Some(snapshots) = &self.snapshots else { return load(store, stream) };
+        let (state, version, from_snapshot) = snapshots.load(store, stream)?;
+        if !from_snapshot && version >= snapshots.every {
+            snapshots.save(store, stream, &state, version);
+        }
         Ok((state, version))
+    }
+
+    /// Puts back a state the command did not change (it was refused, or decided nothing).
+    pub fn keep(&self, stream: &StreamId, state: D, version: u64) {
+        self.remember(stream, state, version);
     }
 
     /// After an append of the events decided from the state loaded at `loaded`: keeps
     /// `decided` (that state with the events folded in) if the append wrote them right after
-    /// `loaded`, forgets the stream otherwise (a repeat answered with an earlier append's
-    /// result, or an append without a version check that landed elsewhere).
-    pub fn appended(&self, stream: &StreamId, loaded: u64, decided: D, result: &event_store::AppendResult) {
+    /// `loaded`, and snapshots it when the append passed a snapshot interval; forgets the stream
+    /// otherwise (a repeat answered with an earlier append's result, or an append without a
+    /// version check that landed elsewhere).
+    pub fn appended<S: Storage>(
+        &self,
+        store: &EventStore<S>,
+        stream: &StreamId,
+        loaded: u64,
+        decided: D,
+        result: &event_store::AppendResult,
+    ) {
         match result.streams.iter().find(|s| s.stream_id == stream.as_str()) {
             Some(s) if s.first_version == loaded + 1 && s.last_version >= s.first_version => {
+                if let Some(snapshots) = &self.snapshots {
+                    snapshots.after_append(store, stream, &decided, loaded, s.last_version);
+                }
                 self.remember(stream, decided, s.last_version)
             }
             _ => self.forget(stream),
@@ -160,7 +311,7 @@ pub fn events_for<E: DomainEvent>(
 mod tests {
     use aggregates::inventory::{Inventory, InventoryCommand};
     use aggregates::Sku;
-    use event_store::{ExpectedVersion, MemoryStorage, StoreConfig};
+    use event_store::{ExpectedVersion, MemoryStorage, Snapshot, StoreConfig};
 
     use super::*;
 
@@ -201,17 +352,20 @@ mod tests {
         let cause = Uuid::now_v7();
         let done = append_as(&store, &stream, version, &events, cause).await;
         let state = events.iter().fold(state, |s, e| s.evolve(e));
-        cache.appended(&stream, version, state.clone(), &done);
+        cache.appended(&store, &stream, version, state.clone(), &done);
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.load(&store, &stream).expect("cached"), (state.clone(), 1));
+        assert!(cache.is_empty(), "a load takes the state out");
+        cache.keep(&stream, state.clone(), 1);
         // The same command again (same event ids) is answered with the first append's result:
         // the state it would fold twice is not kept.
         let twice = events.iter().fold(state.clone(), |s, e| s.evolve(e));
         let repeat = append_as(&store, &stream, 1, &events, cause).await;
         assert_eq!(repeat.streams[0].last_version, 1, "a repeat, not a new event");
-        cache.appended(&stream, 1, twice, &repeat);
+        cache.appended(&store, &stream, 1, twice, &repeat);
         assert!(cache.is_empty(), "a repeat's result is not cached");
         assert_eq!(cache.load(&store, &stream).expect("replayed"), (state.clone(), 1));
+        cache.keep(&stream, state.clone(), 1);
         // Another writer (not through this cache) appends twice: the cache reads those two.
         let (other, v) = load::<_, Inventory>(&store, &stream).expect("other load");
         let more = add(&other, 7);
@@ -224,7 +378,7 @@ mod tests {
         assert_eq!(got.available, 13, "5 + 7 + 1 units, not the cached 5");
         assert_eq!(got, load::<_, Inventory>(&store, &stream).expect("replay").0);
         // A cached state ahead of its stream (a store restored to an earlier point): its append
-        // conflicts, the stream is forgotten, and the retry replays.
+        // conflicts, and since the load took the state out, the retry replays.
         let mut ahead = got.clone();
         ahead.available = 999;
         cache.remember(&stream, ahead.clone(), 9);
@@ -232,8 +386,92 @@ mod tests {
         let new = events_for(&add(&ahead, 1), Uuid::now_v7(), &stream, Uuid::nil(), Uuid::nil());
         let err = store.append_to(&stream, ExpectedVersion::Exact(9), new).await.expect_err("conflict");
         assert!(matches!(err, event_store::Error::Conflict { actual: 3, .. }), "{err}");
-        cache.forget(&stream);
         assert_eq!(cache.load(&store, &stream).expect("reloaded").0.available, 13);
+    }
+
+    /// A cache with snapshots every 10 events, over a fresh store.
+    fn snapshotting() -> (EventStore<MemoryStorage>, StreamId, StateCache<Inventory>) {
+        let store = EventStore::open(MemoryStorage::new(), StoreConfig::default()).expect("open");
+        let stream = StreamId::new("inventory-SKU-1").expect("id");
+        let cache = StateCache::<Inventory>::new(16).with_snapshots(Snapshots::bincode(10, 2));
+        (store, stream, cache)
+    }
+
+    /// Load → decide → append of `units` single-unit additions in one append, through `cache`.
+    async fn add_through(
+        store: &EventStore<MemoryStorage>,
+        stream: &StreamId,
+        cache: &StateCache<Inventory>,
+        units: u64,
+    ) -> u64 {
+        let (state, version) = cache.load(store, stream).expect("load");
+        let mut events = Vec::new();
+        let mut decided = state;
+        for _ in 0..units {
+            let e = add(&decided, 1);
+            decided = e.iter().fold(decided, |s, e| s.evolve(e));
+            events.extend(e);
+        }
+        let done = append_as(store, stream, version, &events, Uuid::now_v7()).await;
+        cache.appended(store, stream, version, decided, &done);
+        done.streams[0].last_version
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_that_passes_a_snapshot_interval_is_snapshotted_even_when_it_jumps_over_it() {
+        let (store, stream, cache) = snapshotting();
+        assert_eq!(add_through(&store, &stream, &cache, 9).await, 9);
+        assert!(store.load_snapshot(&stream).expect("read").is_none(), "9 events: no snapshot yet");
+        // 9 → 12 passes 10 without landing on it.
+        assert_eq!(add_through(&store, &stream, &cache, 3).await, 12);
+        let snap = store.load_snapshot(&stream).expect("read").expect("a snapshot past 10");
+        assert_eq!(snap.version, 12);
+        let state: Inventory = bincode::deserialize(&snap.payload).expect("decode");
+        assert_eq!(state.available, 12);
+        // Within the next interval: the snapshot stays where it was.
+        assert_eq!(add_through(&store, &stream, &cache, 7).await, 19);
+        assert_eq!(store.load_snapshot(&stream).expect("read").expect("snapshot").version, 12);
+        assert_eq!(add_through(&store, &stream, &cache, 1).await, 20);
+        assert_eq!(store.load_snapshot(&stream).expect("read").expect("snapshot").version, 20);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cold_load_starts_from_the_snapshot_and_a_long_stream_folded_whole_is_snapshotted() {
+        let (store, stream, _) = snapshotting();
+        // 25 events written without any cache: no snapshot.
+        let plain = StateCache::<Inventory>::new(16);
+        add_through(&store, &stream, &plain, 25).await;
+        assert!(store.load_snapshot(&stream).expect("read").is_none());
+        // A snapshotting cache that has not seen the stream folds it whole, and snapshots it.
+        let (_, _, cold) = snapshotting();
+        let (state, version) = cold.load(&store, &stream).expect("load");
+        assert_eq!((state.available, version), (25, 25));
+        assert_eq!(store.load_snapshot(&stream).expect("read").expect("snapshot").version, 25);
+        // The next cold load starts from the snapshot (marked here: it says 999 units), and
+        // folds the events after it.
+        let mut marked = state.clone();
+        marked.available = 999;
+        let payload = bincode::serialize(&marked).expect("encode");
+        store.save_snapshot(&stream, &Snapshot { version: 24, schema_version: 2, payload }).expect("save");
+        let (_, _, cold) = snapshotting();
+        let (state, version) = cold.load(&store, &stream).expect("load");
+        assert_eq!((state.available, version), (1000, 25), "999 from the snapshot, 1 from event 25");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_ahead_of_its_stream_is_not_used() {
+        let (store, stream, _) = snapshotting();
+        add_through(&store, &stream, &StateCache::new(16), 5).await;
+        // As after a restore to an earlier point: the snapshot says version 50.
+        let mut marked = Inventory::default();
+        marked.available = 999;
+        let payload = bincode::serialize(&marked).expect("encode");
+        store.save_snapshot(&stream, &Snapshot { version: 50, schema_version: 2, payload }).expect("save");
+        let before = unusable_snapshots();
+        let (_, _, cold) = snapshotting();
+        let (state, version) = cold.load(&store, &stream).expect("load");
+        assert_eq!((state.available, version), (5, 5), "folded from the start");
+        assert_eq!(unusable_snapshots(), before + 1);
     }
 
     #[test]

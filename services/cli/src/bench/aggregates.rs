@@ -220,7 +220,7 @@ async fn execute(
             Ok(done) => {
                 if loading == Loading::Cached {
                     let state = events.iter().fold(cart, |c, e| c.evolve(e));
-                    cache.appended(id, version, state, &done);
+                    cache.appended(store, id, version, state, &done);
                 }
                 return Ok(conflicts);
             }

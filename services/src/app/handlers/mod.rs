@@ -19,7 +19,7 @@ use event_store::{AppendRequest, EventStore, ExpectedVersion, NewEvent, Recorded
 use uuid::Uuid;
 
 use crate::app::aggregate::MAX_CONFLICT_RETRIES;
-use crate::app::aggregate::{events_for, load};
+use crate::app::aggregate::{events_for, load, StateCache};
 use crate::app::error::HandlerError;
 use crate::app::gateway::{Breaker, PaymentGateway};
 use crate::app::messages::{self, derived_id};
@@ -30,7 +30,8 @@ mod order;
 mod payment;
 mod shipping;
 
-pub use inventory::{load_inventory, unusable_snapshots, SNAPSHOT_EVERY};
+pub use crate::app::aggregate::unusable_snapshots;
+pub use inventory::{load_inventory, SNAPSHOT_EVERY};
 pub use payment::FraudRules;
 pub use shipping::SimulatedCarrier;
 
@@ -41,9 +42,10 @@ pub struct Handlers<S: Storage, G: PaymentGateway> {
     gateway: Breaker<G>,
     carrier: SimulatedCarrier,
     fraud: FraudRules,
-    /// Folded inventory states by stream, with the version they include. Used only when the
-    /// stream is still at that version (checked against the log), so it can never be stale.
-    inventory_cache: std::sync::Mutex<std::collections::HashMap<String, (Inventory, u64)>>,
+    /// Folded inventory states by stream, with the version they include (and their snapshots).
+    /// A cached state is used only when the stream has not moved past it (checked against the
+    /// log); one the stream is behind fails its append's version check.
+    inventory: StateCache<Inventory>,
     /// This node is one of several inventory pods (sharded by SKU): it owns some SKUs only.
     sharded_inventory: bool,
 }
@@ -52,8 +54,9 @@ pub struct Handlers<S: Storage, G: PaymentGateway> {
 #[derive(Default)]
 struct Decision {
     request: AppendRequest,
-    /// Inventory states as the append leaves them (cached, and snapshotted now and then).
-    after: Vec<(StreamId, Inventory, u64)>,
+    /// Inventory streams appended to: the version loaded and the state the append leaves
+    /// (cached, and snapshotted now and then, once the append is done).
+    after: Vec<(StreamId, u64, Inventory)>,
     /// What the reply carries besides the outcome (a shipment's tracking number).
     detail: Option<String>,
 }
@@ -86,7 +89,7 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
             gateway,
             carrier,
             fraud: FraudRules::default(),
-            inventory_cache: Default::default(),
+            inventory: inventory::cache(),
             sharded_inventory: false,
         }
     }
@@ -145,10 +148,9 @@ impl<S: Storage, G: PaymentGateway> Handlers<S, G> {
                 request = request.with_checkpoint(name.clone(), *value);
             }
             match self.store.append(request).await {
-                Ok(_) => {
-                    for (stream, state, version) in decision.after {
-                        inventory::maybe_snapshot(&self.store, &stream, &state, version);
-                        self.remember_inventory(&stream, state, version);
+                Ok(done) => {
+                    for (stream, loaded, state) in decision.after {
+                        self.inventory.appended(&self.store, &stream, loaded, state, &done);
                     }
                     return Ok(());
                 }
