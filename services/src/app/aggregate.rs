@@ -48,15 +48,18 @@ where
 }
 
 /// How one kind of aggregate is snapshotted: its state encoded under `schema`, saved each time an
-/// append carries its stream past a multiple of `every` events (and when a stream at least that
-/// long had to be folded whole), read back as the start of the next cold load.
+/// append through a [`StateCache`] carries its stream past a multiple of `every` events (and when
+/// a stream at least that long had to be folded whole), read back as the start of the next cold
+/// load.
 ///
-/// Snapshots are an optimisation, never needed for correctness: one that cannot be used
-/// (undecodable, of a newer schema, or ahead of its stream, as after a restore to an earlier
-/// point) is logged and counted ([`unusable_snapshots`], the metric
-/// `causeway_snapshots_unusable_total`) and the stream is folded from its start; one of an older
-/// schema is skipped quietly. Either is replaced by the next snapshot.
-#[derive(Debug, Clone, Copy)]
+/// Snapshots are an optimisation, never needed for correctness, and never trusted over the log:
+/// a snapshot records the id of the event at its version, and is used only when the stream still
+/// holds that event there. One that cannot be used (undecodable, of a newer schema, or taken
+/// after an event the stream does not hold at that version) is logged and counted
+/// ([`unusable_snapshots`], the metric `causeway_snapshots_unusable_total`) and the stream is
+/// folded from its start; one of an older schema is skipped quietly. Either is replaced by the
+/// next snapshot.
+#[derive(Debug, Clone)]
 pub struct Snapshots<D> {
     every: u64,
     schema: u32,
@@ -70,6 +73,20 @@ static UNUSABLE_SNAPSHOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 pub fn unusable_snapshots() -> u64 {
     UNUSABLE_SNAPSHOTS.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Where [`Snapshots::load`] started the fold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From a snapshot.
+    Snapshot,
+    /// From the stream's start: there was no snapshot, or only one of an older schema.
+    Events,
+    /// From the stream's start, because the snapshot could not be used (counted and logged).
+    Refused,
+}
+
+/// The bytes a snapshot's payload begins with: the id of the event at its version.
+const SNAPSHOT_EVENT_ID: usize = 16;
 
 impl<D> Snapshots<D>
 where
@@ -95,57 +112,115 @@ where
         self.every
     }
 
+    /// The id of the event at `version` of `stream` (None when the stream is shorter).
+    fn event_at<S: Storage>(
+        store: &EventStore<S>,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Option<Uuid>, event_store::Error> {
+        match store.read_stream(stream, version, event_store::Direction::Forward).next() {
+            Some(Ok(e)) if e.version == version => Ok(Some(e.event_id)),
+            Some(Ok(_)) | None => Ok(None),
+            Some(Err(e)) => Err(e),
+        }
+    }
+
     /// Loads the aggregate from its snapshot when there is a usable one and the events after it,
-    /// else from its whole stream; with whether a snapshot was the start.
+    /// else from its whole stream; with where the fold started.
     pub fn load<S: Storage>(
         &self,
         store: &EventStore<S>,
         stream: &StreamId,
-    ) -> Result<(D, u64, bool), LoadError> {
+    ) -> Result<(D, u64, Start), LoadError> {
         let unusable = |reason: String| {
             UNUSABLE_SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("causeway_snapshots_unusable_total").increment(1);
             tracing::warn!(%stream, %reason, "a snapshot cannot be used; folding the stream from its start");
         };
-        match store.load_snapshot(stream) {
-            Ok(None) => {}
-            Ok(Some(snap)) if snap.schema_version == self.schema => match (self.decode)(&snap.payload) {
-                Ok(state) => {
-                    let current = store.stream_version(stream)?;
-                    if snap.version <= current {
+        let refused = match store.load_snapshot(stream) {
+            Ok(None) => false,
+            Ok(Some(snap)) if snap.schema_version == self.schema => {
+                match self.usable(store, stream, &snap)? {
+                    Ok(state) => {
                         let (state, version) = load_from(store, stream, state, snap.version)?;
-                        return Ok((state, version, true));
+                        return Ok((state, version, Start::Snapshot));
                     }
-                    unusable(format!("taken at version {}, the stream is at {current}", snap.version));
+                    Err(reason) => {
+                        unusable(reason);
+                        true
+                    }
                 }
-                Err(e) => unusable(format!("undecodable: {e}")),
-            },
+            }
             // Written by an older build: replaced at the next snapshot, not an error.
             Ok(Some(snap)) if snap.schema_version < self.schema => {
                 tracing::debug!(%stream, schema = snap.schema_version, "an older snapshot is not read");
+                false
             }
-            Ok(Some(snap)) => unusable(format!("schema {} from a newer build", snap.schema_version)),
-            Err(e) => unusable(e.to_string()),
-        }
-        load(store, stream).map(|(state, version)| (state, version, false))
+            Ok(Some(snap)) => {
+                unusable(format!("schema {} from a newer build", snap.schema_version));
+                true
+            }
+            Err(e) => {
+                unusable(e.to_string());
+                true
+            }
+        };
+        let (state, version) = load(store, stream)?;
+        Ok((state, version, if refused { Start::Refused } else { Start::Events }))
     }
 
-    /// Saves a snapshot of `state` at `version`. A failure is logged and counted
+    /// The state in `snap` if the stream still holds, at the snapshot's version, the event it
+    /// was taken after; else why not.
+    fn usable<S: Storage>(
+        &self,
+        store: &EventStore<S>,
+        stream: &StreamId,
+        snap: &event_store::Snapshot,
+    ) -> Result<Result<D, String>, LoadError> {
+        let Some((id, encoded)) = snap.payload.split_first_chunk::<SNAPSHOT_EVENT_ID>() else {
+            return Ok(Err(format!("{} bytes: too short to be a snapshot", snap.payload.len())));
+        };
+        let taken_after = Uuid::from_bytes(*id);
+        match Self::event_at(store, stream, snap.version)? {
+            Some(held) if held == taken_after => {}
+            Some(held) => {
+                return Ok(Err(format!(
+                    "taken after event {taken_after} at version {}, where the stream holds {held}",
+                    snap.version
+                )))
+            }
+            None => {
+                let current = store.stream_version(stream)?;
+                return Ok(Err(format!("taken at version {}, the stream is at {current}", snap.version)));
+            }
+        }
+        Ok((self.decode)(encoded).map_err(|e| format!("undecodable: {e}")))
+    }
+
+    /// Saves a snapshot of `state` at `version` (the state once the stream holds `version`
+    /// events; that event must be durable). A failure is logged and counted
     /// (`causeway_snapshots_failed_total`), not returned: the events are the truth, and the
     /// next snapshot tries again.
     pub fn save<S: Storage>(&self, store: &EventStore<S>, stream: &StreamId, state: &D, version: u64) {
-        let payload = match (self.encode)(state) {
-            Ok(p) => p,
-            Err(e) => {
-                metrics::counter!("causeway_snapshots_failed_total").increment(1);
-                tracing::warn!(%stream, error = %e, "encoding a snapshot failed");
-                return;
-            }
+        let failed = |error: String| {
+            metrics::counter!("causeway_snapshots_failed_total").increment(1);
+            tracing::warn!(%stream, %error, "a snapshot was not saved");
         };
+        let id = match Self::event_at(store, stream, version) {
+            Ok(Some(id)) => id,
+            Ok(None) => return failed(format!("the stream holds no event at version {version}")),
+            Err(e) => return failed(e.to_string()),
+        };
+        let encoded = match (self.encode)(state) {
+            Ok(p) => p,
+            Err(e) => return failed(format!("encoding: {e}")),
+        };
+        let mut payload = Vec::with_capacity(SNAPSHOT_EVENT_ID + encoded.len());
+        payload.extend_from_slice(id.as_bytes());
+        payload.extend_from_slice(&encoded);
         let snap = event_store::Snapshot { version, schema_version: self.schema, payload };
         if let Err(e) = store.save_snapshot(stream, &snap) {
-            metrics::counter!("causeway_snapshots_failed_total").increment(1);
-            tracing::warn!(%stream, error = %e, "saving a snapshot failed");
+            failed(e.to_string());
         }
     }
 
@@ -178,10 +253,11 @@ where
 /// right after the loaded version, not when it was answered as a repeat of an earlier append)
 /// or [`StateCache::keep`] (the command changed nothing). A command that fails, or whose append
 /// conflicts, leaves nothing cached, so its retry loads afresh; two commands on one stream at
-/// once each load it (the second by replay), and their appends' expected versions settle which
-/// one wins, as without the cache. That also covers a stream behind its cached version (a store
-/// restored to an earlier point), which the check cannot see: the append conflicts. When full,
-/// the cache forgets an arbitrary entry (in hash order: random with respect to the stream id).
+/// once each load it (the second from the store), and their appends' expected versions settle
+/// which one wins, as without the cache. The cache belongs to one open store: streams only grow
+/// while it is open (the process holds the store's lock; a restore writes a fresh store, offline),
+/// so a cached version is never ahead of its stream. When full, the cache forgets an arbitrary
+/// entry (in hash order: random with respect to the stream id).
 ///
 /// Used by the inventory service for its SKU streams (long, and hot under load); the order,
 /// payment and shipment streams are a few events each, read once or twice per saga, so they are
@@ -227,8 +303,8 @@ where
             return load_from(store, stream, state, version);
         }
         let Some(snapshots) = &self.snapshots else { return load(store, stream) };
-        let (state, version, from_snapshot) = snapshots.load(store, stream)?;
-        if !from_snapshot && version >= snapshots.every {
+        let (state, version, start) = snapshots.load(store, stream)?;
+        if start != Start::Snapshot && version >= snapshots.every {
             snapshots.save(store, stream, &state, version);
         }
         Ok((state, version))
@@ -377,8 +453,9 @@ mod tests {
         assert_eq!(version, 3);
         assert_eq!(got.available, 13, "5 + 7 + 1 units, not the cached 5");
         assert_eq!(got, load::<_, Inventory>(&store, &stream).expect("replay").0);
-        // A cached state ahead of its stream (a store restored to an earlier point): its append
-        // conflicts, and since the load took the state out, the retry replays.
+        // Were a cached state ever ahead of its stream, its append would still conflict (the
+        // expected version is the guard), and since the load took the state out, the retry
+        // loads from the store.
         let mut ahead = got.clone();
         ahead.available = 999;
         cache.remember(&stream, ahead.clone(), 9);
@@ -426,7 +503,10 @@ mod tests {
         assert_eq!(add_through(&store, &stream, &cache, 3).await, 12);
         let snap = store.load_snapshot(&stream).expect("read").expect("a snapshot past 10");
         assert_eq!(snap.version, 12);
-        let state: Inventory = bincode::deserialize(&snap.payload).expect("decode");
+        let (id, encoded) = snap.payload.split_at(SNAPSHOT_EVENT_ID);
+        let twelfth = store.read_stream(&stream, 12, event_store::Direction::Forward).next();
+        assert_eq!(id, twelfth.expect("event 12").expect("read").event_id.as_bytes(), "taken after event 12");
+        let state: Inventory = bincode::deserialize(encoded).expect("decode");
         assert_eq!(state.available, 12);
         // Within the next interval: the snapshot stays where it was.
         assert_eq!(add_through(&store, &stream, &cache, 7).await, 19);
@@ -451,27 +531,58 @@ mod tests {
         // folds the events after it.
         let mut marked = state.clone();
         marked.available = 999;
-        let payload = bincode::serialize(&marked).expect("encode");
-        store.save_snapshot(&stream, &Snapshot { version: 24, schema_version: 2, payload }).expect("save");
+        let snapshots = Snapshots::<Inventory>::bincode(10, 2);
+        snapshots.save(&store, &stream, &marked, 24);
+        assert_eq!(store.load_snapshot(&stream).expect("read").expect("snapshot").version, 24);
+        let (state, version, start) = snapshots.load(&store, &stream).expect("load");
+        assert_eq!((state.available, version, start), (1000, 25, Start::Snapshot), "999 + event 25");
         let (_, _, cold) = snapshotting();
-        let (state, version) = cold.load(&store, &stream).expect("load");
-        assert_eq!((state.available, version), (1000, 25), "999 from the snapshot, 1 from event 25");
+        assert_eq!(cold.load(&store, &stream).expect("load").0.available, 1000);
+        // No snapshot is saved at a version the stream does not hold.
+        snapshots.save(&store, &stream, &marked, 26);
+        assert_eq!(store.load_snapshot(&stream).expect("read").expect("snapshot").version, 24);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_snapshot_ahead_of_its_stream_is_not_used() {
+    async fn a_snapshot_the_stream_does_not_bear_out_is_not_used() {
         let (store, stream, _) = snapshotting();
         add_through(&store, &stream, &StateCache::new(16), 5).await;
-        // As after a restore to an earlier point: the snapshot says version 50.
+        let snapshots = Snapshots::<Inventory>::bincode(10, 2);
         let mut marked = Inventory::default();
         marked.available = 999;
-        let payload = bincode::serialize(&marked).expect("encode");
-        store.save_snapshot(&stream, &Snapshot { version: 50, schema_version: 2, payload }).expect("save");
+        let encoded = bincode::serialize(&marked).expect("encode");
+        let third = store.read_stream(&stream, 3, event_store::Direction::Forward).next();
+        let third = third.expect("event 3").expect("read").event_id;
+        let save = |version: u64, id: Uuid, state: &[u8]| {
+            let payload = [id.as_bytes().as_slice(), state].concat();
+            store.save_snapshot(&stream, &Snapshot { version, schema_version: 2, payload }).expect("save")
+        };
+        // Bound to event 3 at version 3: used.
+        save(3, third, &encoded);
+        let (state, version, start) = snapshots.load(&store, &stream).expect("load");
+        assert_eq!((state.available, version, start), (1001, 5, Start::Snapshot), "999 + events 4 and 5");
+        // Ahead of its stream (version 50 of 5), bound to an event the stream does not hold
+        // there, too short to hold an event id, or undecodable: folded from the start, counted.
         let before = unusable_snapshots();
-        let (_, _, cold) = snapshotting();
-        let (state, version) = cold.load(&store, &stream).expect("load");
-        assert_eq!((state.available, version), (5, 5), "folded from the start");
-        assert_eq!(unusable_snapshots(), before + 1);
+        for (version, id, state) in [
+            (50, third, encoded.as_slice()),
+            (3, Uuid::now_v7(), encoded.as_slice()),
+            (3, third, &[0xff_u8; 3][..]),
+        ] {
+            save(version, id, state);
+            let (state, version, start) = snapshots.load(&store, &stream).expect("load");
+            assert_eq!((state.available, version, start), (5, 5, Start::Refused), "folded from the start");
+        }
+        store
+            .save_snapshot(&stream, &Snapshot { version: 3, schema_version: 2, payload: vec![1; 15] })
+            .expect("save");
+        assert_eq!(snapshots.load(&store, &stream).expect("load").2, Start::Refused);
+        assert!(unusable_snapshots() >= before + 4, "each refusal is counted");
+        // One of an older schema is skipped, not refused.
+        store
+            .save_snapshot(&stream, &Snapshot { version: 3, schema_version: 1, payload: vec![] })
+            .expect("save");
+        assert_eq!(snapshots.load(&store, &stream).expect("load").2, Start::Events);
     }
 
     #[test]

@@ -380,6 +380,34 @@ async fn handle_or_dead_letter<S: Storage, H: Handler>(
 /// six-byte JSON escape.
 const MAX_KEPT_PAYLOAD: usize = 96 * 1024;
 
+/// The most of an original's metadata (as JSON) a dead letter keeps for a re-drive: with the
+/// payload's share above, a letter stays under the store's event size limit. An original with
+/// more (a foreign producer's headers, through Kafka) gets a letter that does not keep it.
+const MAX_KEPT_METADATA: usize = 64 * 1024;
+
+/// The most of the reason a dead letter records.
+const MAX_REASON: usize = 8 * 1024;
+
+/// The most of the original's stream id, type and content type a dead letter records: a Kafka
+/// record's key and headers can be any length. An original with a longer one is not kept.
+const MAX_NAME: usize = 1024;
+
+/// The most a dead letter's JSON may take: the store's event limit, less room for the record's
+/// own header, stream id and trace context.
+const MAX_LETTER: usize = event_store::MAX_EVENT_BYTES - 16 * 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Tries to write a dead letter before the consumer gives up (and stops).
 const DEAD_LETTER_ATTEMPTS: u32 = 8;
 
@@ -392,22 +420,19 @@ pub async fn dead_letter<S: Storage>(
 ) -> Result<(), event_store::Error> {
     // The original is kept whole when it is a recorded event (not a Kafka record that failed to
     // decode: there is nothing to re-drive) and small enough for the letter to fit in an event.
-    let keep = event.version > 0 && event.payload.len() <= MAX_KEPT_PAYLOAD;
-    let mut text = String::from_utf8_lossy(&event.payload).into_owned();
-    if text.len() > MAX_KEPT_PAYLOAD {
-        let mut end = MAX_KEPT_PAYLOAD;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    let letter = DeadLettered {
+    let metadata_len = serde_json::to_vec(&event.metadata).map_or(usize::MAX, |m| m.len());
+    let keep = event.version > 0
+        && event.payload.len() <= MAX_KEPT_PAYLOAD
+        && metadata_len <= MAX_KEPT_METADATA
+        && [&event.stream_id, &event.event_type, &event.content_type].iter().all(|n| n.len() <= MAX_NAME);
+    let text = cut(String::from_utf8_lossy(&event.payload).into_owned(), MAX_KEPT_PAYLOAD);
+    let mut letter = DeadLettered {
         consumer: consumer.to_owned(),
-        reason: reason.to_owned(),
+        reason: cut(reason.to_owned(), MAX_REASON),
         position: event.position,
-        stream_id: event.stream_id.clone(),
+        stream_id: cut(event.stream_id.clone(), MAX_NAME),
         event_id: event.event_id,
-        event_type: event.event_type.clone(),
+        event_type: cut(event.event_type.clone(), MAX_NAME),
         payload: text,
         original: keep.then(|| messages::OriginalEvent {
             version: event.version,
@@ -423,8 +448,16 @@ pub async fn dead_letter<S: Storage>(
             },
         }),
     };
+    let mut json = serde_json::to_vec(&letter).unwrap_or_default();
+    if json.len() > MAX_LETTER {
+        // Not reached with the caps above (the worst case escapes every byte); if it were, the
+        // letter still goes in, with less of the original, rather than failing the consumer.
+        letter.original = None;
+        letter.payload = cut(std::mem::take(&mut letter.payload), 4 * 1024);
+        json = serde_json::to_vec(&letter).unwrap_or_default();
+    }
     let stream = messages::dead_letter_stream(consumer)?;
-    let e = NewEvent::json("DeadLettered", serde_json::to_vec(&letter).unwrap_or_default())
+    let e = NewEvent::json("DeadLettered", json)
         .with_id(derived_id(event.event_id, &format!("deadletter/{consumer}"), 0))
         .caused_by(event.correlation_id, event.event_id);
     let e = crate::app::trace::traced(e, crate::app::trace::TraceContext::of_event(event).as_ref());
@@ -609,16 +642,54 @@ mod tests {
         assert_eq!(letters.len(), 1);
         assert!(letters[0].resolved);
         // A Kafka record that was not an event (version 0: it failed to decode) keeps no
-        // original, and is not re-driven; nor is a payload too big to keep.
+        // original, and is not re-driven; nor is a payload or metadata too big to keep (its
+        // letter is still written, under the store's size limit, with the reason cut short).
         let malformed = RecordedEvent { version: 0, event_id: Uuid::now_v7(), ..original.clone() };
-        let big =
-            RecordedEvent { event_id: Uuid::now_v7(), payload: vec![b'x'; MAX_KEPT_PAYLOAD + 1], ..original };
-        for e in [&malformed, &big] {
-            dead_letter(&store, "recorder", e, "poison").await.expect("letter");
+        let big = RecordedEvent {
+            event_id: Uuid::now_v7(),
+            payload: vec![b'\x01'; MAX_KEPT_PAYLOAD + 1],
+            ..original.clone()
+        };
+        let headers = (0..8).map(|i| (format!("h{i}"), "\u{1}".repeat(110 * 1024))).collect();
+        let big_metadata = RecordedEvent { event_id: Uuid::now_v7(), metadata: headers, ..original.clone() };
+        // A Kafka record's key and headers are any length: a 200 KB key of control characters
+        // (six bytes each in JSON) would take the letter past the limit were it copied whole.
+        let long_names = RecordedEvent {
+            event_id: Uuid::now_v7(),
+            stream_id: "\u{1}".repeat(200 * 1024),
+            event_type: "\u{1}".repeat(200 * 1024),
+            content_type: "\u{1}".repeat(200 * 1024),
+            ..original.clone()
+        };
+        let long_reason = "why ".repeat(1024 * 1024);
+        for e in [&malformed, &big, &big_metadata, &long_names] {
+            dead_letter(&store, "recorder", e, &long_reason).await.expect("letter");
             let refused = redrive(&store, &handler, e.event_id).await.expect("store");
             assert!(matches!(refused, Err(HandlerError::Poison(_))), "{refused:?}");
         }
         assert_eq!(handler.0.lock().expect("lock").len(), 1);
+        let letters = list_dead_letters(&store, "recorder").expect("list");
+        assert_eq!(letters.len(), 5, "every letter was written");
+        assert!(letters[1..]
+            .iter()
+            .all(|l| l.letter.original.is_none() && l.letter.reason.len() == MAX_REASON));
+        assert_eq!(letters[4].letter.stream_id.len(), MAX_NAME, "the key is cut short");
+        // At every limit at once, with every byte needing a six-byte escape, the original is
+        // still kept, and re-driven byte for byte.
+        let metadata_chars = (MAX_KEPT_METADATA - 16) / 6;
+        let at_limits = RecordedEvent {
+            event_id: Uuid::now_v7(),
+            stream_id: format!("s-{}", "\u{1}".repeat(250)),
+            payload: vec![b'\x01'; MAX_KEPT_PAYLOAD],
+            metadata: [("m".to_owned(), "\u{1}".repeat(metadata_chars))].into(),
+            ..original
+        };
+        assert!(serde_json::to_vec(&at_limits.metadata).expect("json").len() <= MAX_KEPT_METADATA);
+        dead_letter(&store, "recorder", &at_limits, &"\u{1}".repeat(MAX_REASON)).await.expect("letter");
+        let letters = list_dead_letters(&store, "recorder").expect("list");
+        assert!(letters[5].letter.original.is_some(), "kept at the limits");
+        redrive(&store, &handler, at_limits.event_id).await.expect("store").expect("redriven");
+        assert_eq!(handler.0.lock().expect("lock").last(), Some(&at_limits), "byte for byte");
         // An id with no letter is refused, not guessed.
         let unknown = redrive(&store, &handler, Uuid::now_v7()).await.expect("store");
         assert!(matches!(unknown, Err(HandlerError::Poison(_))), "{unknown:?}");

@@ -198,12 +198,13 @@ pub async fn run<S: Storage, H: Handler>(
         });
     }
     // Ready once the broker has answered for every partition this consumer reads (its leader
-    // is reachable and knows the partition), asked again until it has.
-    {
+    // is reachable and knows the partition), asked again until it has. Ended with the consumer,
+    // so a consumer that failed is never reported ready afterwards.
+    let mut asking = {
         let (client, readiness, name) = (client.clone(), readiness.clone(), name.clone());
         let mut shutdown = shutdown.clone();
         let partitions: Vec<(String, i32)> = starts.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut left = partitions;
             while !left.is_empty() {
                 let (c, asked) = (client.clone(), left.clone());
@@ -220,12 +221,12 @@ pub async fn run<S: Storage, H: Handler>(
                 }
             }
             readiness.ready(&name);
-        });
-    }
+        }))
+    };
     // The client's own queue must be served (events, errors); no messages arrive on it.
     let events = {
         let client = client.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 match client.recv().await {
                     Ok(m) => {
@@ -237,7 +238,7 @@ pub async fn run<S: Storage, H: Handler>(
                     }
                 }
             }
-        })
+        }))
     };
     // Partitions end together at a stop. One that fails (its store failed, or a message could be
     // neither handled nor dead-lettered) takes the whole consumer, and with it the node, down at
@@ -246,14 +247,29 @@ pub async fn run<S: Storage, H: Handler>(
     while let Some(r) = tasks.join_next().await {
         let r = r.map_err(|e| KafkaError::Other(e.to_string())).and_then(|r| r.map_err(KafkaError::from));
         if r.is_err() {
+            // Not ready from here on: the readiness check stops before the partitions drain.
+            asking.0.abort();
             result = r;
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             break;
         }
     }
-    events.abort();
+    drop(events);
+    asking.0.abort();
+    // Aborted at its next await: once this returns it cannot mark the consumer ready.
+    let _ = (&mut asking.0).await;
     result
+}
+
+/// A task that ends with its owner: `run` dropped half-way (its caller gave up on it) takes
+/// the readiness check and the client's event loop with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The query role's handler: copies other nodes' events into the local log.

@@ -17,9 +17,10 @@ use crate::app::messages;
 
 /// Snapshot an inventory stream every this many events.
 pub const SNAPSHOT_EVERY: u64 = 100;
-/// 2: bincode of the bounded state (1, JSON of the unbounded state, is no longer read: such a
+/// 3: the id of the event at the snapshot's version, then bincode of the bounded state (2 was
+/// the same without the id, 1 JSON of the unbounded state: neither is read any more, and such a
 /// snapshot is replaced by the next one).
-const INVENTORY_SNAPSHOT_SCHEMA: u32 = 2;
+const INVENTORY_SNAPSHOT_SCHEMA: u32 = 3;
 /// Inventory states kept between commands, at most this many SKUs.
 const INVENTORY_CACHE_SKUS: usize = 10_000;
 
@@ -129,7 +130,7 @@ fn merge_lines(lines: &[SagaLine]) -> BTreeMap<Sku, u64> {
 #[cfg(test)]
 mod snapshot_tests {
     use super::*;
-    use crate::app::aggregate::unusable_snapshots;
+    use crate::app::aggregate::{unusable_snapshots, Start};
     use event_store::{MemoryStorage, Snapshot, StoreConfig};
     use uuid::Uuid;
 
@@ -151,20 +152,24 @@ mod snapshot_tests {
         // A usable snapshot is what the load starts from (this one says 999, the events 10).
         let mut marked = state.clone();
         marked.available = 999;
-        save(INVENTORY_SNAPSHOT_SCHEMA, bincode::serialize(&marked).expect("encode"));
-        let before = unusable_snapshots();
+        snapshots().save(&store, &stream, &marked, version);
         assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 999);
-        assert_eq!(unusable_snapshots(), before);
-        // An undecodable one is counted, and the stream is folded from its start.
-        save(INVENTORY_SNAPSHOT_SCHEMA, vec![0xff; 7]);
+        assert_eq!(snapshots().load(&store, &stream).expect("load").2, Start::Snapshot);
+        // An undecodable one (bound to the right event) is refused, counted, and the stream is
+        // folded from its start.
+        let fifth = store.read_stream(&stream, 5, event_store::Direction::Forward).next();
+        let fifth = fifth.expect("event 5").expect("read").event_id;
+        let before = unusable_snapshots();
+        save(INVENTORY_SNAPSHOT_SCHEMA, [fifth.as_bytes().as_slice(), &[0xff; 7]].concat());
         assert_eq!(load_inventory(&store, &stream).expect("load"), (state.clone(), version));
-        assert_eq!(unusable_snapshots(), before + 1);
-        // So is one of a newer schema; one of an older schema is not read, and not counted.
+        assert_eq!(snapshots().load(&store, &stream).expect("load").2, Start::Refused);
+        assert!(unusable_snapshots() >= before + 2, "counted");
+        // So is one of a newer schema; one of an older schema is skipped, not refused.
         save(INVENTORY_SNAPSHOT_SCHEMA + 1, vec![]);
         assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 10);
-        assert_eq!(unusable_snapshots(), before + 2);
-        save(1, b"{}".to_vec());
+        assert_eq!(snapshots().load(&store, &stream).expect("load").2, Start::Refused);
+        save(2, bincode::serialize(&marked).expect("encode"));
         assert_eq!(load_inventory(&store, &stream).expect("load").0.available, 10);
-        assert_eq!(unusable_snapshots(), before + 2);
+        assert_eq!(snapshots().load(&store, &stream).expect("load").2, Start::Events);
     }
 }

@@ -43,8 +43,8 @@ pub struct Handlers<S: Storage, G: PaymentGateway> {
     carrier: SimulatedCarrier,
     fraud: FraudRules,
     /// Folded inventory states by stream, with the version they include (and their snapshots).
-    /// A cached state is used only when the stream has not moved past it (checked against the
-    /// log); one the stream is behind fails its append's version check.
+    /// A cached state is brought up to its stream before it is used: the log is checked for
+    /// events after it, and those are folded in.
     inventory: StateCache<Inventory>,
     /// This node is one of several inventory pods (sharded by SKU): it owns some SKUs only.
     sharded_inventory: bool,
